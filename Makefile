@@ -1,0 +1,48 @@
+# SandTrap: `make run` starts the honeypot, `make test` runs every check. Both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck unit image docker venv bench clean help
+
+help:
+	@echo "make run    - set up, build the target image if needed, start SandTrap (CONFIG=file.yaml)"
+	@echo "make test   - set up, then ruff, mypy and pytest (with a real Docker engine)"
+	@echo "make image  - build the target image (skipped when up to date)"
+	@echo "make bench  - run the benchmarks and write docs/performance.md"
+
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	@$(BIN)/python -c "import sandtrap" || { echo "make: installing sandtrap into $(VENV) failed" >&2; exit 1; }
+	@touch $@
+
+venv: $(VENV)/.stamp
+
+docker:
+	@QUIET=1 scripts/ensure-docker
+
+image: venv docker
+	@$(BIN)/sandtrap image build
+
+run: image
+	@$(BIN)/sandtrap run $(if $(CONFIG),--config $(CONFIG),)
+
+lint: venv
+	@$(BIN)/ruff check src tests bench
+	@$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	@$(BIN)/mypy
+
+unit: venv
+	@$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+test: lint typecheck image
+	@$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

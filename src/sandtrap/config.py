@@ -1,0 +1,347 @@
+"""Configuration: pydantic models for the YAML file, with every default stated once, here.
+
+Owns parsing and validation of the operator's file and the error messages for bad input. It reads
+nothing at import time; callers build a `Config` directly (tests) or through `load_config(path)`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sandtrap.errors import ConfigError
+
+DEFAULT_IMAGE = "sandtrap/target-debian:12"
+
+# Capabilities a login shell and common admin commands need inside the sandbox. Each is justified
+# in config/config.example.yaml; everything else is dropped (cap_drop: ALL).
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+
+_CAPABILITY_NAME = re.compile(r"^[A-Z_]{2,32}$")
+_HOSTNAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Capabilities that hand out the host or the network: never allowed, whatever the file says.
+FORBIDDEN_CAPABILITIES = frozenset(
+    {
+        "SYS_ADMIN",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_PTRACE",
+        "SYS_BOOT",
+        "SYS_TIME",
+        "NET_ADMIN",
+        "NET_RAW",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "BPF",
+        "PERFMON",
+        "SYSLOG",
+        "MKNOD",
+        "LINUX_IMMUTABLE",
+        "SYS_RESOURCE",
+        "ALL",
+    }
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split a listen address `host:port` (IPv6 as `[::]:22`) into host and port.
+
+    Raises:
+        ValueError: the address or port is not usable.
+    """
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"IPv6 listen address must look like [::1]:2222, got {value!r}")
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"listen address must look like host:port, got {value!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"listen host must be an IP address, got {host!r}") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen port must be 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class SSHConfig(_Model):
+    """The SSH front door."""
+
+    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0:2222"], min_length=1)
+    login_grace_seconds: float = Field(default=120.0, gt=0, le=3600)
+    max_auth_tries: int = Field(default=6, ge=1, le=100)
+    auth_failure_delay_seconds: float = Field(default=2.0, ge=0, le=30)
+    persona: Literal["debian12"] = "debian12"
+    banner_version: str | None = Field(
+        default=None,
+        description="Software version sent in the identification string; None derives it from "
+        "the persona (and the target image's openssh package when known).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @field_validator("banner_version")
+    @classmethod
+    def _check_banner(cls, value: str | None) -> str | None:
+        # RFC 4253 section 4.2: printable US-ASCII, no spaces in the version, max 255 bytes total.
+        if value is not None and not re.fullmatch(r"[\x21-\x7e]+( [\x20-\x7e]+)?", value):
+            raise ValueError(
+                "banner_version must be printable ASCII, e.g. 'OpenSSH_9.2p1 Debian-2'"
+            )
+        return value
+
+
+class Credential(_Model):
+    """One username/password pair; password `*` matches any password of that user."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=0, max_length=1024)
+
+
+class AuthConfig(_Model):
+    """Which logins succeed. Every attempt is recorded whatever the outcome."""
+
+    # Weak pairs that bots try first; a honeypot's whole point is to let them in.
+    credentials: list[Credential] = Field(
+        default_factory=lambda: [
+            Credential(username="root", password="123456"),
+            Credential(username="root", password="password"),
+            Credential(username="admin", password="admin"),
+        ]
+    )
+    deny: list[Credential] = Field(default_factory=list)
+    accept_after_failures: int = Field(default=0, ge=0, le=1000)
+    failure_scope: Literal["ip", "connection"] = "ip"
+    remember_accepted: bool = True
+    accept_public_keys: bool = False
+    memory_ttl_seconds: float = Field(default=86400.0, gt=0)
+    memory_max_ips: int = Field(default=100_000, ge=1)
+
+
+class PoolConfig(_Model):
+    """The pre-warmed sandbox pool."""
+
+    size: int = Field(default=3, ge=0, le=500)
+    max_sandboxes: int = Field(default=50, ge=1, le=5000)
+    allocate_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    health_interval_seconds: float = Field(default=30.0, gt=0)
+    sticky: bool = False
+    sticky_ttl_seconds: float = Field(default=86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _size_fits_cap(self) -> PoolConfig:
+        if self.size > self.max_sandboxes:
+            raise ValueError(
+                f"size ({self.size}) must not exceed max_sandboxes ({self.max_sandboxes})"
+            )
+        return self
+
+
+class WeightedImage(_Model):
+    image: str = Field(min_length=1, max_length=255)
+    weight: float = Field(default=1.0, gt=0)
+
+
+class SandboxConfig(_Model):
+    """How every sandbox is created and hardened."""
+
+    docker_url: str = "unix:///var/run/docker.sock"
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=255)
+    images: list[WeightedImage] = Field(default_factory=list)
+    runtime: Literal["runc", "runsc"] = "runc"
+    network: Literal["none"] = "none"
+    cap_add: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    seccomp_profile: str = Field(
+        default="default", description="'default' for Docker's profile, or a path to a JSON file"
+    )
+    pids_limit: int = Field(default=100, ge=10, le=100_000)
+    memory_mb: int = Field(default=256, ge=32, le=65536)
+    cpus: float = Field(default=0.5, gt=0, le=64)
+    nofile_limit: int = Field(default=1024, ge=64, le=1_048_576)
+    nproc_limit: int = Field(default=200, ge=10, le=100_000)
+    disk_limit_mb: int = Field(default=512, ge=16)
+    disk_check_interval_seconds: float = Field(default=10.0, gt=0)
+    io_bps_limit: int = Field(default=20 * 1024 * 1024, ge=0, description="bytes/s; 0 = none")
+    hostnames: list[str] = Field(default_factory=list)
+    hostname_pattern: str = Field(
+        default="{role}-{env}-{n:02d}",
+        description="used when hostnames is empty; fields: role, env, n",
+    )
+    artifact_max_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+
+    @field_validator("cap_add")
+    @classmethod
+    def _check_caps(cls, value: list[str]) -> list[str]:
+        out = []
+        for cap in value:
+            name = cap.upper().removeprefix("CAP_")
+            if not _CAPABILITY_NAME.match(name):
+                raise ValueError(f"not a capability name: {cap!r}")
+            if name in FORBIDDEN_CAPABILITIES:
+                raise ValueError(f"capability {name} would let a sandbox reach the host; refused")
+            out.append(name)
+        return out
+
+    @field_validator("hostnames")
+    @classmethod
+    def _check_hostnames(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HOSTNAME.match(name):
+                raise ValueError(f"not a valid host name: {name!r}")
+        return value
+
+    @field_validator("hostname_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            sample = value.format(role="web", env="prod", n=3)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"hostname_pattern may use only {{role}}, {{env}}, {{n}}: {exc}"
+            ) from None
+        if not _HOSTNAME.match(sample):
+            raise ValueError(f"hostname_pattern gives an invalid host name: {sample!r}")
+        return value
+
+    def weighted_images(self) -> list[WeightedImage]:
+        """The images sessions draw from: `images` when set, else `image` alone."""
+        return list(self.images) or [WeightedImage(image=self.image, weight=1.0)]
+
+
+class RetentionConfig(_Model):
+    """How long stopped session sandboxes are kept for forensics."""
+
+    max_count: int = Field(default=200, ge=0)
+    max_age_days: float = Field(default=30.0, gt=0)
+    max_disk_mb: int = Field(default=10_240, ge=0)
+
+
+class StorageConfig(_Model):
+    data_dir: Path = Path("./var")
+    log_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(default=10, ge=0, le=1000)
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Model):
+    """The whole configuration; `Config()` is the safe default used when no file is given."""
+
+    sensor: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
+    ssh: SSHConfig = Field(default_factory=SSHConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def _format_errors(source: str, exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        lines.append(f"{source}: {path}: {message}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML data.
+
+    Raises:
+        ConfigError: with one line per problem, each naming its key path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a YAML file; `None` gives the built-in defaults.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown keys or bad values.
+    """
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
+    return parse_config(data, str(path))
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as YAML, every option included."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def option_paths(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted option path of the model (used by docs checks)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(option_paths(annotation, f"{path}."))
+        else:
+            paths.append(path)
+    return paths
+
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "AuthConfig",
+    "Config",
+    "Credential",
+    "LoggingConfig",
+    "PoolConfig",
+    "RetentionConfig",
+    "SSHConfig",
+    "SandboxConfig",
+    "StorageConfig",
+    "WeightedImage",
+    "dump_config",
+    "load_config",
+    "option_paths",
+    "parse_config",
+    "parse_listen",
+]
