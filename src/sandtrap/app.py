@@ -1,48 +1,182 @@
 """The composition root: builds every part of the service from a Config and runs it.
 
-Until the SSH front lands this checks what the service needs (engine, target image, data folder)
-and reports; it never claims to serve SSH.
+Owns the service-long TaskGroup (the pool's refill and health tasks), start-up checks, and the
+phased shutdown: stop accepting -> let sessions finish (grace) -> close the rest -> stop session
+sandboxes and remove pool members -> close the event log and the engine connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
-
-import aiodocker
+import re
+import signal
+import tarfile
+from dataclasses import dataclass
 
 from sandtrap.config import Config
-from sandtrap.errors import EngineUnavailable, ImageMissing
+from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
+from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.pool import Pool
+from sandtrap.ssh import SSHFront, start_ssh_server
+from sandtrap.ssh.persona import persona_for
+from sandtrap.store.jsonl import EventLog
 
 log = logging.getLogger(__name__)
 
+_DPKG_VERSION = re.compile(r"^\d+:(?P<upstream>[\w.]+)-(?P<revision>[\w.+~]+)$")
 
-async def _preflight(config: Config) -> None:
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+
+def banner_from_package(version: str, vendor: str = "Debian") -> str | None:
+    """`1:9.2p1-2+deb12u7` -> `OpenSSH_9.2p1 Debian-2+deb12u7` (what Debian's sshd sends)."""
+    match = _DPKG_VERSION.match(version.strip())
+    if match is None:
+        return None
+    return f"OpenSSH_{match['upstream']} {vendor}-{match['revision']}"
+
+
+def package_version(dpkg_status: str, package: str) -> str | None:
+    """The Version of an installed package from the text of /var/lib/dpkg/status."""
+    for stanza in dpkg_status.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
+            return fields.get("Version")
+    return None
+
+
+async def image_openssh_version(engine: Engine, image: str) -> str | None:
+    """The target image's openssh-client version, read from a created (never started) container."""
+    container_id = await engine.create(
+        {"Image": image, "NetworkDisabled": True, "HostConfig": {"NetworkMode": "none"}},
+        name=f"sandtrap-probe-{id(engine):x}",
+    )
     try:
-        docker = aiodocker.Docker(url=config.sandbox.docker_url)
-    except (OSError, ValueError) as exc:
-        raise EngineUnavailable(f"cannot reach the Docker engine: {exc}") from None
-    try:
-        try:
-            version = await docker.version()
-        except (OSError, aiodocker.DockerError) as exc:
-            raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from None
-        log.info("Docker engine %s (API %s)", version.get("Version"), version.get("ApiVersion"))
-        for item in config.sandbox.weighted_images():
-            try:
-                await docker.images.inspect(item.image)
-            except aiodocker.DockerError:
-                raise ImageMissing(
-                    f"target image {item.image} is missing: run `sandtrap image build`"
-                ) from None
-            log.info("target image %s present", item.image)
+        data = await engine.archive(container_id, "/var/lib/dpkg/status", limit=32 * 1024 * 1024)
     finally:
-        await docker.close()
+        await engine.remove(container_id)
+    if not data:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.next()
+        handle = archive.extractfile(member) if member else None
+        text = handle.read().decode("utf-8", "replace") if handle else ""
+    return package_version(text, "openssh-client")
+
+
+async def _with_persona_banner(config: Config, engine: Engine) -> Config:
+    """Take the banner's Debian revision from the image, so `ssh -V` inside and the banner agree."""
+    if config.ssh.banner_version is not None:
+        return config
+    try:
+        version = await image_openssh_version(engine, config.sandbox.weighted_images()[0].image)
+    except SandboxError as exc:
+        log.warning("cannot read openssh-client version from the image: %s", exc)
+        return config
+    banner = banner_from_package(version) if version else None
+    persona_banner = persona_for(config.ssh).software_version
+    if banner is None or banner.split(" ")[0] != persona_banner.split(" ")[0]:
+        log.warning(
+            "image openssh-client %r does not match persona %s; keeping the persona's banner",
+            version,
+            persona_banner,
+        )
+        return config
+    return config.model_copy(
+        update={"ssh": config.ssh.model_copy(update={"banner_version": banner})}
+    )
+
+
+@dataclass
+class Service:
+    """A running SandTrap; `stop` ends it (phased shutdown)."""
+
+    config: Config
+    front: SSHFront
+    pool: Pool
+    events: EventLog
+    stop: asyncio.Event
+
+
+async def _preflight(config: Config, engine: Engine) -> None:
+    try:
+        version = await engine.version()
+    except EngineUnavailable as exc:
+        raise EngineUnavailable(
+            f"{exc} (start Docker, e.g. scripts/ensure-docker, or set sandbox.docker_url)"
+        ) from None
+    log.info("Docker engine %s (API %s)", version.get("Version"), version.get("ApiVersion"))
+    for item in config.sandbox.weighted_images():
+        if not await engine.image_exists(item.image):
+            raise ImageMissing(f"target image {item.image} is missing: run `sandtrap image build`")
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: list[Service] | None = None,
+) -> None:
+    """Run the honeypot until `stop` is set (or SIGTERM/SIGINT when `stop` is not given).
+
+    `ready` is set once the listeners are open; `on_ready` (if given) receives the Service.
+    """
+    stop = stop or asyncio.Event()
+    engine = Engine(config.sandbox.docker_url)
+    events = EventLog(
+        config.storage.data_dir / "log" / "events.jsonl",
+        config.sensor,
+        config.storage.log_max_bytes,
+        config.storage.log_backups,
+    )
+    try:
+        await _preflight(config, engine)
+        config = await _with_persona_banner(config, engine)
+        pool = Pool(config, engine, events)
+        pool_ready = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
+            await pool_ready.wait()
+            front = await start_ssh_server(config, pool, events)
+            service = Service(config, front, pool, events, stop)
+            if on_ready is not None:
+                on_ready.append(service)
+            for host, port in front.addresses:
+                log.info("SandTrap listening on %s port %d (sensor %s)", host, port, config.sensor)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info(
+                "shutting down: no new connections; sessions get %.0fs to finish",
+                config.ssh.shutdown_grace_seconds,
+            )
+            front.close()
+            await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
+            pool_task.cancel()
+        await pool.shutdown()
+    finally:
+        events.close()
+        await engine.close()
 
 
 def run_service(config: Config) -> int:
-    """Run the service to completion; returns the process exit code."""
-    asyncio.run(_preflight(config))
-    log.warning("configuration, engine and images are ready; the SSH front is not built yet")
+    """Run the service in this process until SIGTERM/SIGINT; returns the exit code."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await serve(config, stop=stop)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(signum)
+
+    asyncio.run(main())
     return 0

@@ -6,9 +6,15 @@ Exit codes (docs/cli.md): 0 success, 1 runtime failure, 2 usage or configuration
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import logging
 import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -16,10 +22,13 @@ from rich.console import Console
 from sandtrap import __version__
 from sandtrap.config import Config, dump_config, load_config
 from sandtrap.errors import ConfigError, SandTrapError
+from sandtrap.textsafe import safe_text
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
 
 
 def _fail(message: str) -> None:
@@ -64,6 +73,9 @@ def run(config_path: Path | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # asyncssh logs every channel at INFO, with attacker-chosen names unescaped; ours say what
+    # matters with %r.
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         code = run_service(config)
     except SandTrapError as exc:
@@ -139,6 +151,114 @@ def image_build(
         _fail(f"sandtrap: {exc}")
         raise SystemExit(EXIT_FAILURE) from None
     click.echo(f"{result.tag}: {result.reason} (inputs {result.inputs_hash[:12]})")
+
+
+@cli.group()
+def sandboxes() -> None:
+    """List and prune sandbox containers."""
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "?"
+    seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit}"
+    return f"{seconds}s"
+
+
+@sandboxes.command("list")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def sandboxes_list(config_path: Path | None, as_json: bool) -> None:
+    """Pool members and kept session sandboxes of this sensor, newest first."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from sandtrap.sandbox.docker import Engine
+    from sandtrap.sandbox.inventory import list_sandboxes
+
+    config = _load(config_path)
+
+    async def fetch() -> list[Any]:
+        engine = Engine(config.sandbox.docker_url)
+        try:
+            return await list_sandboxes(engine, config.sensor)
+        finally:
+            await engine.close()
+
+    rows = _engine_call(fetch)
+    if as_json:
+        for row in rows:
+            record = dataclasses.asdict(row)
+            record["created"] = row.created.isoformat() if row.created else None
+            click.echo(json.dumps(record))
+        return
+    table = Table(title=f"sandboxes of sensor {safe_text(config.sensor)}")
+    for column in ("container", "role", "session", "source IP", "hostname", "state", "age", "size"):
+        table.add_column(column)
+    for row in rows:
+        cells = (
+            row.container_id[:12],
+            row.role,
+            row.session_id or "-",
+            row.src_ip or "-",
+            row.hostname,
+            row.state,
+            _age(row.created),
+            _human_size(row.size_bytes),
+        )
+        # Text cells are never parsed as rich markup; safe_text escapes control characters.
+        table.add_row(*(Text(safe_text(cell)) for cell in cells))
+    Console().print(table)
+
+
+@sandboxes.command("prune")
+@_config_option
+def sandboxes_prune(config_path: Path | None) -> None:
+    """Apply the retention policy now: remove the oldest kept sandboxes past its limits."""
+    from sandtrap.sandbox.docker import Engine
+    from sandtrap.sandbox.retention import enforce_retention
+    from sandtrap.store.jsonl import EventLog
+
+    config = _load(config_path)
+
+    async def prune() -> list[str]:
+        engine = Engine(config.sandbox.docker_url)
+        events = EventLog(
+            config.storage.data_dir / "log" / "events.jsonl",
+            config.sensor,
+            config.storage.log_max_bytes,
+            config.storage.log_backups,
+        )
+        try:
+            return await enforce_retention(engine, config.retention, events, config.sensor)
+        finally:
+            events.close()
+            await engine.close()
+
+    removed = _engine_call(prune)
+    click.echo(f"removed {len(removed)} sandbox(es)")
+    for container_id in removed:
+        click.echo(f"  {container_id[:12]}")
+
+
+def _engine_call(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(factory())
+    except SandTrapError as exc:
+        _fail(f"sandtrap: {exc}")
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 def main() -> None:

@@ -85,6 +85,7 @@ class SSHConfig(_Model):
     login_grace_seconds: float = Field(default=120.0, gt=0, le=3600)
     max_auth_tries: int = Field(default=6, ge=1, le=100)
     auth_failure_delay_seconds: float = Field(default=2.0, ge=0, le=30)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     persona: Literal["debian12"] = "debian12"
     banner_version: str | None = Field(
         default=None,

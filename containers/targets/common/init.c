@@ -1,0 +1,95 @@
+/*
+ * Minimal PID 1 for SandTrap target containers, installed as /sbin/init.
+ *
+ * It owns two jobs only: reap every child that the kernel re-parents to it
+ * (orphans of the attacker's shell), and exit promptly when the container is
+ * stopped from outside.  Everything else (users, exec'd shells, hardening) is
+ * the runtime's business.
+ *
+ * Signals are blocked and taken synchronously with sigwaitinfo(), so there is
+ * no window between "no more children to reap" and "go to sleep".
+ *
+ * SIGTERM/SIGINT end the container only when they come from outside the
+ * container's PID namespace (docker stop / docker kill), where the kernel
+ * reports si_pid == 0.  A process inside the container, even root, sending
+ * `kill -TERM 1` is ignored, as systemd and sysvinit would do, so an attacker
+ * cannot end their own session's container that way.  (SIGKILL from inside
+ * is already dropped by the kernel for a namespace's init.)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void no_op(int sig) { (void)sig; }
+
+static void reap_all(void)
+{
+    int status;
+
+    for (;;) {
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid > 0)
+            continue;
+        if (pid < 0 && errno == EINTR)
+            continue;
+        return; /* 0: children remain but none has exited; -1/ECHILD: none */
+    }
+}
+
+int main(void)
+{
+    static const int handled[] = {
+        SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+        SIGPWR, SIGWINCH, SIGALRM, SIGTSTP, SIGTTIN, SIGTTOU,
+    };
+    struct sigaction sa;
+    sigset_t set;
+    siginfo_t info;
+    size_t i;
+
+    /* If ever run below PID 1 (debugging), still collect orphans. */
+    (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (chdir("/") != 0) {
+        /* nothing sensible to do; keep running */
+    }
+
+    /*
+     * A real handler (not SIG_DFL) plus blocking: for a namespace init the
+     * kernel discards SIG_DFL signals, and blocked ones stay pending for
+     * sigwaitinfo().
+     */
+    sigemptyset(&set);
+    sa.sa_handler = no_op;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (i = 0; i < sizeof handled / sizeof handled[0]; i++) {
+        sigaddset(&set, handled[i]);
+        (void)sigaction(handled[i], &sa, NULL);
+    }
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    for (;;) {
+        reap_all();
+        if (sigwaitinfo(&set, &info) < 0)
+            continue; /* EINTR */
+        switch (info.si_signo) {
+        case SIGTERM:
+        case SIGINT:
+            /* si_pid is 0 when the sender lives in an ancestor namespace. */
+            if (info.si_pid != 0)
+                break;
+            /*
+             * Exit now: the kernel SIGKILLs everything else in the
+             * namespace, and the stopped container keeps its filesystem
+             * for forensics, so there is nothing to flush or wait for.
+             */
+            _exit(0);
+        default:
+            break; /* SIGCHLD and the rest: loop and reap */
+        }
+    }
+}

@@ -1,0 +1,313 @@
+"""The event catalogue: one frozen dataclass per `eventid`, and their serialisation in one place.
+
+Events are the honeypot's data product (docs/events.md documents each one; a test keeps that page
+and this catalogue in step). Writing them is left to `store/`; diagnostics are logs, not events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. 2026-11-29T14:30:10.123456Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Fields every event carries; `sensor` is added when the event is written."""
+
+    eventid: ClassVar[str] = ""
+    session: str | None = None
+    src_ip: str | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+    timestamp: datetime = field(default_factory=utcnow)
+
+
+# --- connection and authentication -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConnect(Event):
+    """A TCP connection reached the SSH listener (before any SSH data)."""
+
+    eventid: ClassVar[str] = "session.connect"
+    dst_ip: str | None = None
+    protocol: str = "ssh"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientKex(Event):
+    """The client's identification string and KEXINIT: its HASSH fingerprint and algorithm lists."""
+
+    eventid: ClassVar[str] = "session.client.kex"
+    client_version: str
+    hassh: str
+    hassh_algorithms: str
+    kex_algs: list[str]
+    enc_algs: list[str]
+    mac_algs: list[str]
+    comp_algs: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthFailed(Event):
+    """An authentication attempt that was refused."""
+
+    eventid: ClassVar[str] = "auth.failed"
+    username: str
+    method: str
+    password: str | None = None
+    key_type: str | None = None
+    key_fingerprint: str | None = None
+    reason: str = "invalid credentials"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSuccess(Event):
+    """An authentication attempt that was accepted; `reason` says which rule accepted it."""
+
+    eventid: ClassVar[str] = "auth.success"
+    username: str
+    method: str
+    password: str | None = None
+    key_type: str | None = None
+    key_fingerprint: str | None = None
+    reason: str = "credentials"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardRefused(Event):
+    """A forwarding request (local, remote, agent, X11) that was refused; nothing was relayed."""
+
+    eventid: ClassVar[str] = "session.forward.refused"
+    kind: str
+    host: str | None = None
+    port: int | None = None
+    origin_host: str | None = None
+    origin_port: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestRefused(Event):
+    """A channel or session request that was refused (unknown subsystem, env, ...)."""
+
+    eventid: ClassVar[str] = "session.request.refused"
+    request: str
+    detail: str | None = None
+
+
+# --- channels ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionShell(Event):
+    """An interactive shell started (with a PTY when `term` is set)."""
+
+    eventid: ClassVar[str] = "session.shell"
+    channel: int
+    term: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionExec(Event):
+    """A command requested with `ssh host 'command'` (also scp), exactly as sent."""
+
+    eventid: ClassVar[str] = "session.exec"
+    channel: int
+    input: str
+    pty: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionSubsystem(Event):
+    """A subsystem request (sftp)."""
+
+    eventid: ClassVar[str] = "session.subsystem"
+    channel: int
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionResize(Event):
+    """The client's terminal changed size."""
+
+    eventid: ClassVar[str] = "session.resize"
+    channel: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelClosed(Event):
+    """A shell, exec or subsystem channel ended."""
+
+    eventid: ClassVar[str] = "session.channel.closed"
+    channel: int
+    exit_status: int | None
+    bytes_in: int
+    bytes_out: int
+    duration: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionClosed(Event):
+    """The SSH connection ended; `reason` is why."""
+
+    eventid: ClassVar[str] = "session.closed"
+    duration: float
+    reason: str
+    username: str | None = None
+    container_id: str | None = None
+
+
+# --- sandboxes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxAllocated(Event):
+    """A sandbox was handed to a session."""
+
+    eventid: ClassVar[str] = "sandbox.allocated"
+    container_id: str
+    hostname: str
+    image: str
+    wait_ms: float
+    sticky: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxAllocationFailed(Event):
+    """No sandbox could be had for a session; the connection is closed."""
+
+    eventid: ClassVar[str] = "sandbox.allocation_failed"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxReleased(Event):
+    """A session's sandbox was stopped and kept for forensics."""
+
+    eventid: ClassVar[str] = "sandbox.released"
+    container_id: str
+    stopped: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxDiff(Event):
+    """What changed in the sandbox's filesystem during the session (`docker diff`)."""
+
+    eventid: ClassVar[str] = "sandbox.diff"
+    container_id: str
+    changes: list[dict[str, str]]
+    total: int
+    truncated: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxArtifact(Event):
+    """A file created or changed in the sandbox, copied to var/artifacts/<sha256>."""
+
+    eventid: ClassVar[str] = "sandbox.artifact"
+    container_id: str
+    path: str
+    size: int
+    sha256: str
+    artifact: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxDiskExceeded(Event):
+    """The sandbox's writable layer outgrew its budget; its session is ended."""
+
+    eventid: ClassVar[str] = "sandbox.disk_exceeded"
+    container_id: str
+    size_mb: float
+    limit_mb: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxError(Event):
+    """The engine failed an operation; the service carries on and retries where it can."""
+
+    eventid: ClassVar[str] = "sandbox.error"
+    operation: str
+    error: str
+    container_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxPruned(Event):
+    """Retention removed a kept sandbox."""
+
+    eventid: ClassVar[str] = "sandbox.pruned"
+    container_id: str
+    reason: str
+
+
+CATALOGUE: dict[str, type[Event]] = {
+    cls.eventid: cls
+    for cls in (
+        SessionConnect,
+        ClientKex,
+        AuthFailed,
+        AuthSuccess,
+        ForwardRefused,
+        RequestRefused,
+        SessionShell,
+        SessionExec,
+        SessionSubsystem,
+        SessionResize,
+        ChannelClosed,
+        SessionClosed,
+        SandboxAllocated,
+        SandboxAllocationFailed,
+        SandboxReleased,
+        SandboxDiff,
+        SandboxArtifact,
+        SandboxDiskExceeded,
+        SandboxError,
+        SandboxPruned,
+    )
+}
+
+
+def to_record(event: Event, sensor: str) -> dict[str, Any]:
+    """The event as a JSON-ready dict: common fields first, then the event's own."""
+    record: dict[str, Any] = {
+        "timestamp": rfc3339(event.timestamp),
+        "eventid": event.eventid,
+        "sensor": sensor,
+    }
+    for item in dataclasses.fields(event):
+        if item.name == "timestamp":
+            continue
+        record[item.name] = getattr(event, item.name)
+    return record
+
+
+def to_json_line(event: Event, sensor: str) -> str:
+    """One line of JSON, newline included.
+
+    Everything outside printable ASCII is escaped by the encoder, so no attacker string can put a
+    raw control character, newline or Unicode line separator (U+2028, U+0085) into the log.
+    """
+    return json.dumps(to_record(event, sensor), ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+class EventSink(Protocol):
+    """Anything that takes events; `emit` never blocks and never raises."""
+
+    def emit(self, event: Event) -> None: ...

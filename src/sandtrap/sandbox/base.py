@@ -1,0 +1,115 @@
+"""The seam between sessions and containers: the Sandbox, ExecStream and SandboxProvider protocols.
+
+Session and proxy code speak only these terms; `sandbox/docker.py` implements them on the Docker
+engine and `sandbox/fake.py` in memory for fast tests of SSH and session logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+STDOUT = 1
+STDERR = 2
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who a sandbox is for: used for labels, sticky mode and events."""
+
+    session_id: str
+    src_ip: str
+    src_port: int
+    username: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Output of a process: `stream` is STDOUT or STDERR (always STDOUT with a TTY)."""
+
+    stream: int
+    data: bytes
+
+
+class ExecStream(Protocol):
+    """A process running in a sandbox, with its stdin, output and exit status.
+
+    Cancellation: every method may be cancelled; `close()` must still be called (it is idempotent)
+    and kills nothing by itself but releases the connection to the engine.
+    """
+
+    async def read(self) -> Chunk | None:
+        """Next chunk of output, or None once the process closed its output."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the process's stdin (waits while the engine applies back-pressure)."""
+        ...
+
+    async def close_stdin(self) -> None:
+        """Signal end of input (the process reads EOF) while output keeps flowing."""
+        ...
+
+    async def resize(self, width: int, height: int) -> None:
+        """Change the terminal size (TTY processes only; ignored otherwise)."""
+        ...
+
+    async def wait(self) -> int:
+        """The exit status once the process has ended (call after read() returned None)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the stream; idempotent."""
+        ...
+
+
+class Sandbox(Protocol):
+    """One container that serves one SSH connection."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def hostname(self) -> str: ...
+
+    @property
+    def image(self) -> str: ...
+
+    async def ensure_user(self, username: str) -> str:
+        """Make sure the login user exists (created with a home when missing); returns its home."""
+        ...
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str,
+        tty: bool,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> ExecStream:
+        """Start a process; `size` is (width, height) for a TTY."""
+        ...
+
+
+class SandboxProvider(Protocol):
+    """Hands out sandboxes to sessions and takes them back (the pool)."""
+
+    async def allocate(self, info: SessionInfo) -> Sandbox:
+        """A running sandbox for this session.
+
+        Raises:
+            PoolExhausted: none became available within the allocation timeout.
+            SandboxError: the engine failed.
+        """
+        ...
+
+    async def release(self, sandbox: Sandbox, info: SessionInfo) -> None:
+        """The session is over: stop (never remove) the sandbox and record what changed in it.
+
+        Never raises for engine failures (they are logged and become events); safe to call from a
+        cancelled task inside `asyncio.shield`.
+        """
+        ...

@@ -1,0 +1,125 @@
+"""What a session changed: the sandbox's filesystem diff and the files it left behind.
+
+Owns turning `docker diff` into a `sandbox.diff` event and copying new or modified regular files
+out through the archive API into `var/artifacts/<sha256>` (content-addressed, so attacker-chosen
+names never become host file names). The sandbox needs no network for any of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from sandtrap.events import EventSink, SandboxArtifact, SandboxDiff
+from sandtrap.sandbox.base import SessionInfo
+from sandtrap.sandbox.docker import DockerSandbox, Engine
+
+log = logging.getLogger(__name__)
+
+KINDS = {0: "modified", 1: "added", 2: "deleted"}
+MAX_DIFF_ENTRIES = 2000
+MAX_ARTIFACTS = 200
+MAX_PATH_CHARS = 4096
+# Go's os.FileMode type bits (dir, symlink, device, pipe, socket, ...): none set = regular file.
+_GO_TYPE_BITS = 0xFFF00000 | (1 << 31)
+
+
+def is_regular(stat: dict[str, Any]) -> bool:
+    return (int(stat.get("mode", 0)) & _GO_TYPE_BITS) == 0
+
+
+def _unchanged(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    if before is None or after is None:
+        return before is after
+    return all(before.get(key) == after.get(key) for key in ("size", "mode", "mtime", "linkTarget"))
+
+
+def first_file_in_tar(data: bytes) -> bytes | None:
+    """The content of the first regular file in a tar stream, read in memory (never to disk)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for member in archive:
+                if member.isfile():
+                    handle = archive.extractfile(member)
+                    return handle.read() if handle else None
+    except (tarfile.TarError, OSError):
+        return None
+    return None
+
+
+def store_artifact(directory: Path, content: bytes) -> tuple[str, Path]:
+    """Write content under its sha256 (once); returns (digest, path)."""
+    digest = hashlib.sha256(content).hexdigest()
+    target = directory / digest
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{digest}.{os.getpid()}.partial"
+        partial.write_bytes(content)
+        partial.chmod(0o440)
+        partial.replace(target)
+    return digest, target
+
+
+async def capture_changes(
+    engine: Engine,
+    sandbox: DockerSandbox,
+    info: SessionInfo,
+    events: EventSink,
+    artifacts_dir: Path,
+    max_bytes: int,
+) -> None:
+    """Emit the session's diff and copy changed regular files out as artifacts."""
+    raw = await engine.diff(sandbox.id)
+    changes: list[dict[str, str]] = []
+    for entry in raw:
+        path = str(entry.get("Path", ""))[:MAX_PATH_CHARS]
+        kind = KINDS.get(int(entry.get("Kind", 0)), "modified")
+        if path in sandbox.baseline:
+            after = await engine.archive_stat(sandbox.id, path)
+            if _unchanged(sandbox.baseline[path], after):
+                continue
+        changes.append({"path": path, "kind": kind})
+    events.emit(
+        SandboxDiff(
+            session=info.session_id,
+            src_ip=info.src_ip,
+            src_port=info.src_port,
+            container_id=sandbox.id,
+            changes=changes[:MAX_DIFF_ENTRIES],
+            total=len(changes),
+            truncated=len(changes) > MAX_DIFF_ENTRIES,
+        )
+    )
+    if max_bytes <= 0:
+        return
+    copied = 0
+    for change in changes:
+        if change["kind"] == "deleted" or copied >= MAX_ARTIFACTS:
+            continue
+        stat = await engine.archive_stat(sandbox.id, change["path"])
+        if stat is None or not is_regular(stat) or int(stat.get("size", 0)) > max_bytes:
+            continue
+        data = await engine.archive(sandbox.id, change["path"], limit=max_bytes + 64 * 1024)
+        content = first_file_in_tar(data) if data else None
+        if content is None:
+            continue
+        digest, target = await asyncio.to_thread(store_artifact, artifacts_dir, content)
+        copied += 1
+        events.emit(
+            SandboxArtifact(
+                session=info.session_id,
+                src_ip=info.src_ip,
+                src_port=info.src_port,
+                container_id=sandbox.id,
+                path=change["path"],
+                size=len(content),
+                sha256=digest,
+                artifact=str(target),
+            )
+        )

@@ -1,0 +1,188 @@
+"""Hardening and naming of sandbox containers: pure functions from config to Engine API bodies.
+
+Owns what every sandbox container looks like (limits, capabilities, labels, names, host names).
+Talking to the engine is left to `sandbox/docker.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sandtrap.config import SandboxConfig
+from sandtrap.errors import ConfigError
+from sandtrap.events import rfc3339
+
+LABEL_ROLE = "sandtrap.role"
+LABEL_CREATED = "sandtrap.created"
+LABEL_IMAGE = "sandtrap.image"
+LABEL_HOSTNAME = "sandtrap.hostname"
+LABEL_SENSOR = "sandtrap.sensor"
+ROLE_SANDBOX = "sandbox"
+
+# Docker labels cannot change after creation, so a warm container's session binding lives in its
+# name, which can: sandtrap-pool-<hex> while idle, sandtrap-<session>-<ip> once allocated.
+POOL_PREFIX = "sandtrap-pool-"
+SESSION_PREFIX = "sandtrap-s-"
+_SESSION_NAME = re.compile(r"^/?sandtrap-s-([0-9a-f]{12,32})-([0-9A-Za-z._]+)$")
+
+_ROLES = ("web", "app", "db", "api", "mail", "backup", "git", "ci", "cache", "proxy")
+_ENVS = ("prod", "prd", "stage", "live", "int")
+
+
+@dataclass(frozen=True)
+class SessionName:
+    session_id: str
+    src_ip: str
+
+
+def sandbox_labels(sensor: str) -> tuple[str, str]:
+    """Label filters that select this sensor's sandboxes (several sensors may share an engine)."""
+    return f"{LABEL_ROLE}={ROLE_SANDBOX}", f"{LABEL_SENSOR}={sensor[:253]}"
+
+
+def pool_name() -> str:
+    return f"{POOL_PREFIX}{secrets.token_hex(6)}"
+
+
+def session_name(session_id: str, src_ip: str) -> str:
+    """Container name of an allocated sandbox; IPv6 colons become underscores (no ':' in names)."""
+    if not re.fullmatch(r"[0-9a-f]{12,32}", session_id):
+        raise ValueError(f"bad session id {session_id!r}")
+    ip_part = re.sub(r"[^0-9A-Za-z.]", "_", src_ip)[:64]
+    return f"{SESSION_PREFIX}{session_id}-{ip_part}"
+
+
+def parse_session_name(name: str) -> SessionName | None:
+    match = _SESSION_NAME.match(name)
+    if match is None:
+        return None
+    ip_part = match.group(2)
+    src_ip = ip_part.replace("_", ":") if "_" in ip_part else ip_part
+    return SessionName(session_id=match.group(1), src_ip=src_ip)
+
+
+class HostnamePicker:
+    """Plausible host names: the configured list in turn, else the pattern with random parts."""
+
+    def __init__(self, config: SandboxConfig, rng: random.Random | None = None) -> None:
+        self._names = list(config.hostnames)
+        self._pattern = config.hostname_pattern
+        self._rng = rng or random.Random()  # noqa: S311 - realism, not security
+        self._next = 0
+
+    def pick(self) -> str:
+        if self._names:
+            name = self._names[self._next % len(self._names)]
+            self._next += 1
+            return name
+        return self._pattern.format(
+            role=self._rng.choice(_ROLES), env=self._rng.choice(_ENVS), n=self._rng.randint(1, 12)
+        )
+
+
+def _security_opts(config: SandboxConfig) -> list[str]:
+    opts = ["no-new-privileges:true"]
+    if config.seccomp_profile != "default":
+        path = Path(config.seccomp_profile)
+        try:
+            profile = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"sandbox.seccomp_profile: cannot load {path}: {exc}"]) from None
+        opts.append(f"seccomp={json.dumps(profile, separators=(',', ':'))}")
+    return opts
+
+
+def container_body(
+    config: SandboxConfig,
+    *,
+    image: str,
+    hostname: str,
+    sensor: str,
+    created: datetime,
+    blkio_device: str | None = None,
+) -> dict[str, Any]:
+    """The Engine API `POST /containers/create` body of one hardened sandbox."""
+    memory = config.memory_mb * 1024 * 1024
+    host: dict[str, Any] = {
+        "NetworkMode": "none",
+        "Privileged": False,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(config.cap_add),
+        "SecurityOpt": _security_opts(config),
+        "PidsLimit": config.pids_limit,
+        "Memory": memory,
+        "MemorySwap": memory,
+        "NanoCpus": int(config.cpus * 1_000_000_000),
+        "Ulimits": [
+            {"Name": "nofile", "Soft": config.nofile_limit, "Hard": config.nofile_limit},
+            {"Name": "nproc", "Soft": config.nproc_limit, "Hard": config.nproc_limit},
+        ],
+        "Runtime": config.runtime,
+        "IpcMode": "private",
+        "ReadonlyRootfs": False,
+        "Binds": [],
+        "Mounts": [],
+        "Devices": [],
+        "RestartPolicy": {"Name": "no"},
+        "AutoRemove": False,
+        "LogConfig": {"Type": "none", "Config": {}},
+        # The image's own /sbin/init reaps zombies; Docker's --init would show docker-init in ps.
+        "Init": False,
+    }
+    if blkio_device and config.io_bps_limit:
+        rate = [{"Path": blkio_device, "Rate": config.io_bps_limit}]
+        host["BlkioDeviceReadBps"] = rate
+        host["BlkioDeviceWriteBps"] = rate
+    return {
+        "Image": image,
+        "Hostname": hostname,
+        "Domainname": "",
+        "NetworkDisabled": True,
+        "Tty": False,
+        "OpenStdin": False,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "StopSignal": "SIGTERM",
+        "Labels": {
+            LABEL_ROLE: ROLE_SANDBOX,
+            LABEL_CREATED: rfc3339(created),
+            LABEL_IMAGE: image,
+            LABEL_HOSTNAME: hostname,
+            LABEL_SENSOR: sensor[:253],
+        },
+        "HostConfig": host,
+    }
+
+
+_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def is_valid_username(name: str) -> bool:
+    """A name `useradd` accepts on Debian with default NAME_REGEX (and never an option)."""
+    return bool(_USERNAME.fullmatch(name))
+
+
+def blkio_device_for(path: Path) -> str | None:
+    """The whole-disk block device holding `path` (for blkio throttling), or None if unknown."""
+    try:
+        dev = path.stat().st_dev
+    except OSError:
+        return None
+    major, minor = os.major(dev), os.minor(dev)
+    sys_dev = Path(f"/sys/dev/block/{major}:{minor}")
+    if not sys_dev.exists():
+        return None
+    node = sys_dev.resolve()
+    if (node / "partition").exists():
+        node = node.parent
+    device = Path("/dev") / node.name
+    return str(device) if device.exists() else None

