@@ -24,7 +24,7 @@ DEFAULT_IMAGE = "sandtrap/target-debian:12"
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
 
 _CAPABILITY_NAME = re.compile(r"^[A-Z_]{2,32}$")
-_HOSTNAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+HOSTNAME_RE = re.compile(r"(?=.{1,63}\Z)[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 # Capabilities that hand out the host or the network: never allowed, whatever the file says.
 FORBIDDEN_CAPABILITIES = frozenset(
     {
@@ -206,7 +206,7 @@ class SandboxConfig(_Model):
     @classmethod
     def _check_hostnames(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _HOSTNAME.match(name):
+            if not HOSTNAME_RE.fullmatch(name):
                 raise ValueError(f"not a valid host name: {name!r}")
         return value
 
@@ -219,7 +219,7 @@ class SandboxConfig(_Model):
             raise ValueError(
                 f"hostname_pattern may use only {{role}}, {{env}}, {{n}}: {exc}"
             ) from None
-        if not _HOSTNAME.match(sample):
+        if not HOSTNAME_RE.fullmatch(sample):
             raise ValueError(f"hostname_pattern gives an invalid host name: {sample!r}")
         return value
 

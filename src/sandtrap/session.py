@@ -22,8 +22,15 @@ from sandtrap.sandbox.base import Sandbox, SandboxProvider, SessionInfo
 
 log = logging.getLogger(__name__)
 
-# sshd runs the user's shell: as a login shell for `shell`, with -c for `exec` (session.c).
-LOGIN_SHELL = ("/bin/bash", "-l")
+# sshd runs the user's shell: as a login shell for `shell`, with -c for `exec` (session.c). For a
+# login, Debian's pam_motd first prints the dynamic motd (update-motd.d) and /etc/motd; the shell
+# then runs as "-bash", the name sshd gives a login shell, which is what `ps` shows on a server.
+LOGIN_SHELL = (
+    "/bin/bash",
+    "-c",
+    "run-parts --lsbsysinit /etc/update-motd.d 2>/dev/null; "
+    "[ -r /etc/motd ] && cat /etc/motd; exec -a -bash /bin/bash",
+)
 COMMAND_SHELL = ("/bin/bash", "-c")
 # Debian's sshd_config: AcceptEnv LANG LC_*.
 ACCEPTED_ENV_PREFIXES = ("LC_",)

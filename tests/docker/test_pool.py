@@ -200,7 +200,10 @@ async def test_max_sandboxes_and_allocation_timeout(sensor: str, tmp_path: Path)
         sensor, tmp_path, pool={"size": 1, "max_sandboxes": 2, "allocate_timeout_seconds": 1.5}
     )
     async with running_pool(config, Sink()) as pool:
+        await asyncio.wait_for(pool.wait_warm(), 60)
         first = await pool.allocate(info(1))
+        # The cap leaves room for exactly one more: the refill behind the first allocation.
+        await asyncio.wait_for(pool.wait_warm(), 60)
         second = await pool.allocate(info(2))
         assert first.id != second.id
         loop = asyncio.get_running_loop()
@@ -212,6 +215,7 @@ async def test_max_sandboxes_and_allocation_timeout(sensor: str, tmp_path: Path)
         assert len(running) == 2
         # Releasing one makes room again.
         await pool.release(first, info(1))
+        await asyncio.wait_for(pool.wait_warm(), 60)
         third = await pool.allocate(info(3))
         assert third.id not in (first.id, second.id)
 
@@ -229,6 +233,7 @@ async def test_restart_reconciles_and_retention_prunes(sensor: str, tmp_path: Pa
         kept.append(sandbox.id)
         if n < 3:
             await pool.release(sandbox, info(n))
+    await asyncio.wait_for(pool.wait_warm(), 60)
     # Simulate a crash: the task dies without shutdown(); pool members and one live session remain.
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -272,3 +277,70 @@ async def test_sticky_mode_returns_the_same_sandbox(sensor: str, tmp_path: Path)
         assert out.strip() == "left-behind"
         other = await pool.allocate(info(3, ip="198.51.100.5"))
         assert other.id != first.id
+
+
+async def test_disk_budget_stops_the_sandbox(sensor: str, tmp_path: Path) -> None:
+    sink = Sink()
+    config = make_config(
+        sensor,
+        tmp_path,
+        pool={"size": 1},
+        sandbox={"disk_limit_mb": 20, "disk_check_interval_seconds": 0.5, "io_bps_limit": 0},
+    )
+    async with running_pool(config, sink) as pool:
+        sandbox = await pool.allocate(info(9))
+        code, _ = await sh(sandbox, "head -c 40M /dev/zero > /root/fill; sync")
+        assert code == 0
+        async with asyncio.timeout(30):
+            while not sink.of("sandbox.disk_exceeded"):
+                await asyncio.sleep(0.2)
+        exceeded = sink.of("sandbox.disk_exceeded")[0]
+        assert exceeded.limit_mb == 20
+        assert exceeded.size_mb > 20
+        async with asyncio.timeout(30):
+            while json.loads(_docker("inspect", sandbox.id))[0]["State"]["Running"]:
+                await asyncio.sleep(0.2)
+        await pool.release(sandbox, info(9))
+
+
+def _dockerd_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
+    pids = out.stdout.split()
+    return int(pids[0]) if pids else None
+
+
+@pytest.mark.slow
+async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
+    """dockerd stops under a running pool: errors become events, nothing crashes, it recovers."""
+    import os
+    import signal
+
+    root = Path(__file__).resolve().parents[2]
+    if os.geteuid() != 0 or _dockerd_pid() is None:
+        pytest.skip("needs root and a dockerd this test may restart (as in make test)")
+    sink = Sink()
+    config = make_config(sensor, tmp_path, pool={"size": 2, "health_interval_seconds": 0.5})
+    async with running_pool(config, sink) as pool:
+        async with asyncio.timeout(60):
+            await pool.wait_warm()
+        before = {s.id for q in pool._idle.values() for s in q}
+        pid = _dockerd_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(60):
+                while _dockerd_pid() is not None:
+                    await asyncio.sleep(0.2)
+                while pool.statistics().engine_ok:
+                    await asyncio.sleep(0.2)
+        finally:
+            restart = await asyncio.create_subprocess_exec(str(root / "scripts" / "ensure-docker"))
+            assert await asyncio.wait_for(restart.wait(), 120) == 0
+        assert sink.of("sandbox.error")
+        # The old members died with the engine; the pool replaces them and serves again.
+        sandbox = await asyncio.wait_for(pool.allocate(info(5)), 90)
+        assert sandbox.id not in before
+        code, out = await sh(sandbox, "echo alive")
+        assert (code, out) == (0, "alive\n")
+        await pool.release(sandbox, info(5))
+    assert any(e.operation in ("health", "create", "disk check") for e in sink.of("sandbox.error"))

@@ -264,6 +264,7 @@ def test_allocation_timeout_closes_like_a_loaded_sshd(tmp_path: Path) -> None:
         assert asyncio.run(hold_and_try()) == 255
         assert running.events("sandbox.allocation_failed")
         # The service stays healthy: once the holder left, a new login works again.
+        running.call(running.service.pool.wait_warm)
         assert running.ssh("echo back").stdout == b"back\n"
     finally:
         running.stop()

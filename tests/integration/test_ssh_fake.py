@@ -21,6 +21,7 @@ from sandtrap import events as ev
 from sandtrap.config import Config
 from sandtrap.errors import PoolExhausted
 from sandtrap.sandbox.fake import FakeProvider
+from sandtrap.session import LOGIN_SHELL
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 
@@ -209,7 +210,7 @@ async def test_shell_with_pty_resize_and_exit_status(start: Start) -> None:
     (resize,) = h.sink.of(ev.SessionResize)
     assert (resize.width, resize.height) == (120, 40)
     record = h.provider.allocated[0][0].execs[0]
-    assert record.argv == ("/bin/bash", "-l")
+    assert record.argv == LOGIN_SHELL
     assert record.tty
     assert record.workdir == "/root"
     assert record.resizes == [(120, 40)]
@@ -450,7 +451,7 @@ async def test_shutdown_closes_open_connections_and_releases(start: Start) -> No
     h = await start()
     conn = await h.connect()
     process = await conn.create_process("sleep 30")
-    await h.sink.wait_for(ev.SandboxAllocated)
+    await h.sink.wait_for(ev.SessionExec)
     await h.front.wait_closed(grace_seconds=0.05)
     await process.wait_closed()
     conn.close()

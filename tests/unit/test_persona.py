@@ -1,4 +1,4 @@
-"""Persona data, option translation, KEXINIT parsing and HASSH, host keys."""
+"""Persona data, option translation, KEXINIT parsing and HASSH, host keys, extra kex algorithms."""
 
 from __future__ import annotations
 
@@ -9,11 +9,29 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh import kex as asyncssh_kex
+from asyncssh import kex_dh
 
 from sandtrap.config import SSHConfig
 from sandtrap.ssh.connection import parse_kexinit
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
-from sandtrap.ssh.persona import DEBIAN12, hassh, persona_for, server_options
+from sandtrap.ssh.kexalgs import (
+    DEFAULT_MODULI_PATH,
+    Modulus,
+    choose_group,
+    enable_sntrup761,
+    gex_bounds,
+    is_valid_dh_public,
+    load_moduli,
+    parse_moduli,
+)
+from sandtrap.ssh.persona import (
+    DEBIAN12,
+    hassh,
+    persona_for,
+    server_options,
+    unsupported_algorithms,
+)
 
 
 def test_debian12_identification() -> None:
@@ -101,3 +119,97 @@ def test_host_keys_generated_once_with_mode_0600(tmp_path: Path) -> None:
     second = load_or_create_host_keys(keys_dir)
     assert [key.public_data for key in second] == [key.public_data for key in first]
     assert isinstance(second[0], asyncssh.SSHKey)
+
+
+# --- kexalgs: sntrup761 through pqcrypto, OpenSSH's group exchange -------------------------------
+
+
+def test_sntrup761_completes_the_persona_kex_list() -> None:
+    assert enable_sntrup761()
+    assert enable_sntrup761()  # idempotent
+    assert server_options(DEBIAN12, [])["kex_algs"] == list(DEBIAN12.kex_algs)
+    assert "kex" not in unsupported_algorithms(DEBIAN12)
+
+
+def test_sntrup761_kem_round_trip() -> None:
+    assert enable_sntrup761()
+    kem_class = asyncssh_kex._kex_handlers[b"sntrup761x25519-sha512"][2][0]
+    server, client = kem_class(b"sntrup761"), kem_class(b"sntrup761")
+    secret, ciphertext = client.encaps(server.get_public())
+    assert len(secret) == 32
+    assert server.decaps(ciphertext) == secret
+    with pytest.raises(ValueError, match="public key"):
+        client.encaps(b"short")
+
+
+def _moduli_line(bits: int, prime: int, kind: int = 2, tests: int = 6, generator: int = 2) -> str:
+    return f"20230101000000 {kind} {tests} 100 {bits - 1} {generator:X} {prime:X}"
+
+
+P2048 = (1 << 2047) + 1
+P3072A = (1 << 3071) + 3
+P3072B = (1 << 3071) + 5
+P4096 = (1 << 4095) + 7
+
+
+def test_parse_moduli_keeps_what_sshd_accepts() -> None:
+    text = "\n".join(
+        [
+            "# Time Type Tests Tries Size Generator Modulus",
+            "",
+            _moduli_line(2048, P2048),
+            _moduli_line(3072, P3072A, generator=5),
+            _moduli_line(3072, P3072B, kind=4),  # not a safe prime
+            _moduli_line(4096, P4096, tests=1),  # composite
+            _moduli_line(4096, P4096, tests=0),  # untested
+            _moduli_line(4096, P2048),  # size column does not match the prime
+            "20230101000000 2 6 100 4095 2",  # too few fields
+            "20230101000000 2 6 100 4095 2 XYZ",  # not hex
+        ]
+    )
+    assert parse_moduli(text) == (Modulus(2048, 2, P2048), Modulus(3072, 5, P3072A))
+
+
+def test_load_moduli_missing_file_falls_back(tmp_path: Path) -> None:
+    assert load_moduli(tmp_path / "absent") == ()
+    assert load_moduli(DEFAULT_MODULI_PATH) or not DEFAULT_MODULI_PATH.exists()
+
+
+def test_gex_bounds_as_sshd() -> None:
+    assert gex_bounds(1024, 3072, 8192) == (2048, 3072, 8192)
+    assert gex_bounds(2048, 8192, 8192) == (2048, 8192, 8192)
+    assert gex_bounds(2048, 4096, 16384) == (2048, 4096, 8192)
+    assert gex_bounds(1024, 1024, 2048) == (2048, 2048, 2048)
+    # Refused (silent close): below DH_GRP_MIN, or inconsistent.
+    assert gex_bounds(512, 1024, 1536) is None
+    assert gex_bounds(4096, 2048, 8192) is None
+    assert gex_bounds(2048, 8192, 4096) is None
+
+
+def test_choose_group_as_sshd_choose_dh() -> None:
+    moduli = (
+        Modulus(2048, 2, P2048),
+        Modulus(3072, 2, P3072A),
+        Modulus(3072, 5, P3072B),
+        Modulus(4096, 2, P4096),
+    )
+    # The smallest size at or above the wanted one, a random prime of that size.
+    assert {choose_group(moduli, 2048, 3072, 8192) for _ in range(50)} == {
+        (2, P3072A),
+        (5, P3072B),
+    }
+    assert choose_group(moduli, 2048, 2500, 8192)[1] in (P3072A, P3072B)
+    assert choose_group(moduli, 2048, 8192, 8192) == (2, P4096)
+    assert choose_group(moduli, 2048, 2048, 2048) == (2, P2048)
+    # Nothing within [min, max]: RFC 3526 group 14, 16 or 18 by max, as dh_new_group_fallback().
+    assert choose_group((), 2048, 2048, 2048) == (2, kex_dh._group14_p)
+    assert choose_group((), 2048, 4096, 4096) == (2, kex_dh._group16_p)
+    assert choose_group((), 2048, 8192, 8192) == (2, kex_dh._group18_p)
+    assert choose_group(moduli, 6144, 8192, 8192) == (2, kex_dh._group18_p)
+
+
+def test_dh_public_value_check() -> None:
+    prime = kex_dh._group14_p
+    assert is_valid_dh_public(3, prime)
+    for value in (0, 1, 2, 4, prime - 1, prime):
+        assert not is_valid_dh_public(value, prime), value

@@ -124,8 +124,13 @@ add_user() {
     name=$1 uid=$2 gecos=$3
     shift 3
     if ! id "$name" >/dev/null 2>&1; then
-        adduser --disabled-password --gecos "$gecos" --uid "$uid" --shell /bin/bash "$name" \
-            >/dev/null
+        # Keep the wanted uid unless the base already uses it (ubuntu:24.04 has "ubuntu" at 1000).
+        if getent passwd "$uid" >/dev/null; then
+            adduser --disabled-password --gecos "$gecos" --shell /bin/bash "$name" >/dev/null
+        else
+            adduser --disabled-password --gecos "$gecos" --uid "$uid" --shell /bin/bash \
+                "$name" >/dev/null
+        fi
     fi
     for g in "$@"; do
         if getent group "$g" >/dev/null; then usermod -aG "$g" "$name"; fi

@@ -23,7 +23,7 @@ import aiohttp
 
 from sandtrap.errors import EngineError, EngineUnavailable, ImageMissing, SandboxGone
 from sandtrap.sandbox.base import STDERR, STDOUT, Chunk
-from sandtrap.sandbox.hardening import is_valid_username
+from sandtrap.sandbox.hardening import is_valid_username, parse_engine_time
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ async def engine_errors(operation: str) -> AsyncIterator[None]:
         yield
     except aiodocker.DockerError as exc:
         message = f"{operation}: {exc.message}"
+        if exc.status == 900:
+            # aiodocker's code for "could not connect to the engine's socket".
+            raise EngineUnavailable(message) from None
         if exc.status == 404 and "image" in str(exc.message).lower():
             raise ImageMissing(message) from None
         if exc.status == 404:
@@ -76,6 +79,16 @@ class Engine:
     async def info(self) -> dict[str, Any]:
         async with engine_errors("info"):
             return dict(await self.docker.system.info())
+
+    async def image_label(self, image: str, label: str) -> str | None:
+        """A label of a local image, None when the image or the label is absent."""
+        try:
+            async with engine_errors("image inspect"):
+                details = await self.docker.images.inspect(image)
+        except (ImageMissing, SandboxGone):
+            return None
+        value = ((details.get("Config") or {}).get("Labels") or {}).get(label)
+        return str(value) if value else None
 
     async def image_exists(self, image: str) -> bool:
         try:
@@ -386,6 +399,30 @@ class DockerExecStream:
             await self._writer.wait_closed()
 
 
+# $1 is a validated user name. useradd's own files, the new home (with the skeleton) and the
+# directories whose entries change; the first output line is the passwd entry.
+_ENSURE_USER_SCRIPT = r"""
+getent passwd "$1" >/dev/null || useradd --create-home --shell /bin/bash -- "$1" || exit 1
+getent passwd "$1"
+home=$(getent passwd "$1" | cut -d: -f6)
+for f in /etc/passwd /etc/shadow /etc/group /etc/gshadow /etc/subuid /etc/subgid; do
+  set -- "$@" "$f" "$f-"
+done
+find "$@" /etc /home /var/mail /var/log/lastlog /var/log/faillog -maxdepth 0 \
+  -printf '%p\t%s\t%T@\n' 2>/dev/null
+[ -d "$home" ] && [ "$home" != / ] && find "$home" -xdev -printf '%p\t%s\t%T@\n' 2>/dev/null
+exit 0
+"""
+
+
+def stat_key(stat: dict[str, Any] | None) -> tuple[int, int] | None:
+    """(size, mtime in whole seconds) of an archive-API stat; None for a missing path."""
+    if stat is None:
+        return None
+    moment = parse_engine_time(str(stat.get("mtime", "")))
+    return int(stat.get("size", 0)), int(moment.timestamp()) if moment else 0
+
+
 class DockerSandbox:
     """One sandbox container (see `sandbox/base.py` for the protocol)."""
 
@@ -396,9 +433,9 @@ class DockerSandbox:
         self._image = image
         self.name = ""
         self.users: dict[str, str] = {}
-        # Paths changed by our own preparation, with their stat, so the session diff leaves them
-        # out unless the attacker changed them again.
-        self.baseline: dict[str, dict[str, Any] | None] = {}
+        # Paths changed by our own preparation, as (size, mtime), so the session diff leaves
+        # them out unless the attacker changed them again.
+        self.baseline: dict[str, tuple[int, int] | None] = {}
 
     @property
     def id(self) -> str:
@@ -417,27 +454,33 @@ class DockerSandbox:
             return self.users[username]
         if not is_valid_username(username):
             raise EngineError(f"login name {username!r} is not a valid user name")
-        status, out, _ = await self._engine.run(self._id, ["getent", "passwd", username])
+        # One exec: create the account when missing, then report the passwd entry and the size and
+        # mtime of every path useradd touches, so the session diff can leave our doing out.
+        status, out, err = await self._engine.run(
+            self._id, ["/bin/sh", "-c", _ENSURE_USER_SCRIPT, "sh", username]
+        )
         if status != 0:
-            status, _, err = await self._engine.run(
-                self._id, ["useradd", "--create-home", "--shell", "/bin/bash", "--", username]
-            )
-            if status != 0:
-                raise EngineError(f"useradd {username!r} failed: {err[-200:]!r}")
-            status, out, _ = await self._engine.run(self._id, ["getent", "passwd", username])
-        fields = out.decode("utf-8", "replace").strip().split(":")
+            raise EngineError(f"cannot create user {username!r}: {err[-200:]!r}")
+        entry, _, listing = out.decode("utf-8", "replace").partition("\n")
+        fields = entry.strip().split(":")
         home = fields[5] if len(fields) > 5 and fields[5] else "/"
+        for line in listing.splitlines():
+            path, tab, rest = line.partition("\t")
+            size, _, mtime = rest.partition("\t")
+            if tab and size.isdigit():
+                self.baseline[path] = (int(size), int(float(mtime or 0)))
         self.users[username] = home
-        await self.snapshot_baseline()
         return home
 
     async def snapshot_baseline(self) -> None:
-        """Remember what our own preparation changed, so the session diff can leave it out."""
-        baseline: dict[str, dict[str, Any] | None] = {}
-        for change in await self._engine.diff(self._id):
-            path = str(change.get("Path", ""))
-            baseline[path] = await self._engine.archive_stat(self._id, path)
-        self.baseline = baseline
+        """Remember what our own preparation changed, so the session diff can leave it out.
+
+        Costs one `docker diff` (about a second on engines without native overlay diff), so it
+        runs when a pool member is warmed, never on the login path.
+        """
+        paths = [str(change.get("Path", "")) for change in await self._engine.diff(self._id)]
+        stats = await asyncio.gather(*(self._engine.archive_stat(self._id, p) for p in paths))
+        self.baseline = {path: stat_key(stat) for path, stat in zip(paths, stats, strict=True)}
 
     async def exec(
         self,

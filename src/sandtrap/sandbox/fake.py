@@ -122,7 +122,9 @@ class FakeExecStream:
     async def _run(self) -> int:
         # Cancelled (by close()): no EOF is queued; nobody reads any more.
         argv = self.record.argv
-        if argv[-2:-1] == ("-c",):
+        if argv[-1].endswith("exec -a -bash /bin/bash"):
+            status = await self._shell()  # the login wrapper of session.LOGIN_SHELL
+        elif argv[-2:-1] == ("-c",):
             status = await self._command(argv[-1])
         elif argv[0].endswith("sftp-server"):
             while await self._read_stdin() is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sandtrap.events import EventSink, SandboxArtifact, SandboxDiff
 from sandtrap.sandbox.base import SessionInfo
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.docker import DockerSandbox, Engine, stat_key
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ _GO_TYPE_BITS = 0xFFF00000 | (1 << 31)
 
 def is_regular(stat: dict[str, Any]) -> bool:
     return (int(stat.get("mode", 0)) & _GO_TYPE_BITS) == 0
-
-
-def _unchanged(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
-    if before is None or after is None:
-        return before is after
-    return all(before.get(key) == after.get(key) for key in ("size", "mode", "mtime", "linkTarget"))
 
 
 def first_file_in_tar(data: bytes) -> bytes | None:
@@ -82,7 +76,7 @@ async def capture_changes(
         kind = KINDS.get(int(entry.get("Kind", 0)), "modified")
         if path in sandbox.baseline:
             after = await engine.archive_stat(sandbox.id, path)
-            if _unchanged(sandbox.baseline[path], after):
+            if sandbox.baseline[path] == stat_key(after):
                 continue
         changes.append({"path": path, "kind": kind})
     events.emit(

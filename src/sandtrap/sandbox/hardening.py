@@ -12,11 +12,11 @@ import random
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandtrap.config import SandboxConfig
+from sandtrap.config import HOSTNAME_RE, SandboxConfig
 from sandtrap.errors import ConfigError
 from sandtrap.events import rfc3339
 
@@ -25,6 +25,8 @@ LABEL_CREATED = "sandtrap.created"
 LABEL_IMAGE = "sandtrap.image"
 LABEL_HOSTNAME = "sandtrap.hostname"
 LABEL_SENSOR = "sandtrap.sensor"
+# Set by our target Dockerfiles: the host name written into the image's generated logs.
+LABEL_LOG_HOSTNAME = "sandtrap.log-hostname"
 ROLE_SANDBOX = "sandbox"
 
 # Docker labels cannot change after creation, so a warm container's session binding lives in its
@@ -163,6 +165,36 @@ def container_body(
     }
 
 
+# Run as root in a fresh container before anyone logs in. Arguments are validated host names, passed
+# as positional parameters, never spliced into the script.
+_PREPARE_SCRIPT = r"""
+rm -f /.dockerenv
+# Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
+grep -q "^127.0.1.1" /etc/hosts 2>/dev/null || printf '127.0.1.1	%s
+' "$1" >> /etc/hosts
+# The image's logs were generated under a build-time host name: make them this host's,
+# keeping each file's modification time.
+if [ -n "$2" ] && [ "$2" != "$1" ]; then
+  grep -rlsF -- " $2 " /var/log | while IFS= read -r f; do
+    t=$(stat -c %Y "$f"); sed -i "s/ $2 / $1 /g" "$f"; touch -d "@$t" "$f"
+  done
+fi
+exit 0
+"""
+
+
+async def prepare(engine: Any, container_id: str, hostname: str, log_hostname: str | None) -> None:
+    """Make a new sandbox look like a server that has always had its host name.
+
+    Raises:
+        SandboxError: the engine failed.
+    """
+    old = log_hostname if log_hostname and HOSTNAME_RE.fullmatch(log_hostname) else ""
+    if not HOSTNAME_RE.fullmatch(hostname):
+        raise ValueError(f"bad host name {hostname!r}")
+    await engine.run(container_id, ["/bin/sh", "-c", _PREPARE_SCRIPT, "sh", hostname, old])
+
+
 _USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -186,3 +218,22 @@ def blkio_device_for(path: Path) -> str | None:
         node = node.parent
     device = Path("/dev") / node.name
     return str(device) if device.exists() else None
+
+
+_ENGINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
+
+
+def parse_engine_time(value: str | None) -> datetime | None:
+    """An engine timestamp (RFC 3339, nanoseconds) as an aware datetime; None when unset."""
+    if not value or value.startswith("0001-"):
+        return None
+    match = _ENGINE_TIME.match(value)
+    if match is None:
+        return None
+    head, fraction, zone = match.groups()
+    zone = "+00:00" if zone in ("Z", "") else zone
+    try:
+        moment = datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}")
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -173,9 +173,13 @@ def build_debian_base(
             report,
             what="debootstrap",
         )
-        # Files a real image would not carry: apt caches and the resolver of the build host.
-        shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-        (rootfs / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True)
+        # What an image should not carry: downloaded packages and package lists (about 80 MB that
+        # no later layer can shrink).
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / cache, ignore_errors=True)
+            (rootfs / cache / "partial").mkdir(parents=True)
+        for leftover in rootfs.glob("var/cache/apt/*.bin"):
+            leftover.unlink()
         report(f"docker import: {tag}")
         tar = subprocess.Popen(  # noqa: S603 - fixed tar invocation on our own directory
             ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],  # noqa: S607

@@ -11,10 +11,10 @@ from sandtrap.sandbox.hardening import (
     LABEL_CREATED,
     LABEL_HOSTNAME,
     POOL_PREFIX,
+    parse_engine_time,
     parse_session_name,
     sandbox_labels,
 )
-from sandtrap.sandbox.retention import parse_time
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ async def list_sandboxes(engine: Engine, sensor: str) -> list[SandboxRow]:
                 hostname=str(labels.get(LABEL_HOSTNAME, "")),
                 image=str(item.get("Image", "")),
                 state=str(item.get("State", "")),
-                created=parse_time(labels.get(LABEL_CREATED)),
+                created=parse_engine_time(labels.get(LABEL_CREATED)),
                 size_bytes=size,
             )
         )

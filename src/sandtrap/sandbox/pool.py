@@ -35,6 +35,7 @@ from sandtrap.sandbox.base import SessionInfo
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.forensics import capture_changes
 from sandtrap.sandbox.hardening import (
+    LABEL_LOG_HOSTNAME,
     POOL_PREFIX,
     SESSION_PREFIX,
     HostnamePicker,
@@ -42,6 +43,7 @@ from sandtrap.sandbox.hardening import (
     container_body,
     parse_session_name,
     pool_name,
+    prepare,
     sandbox_labels,
     session_name,
 )
@@ -147,6 +149,9 @@ class Pool:
         self._blkio: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = config.storage.data_dir / "artifacts"
+        self._log_hostnames: dict[str, str | None] = {}
+        self._generation = 0
+        self._born: dict[str, int] = {}
 
     # --- pure views ------------------------------------------------------------------------
 
@@ -177,6 +182,10 @@ class Pool:
         await self._reconcile_with_retry()
         info = await self._engine.info()
         self._blkio = blkio_device_for(Path(str(info.get("DockerRootDir", "/var/lib/docker"))))
+        for item in self._images:
+            self._log_hostnames[item.image] = await self._engine.image_label(
+                item.image, LABEL_LOG_HOSTNAME
+            )
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
@@ -231,6 +240,9 @@ class Pool:
         self._counters.errors += 1
         if isinstance(exc, EngineUnavailable):
             self._counters.engine_ok = False
+            # Containers may not survive an engine outage: members from before it are checked
+            # before they are handed out.
+            self._generation += 1
         message = str(exc)
         if message != self._counters.last_error:
             log.error("%s failed: %s", operation, message)
@@ -287,9 +299,10 @@ class Pool:
             )
             container_id = await self._engine.create(body, pool_name())
             await self._engine.start(container_id)
-            # The engine drops /.dockerenv into every container; a real server has none.
-            await self._engine.run(container_id, ["rm", "-f", "/.dockerenv"])
+            await prepare(self._engine, container_id, hostname, self._log_hostnames.get(image))
             sandbox = DockerSandbox(self._engine, container_id, hostname, image)
+            await sandbox.snapshot_baseline()
+            self._born[container_id] = self._generation
         except BaseException:
             if container_id is not None:
                 with contextlib.suppress(SandboxError):
@@ -315,9 +328,13 @@ class Pool:
                     except SandboxError as exc:
                         self._engine_failed("health", exc)
                         continue
-                    if not healthy and sandbox in queue:
+                    if healthy:
+                        self._born[sandbox.id] = self._generation
+                        self._counters.engine_ok = True
+                    elif sandbox in queue:
                         log.warning("replacing unhealthy pool member %s", sandbox.id[:12])
                         queue.remove(sandbox)
+                        self._born.pop(sandbox.id, None)
                         with contextlib.suppress(SandboxError):
                             await self._engine.remove(sandbox.id)
                         self._wanted.set()
@@ -409,16 +426,37 @@ class Pool:
         self._wanted.set()
         try:
             async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
-                async with self._changed:
-                    while (sandbox := self._take_idle()) is None:
-                        self._wanted.set()
-                        await self._changed.wait()
+                while True:
+                    async with self._changed:
+                        while (sandbox := self._take_idle()) is None:
+                            self._wanted.set()
+                            await self._changed.wait()
+                    if await self._still_alive(sandbox):
+                        break
         except TimeoutError:
             raise PoolExhausted(
                 f"no sandbox within {self._config.pool.allocate_timeout_seconds}s "
                 f"for session {info.session_id}"
             ) from None
         return sandbox
+
+    async def _still_alive(self, sandbox: DockerSandbox) -> bool:
+        """True unless the member predates an engine outage and did not survive it."""
+        if self._born.get(sandbox.id, self._generation) == self._generation:
+            return True
+        try:
+            running = bool((await self._engine.inspect(sandbox.id)).get("State", {}).get("Running"))
+        except SandboxError:
+            running = False
+        if running:
+            self._born[sandbox.id] = self._generation
+            return True
+        log.warning("pool member %s did not survive an engine outage", sandbox.id[:12])
+        self._born.pop(sandbox.id, None)
+        with contextlib.suppress(SandboxError):
+            await self._engine.remove(sandbox.id)
+        self._wanted.set()
+        return False
 
     async def _sticky_sandbox(self, info: SessionInfo) -> DockerSandbox | None:
         """The source IP's own sandbox: shared while in use, restarted once it was stopped."""
@@ -483,6 +521,7 @@ class Pool:
             if busy.sessions:
                 return  # another connection of the same source IP still uses it
             del self._busy[sandbox.id]
+            self._born.pop(sandbox.id, None)
             if busy.watcher is not None:
                 busy.watcher.cancel()
         entry = self._sticky.get(info.src_ip)

@@ -7,7 +7,6 @@ are too old, or when together they use too much disk. Running sandboxes are neve
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,11 +14,14 @@ from sandtrap.config import RetentionConfig
 from sandtrap.errors import SandboxError
 from sandtrap.events import EventSink, SandboxPruned
 from sandtrap.sandbox.docker import Engine
-from sandtrap.sandbox.hardening import LABEL_CREATED, SESSION_PREFIX, sandbox_labels
+from sandtrap.sandbox.hardening import (
+    LABEL_CREATED,
+    SESSION_PREFIX,
+    parse_engine_time,
+    sandbox_labels,
+)
 
 log = logging.getLogger(__name__)
-
-_ENGINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 
 
 @dataclass(frozen=True)
@@ -49,22 +51,6 @@ def plan_prune(kept: list[Kept], policy: RetentionConfig, now: datetime) -> list
     return doomed
 
 
-def parse_time(value: str | None) -> datetime | None:
-    """An engine timestamp (RFC 3339, nanoseconds) as an aware datetime; None when unset."""
-    if not value or value.startswith("0001-"):
-        return None
-    match = _ENGINE_TIME.match(value)
-    if match is None:
-        return None
-    head, fraction, zone = match.groups()
-    zone = "+00:00" if zone in ("Z", "") else zone
-    try:
-        moment = datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}")
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 async def list_kept(engine: Engine, sensor: str, with_sizes: bool = True) -> list[Kept]:
     """Stopped session sandboxes of this sensor (never running ones, never pool members).
 
@@ -83,8 +69,8 @@ async def list_kept(engine: Engine, sensor: str, with_sizes: bool = True) -> lis
         state = details.get("State") or {}
         labels = item.get("Labels") or {}
         moment = (
-            parse_time(state.get("FinishedAt"))
-            or parse_time(labels.get(LABEL_CREATED))
+            parse_engine_time(state.get("FinishedAt"))
+            or parse_engine_time(labels.get(LABEL_CREATED))
             or datetime.fromtimestamp(int(item.get("Created") or 0), UTC)
         )
         kept.append(Kept(str(item["Id"]), name, moment, int(details.get("SizeRw") or 0)))

@@ -1,8 +1,9 @@
 """The asyncssh connection subclass that applies what server options cannot express of a persona.
 
-Owns every use of asyncssh private names (tested with asyncssh 2.24.1), so an upgrade breaks here
-and nowhere else: host-key order, KEXINIT pseudo-algorithms, EXT_INFO contents, OpenSSH's replies to
-bad identification lines, MaxAuthTries, and the client KEXINIT capture for HASSH.
+Owns every use of asyncssh private names (tested with asyncssh 2.24.1) except the kex handlers in
+ssh/kexalgs.py, so an upgrade breaks in these two modules only: host-key order, KEXINIT
+pseudo-algorithms, EXT_INFO contents, OpenSSH's replies to bad identification lines, MaxAuthTries,
+and the client KEXINIT capture for HASSH.
 """
 
 from __future__ import annotations
@@ -209,64 +210,10 @@ async def listen(
     return await loop.create_server(connection_factory, host, port, reuse_address=True)
 
 
-def enable_sntrup761() -> bool:
-    """Register the sntrup761x25519 kex names with asyncssh through the optional `pqcrypto` wheel.
-
-    asyncssh offers sntrup761 only when it can load liboqs; `pqcrypto` (PyPI) bundles PQClean's
-    sntrup761 instead. Returns whether the names are available. Call before building options.
-    """
-    from hashlib import sha512
-
-    from asyncssh import kex_dh
-    from asyncssh.crypto import Curve25519DH
-    from asyncssh.kex import get_kex_algs, register_kex_alg
-
-    if b"sntrup761x25519-sha512@openssh.com" in get_kex_algs():
-        return True
-    try:
-        from pqcrypto.kem import sntrup_761 as kem  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return False
-
-    class _SNTRUP761:
-        pubkey_bytes = kem.PUBLIC_KEY_SIZE
-        privkey_bytes = kem.SECRET_KEY_SIZE
-        ciphertext_bytes = kem.CIPHERTEXT_SIZE
-        secret_bytes = kem.SHARED_SECRET_SIZE
-
-        def __init__(self, alg_name: bytes) -> None:
-            self._public, self._private = kem.keygen()
-
-        def get_public(self) -> bytes:
-            return bytes(self._public)
-
-        def encaps(self, peer_public: bytes) -> tuple[bytes, bytes]:
-            if len(peer_public) != self.pubkey_bytes:
-                raise ValueError("Invalid public key")
-            ciphertext, secret = kem.encaps(peer_public)
-            return bytes(secret), bytes(ciphertext)
-
-        def decaps(self, ciphertext: bytes) -> bytes:
-            if len(ciphertext) != self.ciphertext_bytes:
-                raise ValueError("Invalid ciphertext")
-            return bytes(kem.decaps(self._private, ciphertext))
-
-    for name in (b"sntrup761x25519-sha512", b"sntrup761x25519-sha512@openssh.com"):
-        register_kex_alg(
-            name,
-            kex_dh._KexHybridECDH,
-            sha512,
-            (_SNTRUP761, b"sntrup761", Curve25519DH),
-            True,
-        )
-    return True
-
-
 __all__ = [
     "ClientKexInit",
     "KexObserver",
     "PersonaServerConnection",
-    "enable_sntrup761",
     "listen",
     "parse_kexinit",
 ]

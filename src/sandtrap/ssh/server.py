@@ -24,8 +24,9 @@ from sandtrap.events import EventSink
 from sandtrap.sandbox.base import SandboxProvider
 from sandtrap.session import AllocationFailed, Peer, SandboxLease, run_channel
 from sandtrap.ssh.channel import AsyncsshChannelIO, channel_request, create_session
-from sandtrap.ssh.connection import ClientKexInit, enable_sntrup761, listen
+from sandtrap.ssh.connection import ClientKexInit, listen
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
+from sandtrap.ssh.kexalgs import enable_openssh_gex, enable_sntrup761, load_moduli
 from sandtrap.ssh.persona import Persona, hassh, persona_for, server_options
 
 log = logging.getLogger(__name__)
@@ -416,7 +417,9 @@ async def start_ssh_server(
     """
     keys = await asyncio.to_thread(load_or_create_host_keys, config.storage.data_dir / "keys")
     if not enable_sntrup761():
-        log.info("sntrup761 kex unavailable (install pqcrypto); see docs/fingerprinting.md")
+        log.warning("sntrup761 kex unavailable (pqcrypto not importable), see fingerprinting.md")
+    # Without a moduli file sshd (and so SandTrap) offers only its fixed fallback groups.
+    enable_openssh_gex(await asyncio.to_thread(load_moduli))
     persona = persona_for(config.ssh)
     front = SSHFront(config, provider, events, persona, policy or AuthPolicy(config.auth))
     await front.start(server_options(persona, keys))
