@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit image docker venv bench clean help
+.PHONY: run test lint typecheck unit image docker venv bench bench-smoke test-tools clean help
 
 help:
 	@echo "make run    - set up, build the target image if needed, start SandTrap (CONFIG=file.yaml)"
 	@echo "make test   - set up, then ruff, mypy and pytest (with a real Docker engine)"
 	@echo "make image  - build the target image (skipped when up to date)"
 	@echo "make bench  - run the benchmarks and write docs/performance.md"
+	@echo "make bench-smoke - a quick run of the benchmark harness (CI), writes nothing"
 
 $(VENV)/.stamp: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,17 @@ venv: $(VENV)/.stamp
 docker:
 	@QUIET=1 scripts/ensure-docker
 
+# System packages: debootstrap builds the offline Debian base; the tests drive real OpenSSH clients
+# (ssh, scp, sftp through sshpass) and compare the persona with Debian's real sshd.
+BUILD_PACKAGES := debootstrap
+TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass
+
 image: venv docker
+	@scripts/ensure-packages $(BUILD_PACKAGES)
 	@$(BIN)/sandtrap image build
+
+test-tools:
+	@scripts/ensure-packages $(TEST_PACKAGES)
 
 run: image
 	@$(BIN)/sandtrap run $(if $(CONFIG),--config $(CONFIG),)
@@ -41,8 +51,14 @@ typecheck: venv
 unit: venv
 	@$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-test: lint typecheck image
+test: lint typecheck image test-tools
 	@$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)
+
+bench: image
+	$(BIN)/python -m bench --write docs/performance.md
+
+bench-smoke: image
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

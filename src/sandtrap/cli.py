@@ -206,7 +206,7 @@ def sandboxes_list(config_path: Path | None, as_json: bool) -> None:
         return
     table = Table(title=f"sandboxes of sensor {safe_text(config.sensor)}")
     for column in ("container", "role", "session", "source IP", "hostname", "state", "age", "size"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         cells = (
             row.container_id[:12],

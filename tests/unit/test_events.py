@@ -79,3 +79,17 @@ def test_listener_failure_does_not_break_emit(tmp_path: Path) -> None:
     log.emit(SessionConnect(session="x"))
     log.close()
     assert log.written == 1
+
+
+def test_docs_list_exactly_the_catalogue() -> None:
+    import dataclasses
+    import re
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    documented = re.findall(r"^## `([a-z_.]+)`$", docs, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(CATALOGUE)
+    sections = re.split(r"^## ", docs, flags=re.MULTILINE)
+    for section in sections[1:]:
+        eventid = section.split("`")[1]
+        for item in dataclasses.fields(CATALOGUE[eventid]):
+            assert f'"{item.name}"' in section, (eventid, item.name)
