@@ -206,7 +206,8 @@ def sandboxes_list(config_path: Path | None, as_json: bool) -> None:
         return
     table = Table(title=f"sandboxes of sensor {safe_text(config.sensor)}")
     for column in ("container", "role", "session", "source IP", "hostname", "state", "age", "size"):
-        table.add_column(column, overflow="fold")
+        # Identifiers are never cut (an analyst copies them); the rest folds on narrow terminals.
+        table.add_column(column, no_wrap=column in ("container", "session"), overflow="fold")
     for row in rows:
         cells = (
             row.container_id[:12],
