@@ -42,8 +42,8 @@ run: image
 	@$(BIN)/sandtrap run $(if $(CONFIG),--config $(CONFIG),)
 
 lint: venv
-	@$(BIN)/ruff check src tests bench
-	@$(BIN)/ruff format --check src tests bench
+	@$(BIN)/ruff check src tests $(wildcard bench)
+	@$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: venv
 	@$(BIN)/mypy
