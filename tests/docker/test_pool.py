@@ -344,3 +344,32 @@ async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
         assert (code, out) == (0, "alive\n")
         await pool.release(sandbox, info(5))
     assert any(e.operation in ("health", "create", "disk check") for e in sink.of("sandbox.error"))
+
+
+@pytest.fixture
+def alt_image(sensor: str) -> Iterator[str]:
+    """The target image under a second name, to stand for a second target."""
+    alt = f"sandtrap/test-alt:{sensor}"
+    subprocess.run(["docker", "tag", IMAGE, alt], check=True)
+    yield alt
+    _remove_sensor(sensor)
+    subprocess.run(["docker", "rmi", alt], capture_output=True, check=False)
+
+
+async def test_weighted_images_are_kept_in_proportion(
+    sensor: str, alt_image: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        sensor,
+        tmp_path,
+        pool={"size": 4, "max_sandboxes": 8},
+        sandbox={"images": [{"image": IMAGE, "weight": 3}, {"image": alt_image, "weight": 1}]},
+    )
+    async with running_pool(config, Sink()) as pool:
+        await asyncio.wait_for(pool.wait_warm(), 90)
+        names = _docker(
+            "ps", "--format", "{{.Image}}", "--filter", f"label=sandtrap.sensor={sensor}"
+        ).split()
+        assert sorted(names) == sorted([IMAGE, IMAGE, IMAGE, alt_image])
+        drawn = {(await pool.allocate(info(n))).image for n in range(1, 5)}
+        assert drawn == {IMAGE, alt_image}
