@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - set up, build the target image if needed, start SandTrap (CONFIG=file.yaml)"
 	@echo "make test   - set up, then ruff, mypy and pytest (with a real Docker engine)"
-	@echo "make image  - build the target image (skipped when up to date)"
+	@echo "make image  - build the target image (skipped when up to date) and SandTrap's image"
 	@echo "make bench  - run the benchmarks and write docs/performance.md"
 	@echo "make bench-smoke - a quick run of the benchmark harness (CI), writes nothing"
 
@@ -27,13 +27,15 @@ docker:
 	@QUIET=1 scripts/ensure-docker
 
 # System packages: debootstrap builds the offline Debian base; the tests drive real OpenSSH clients
-# (ssh, scp, sftp through sshpass) and compare the persona with Debian's real sshd.
+# (ssh, scp, sftp through sshpass) and compare the persona with Debian's real sshd; docker-compose
+# runs the deployment test (docker-compose.yml).
 BUILD_PACKAGES := debootstrap
-TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass
+TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass docker-compose
 
+# The target image, then SandTrap's own (Dockerfile; layer cache makes an unchanged tree instant).
 image: venv docker
 	@scripts/ensure-packages $(BUILD_PACKAGES)
-	@$(BIN)/sandtrap image build
+	@SANDTRAP=$(BIN)/sandtrap scripts/build_images.sh
 
 test-tools:
 	@scripts/ensure-packages $(TEST_PACKAGES)

@@ -18,10 +18,15 @@ from dataclasses import dataclass
 
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
+from sandtrap.events import utcnow
+from sandtrap.gate.child import GateChild
+from sandtrap.health import write_status
 from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.hardening import container_body, pool_name
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.persona import persona_for
+from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog
 
 log = logging.getLogger(__name__)
@@ -48,12 +53,16 @@ def package_version(dpkg_status: str, package: str) -> str | None:
     return None
 
 
-async def image_openssh_version(engine: Engine, image: str) -> str | None:
-    """The target image's openssh-client version, read from a created (never started) container."""
-    container_id = await engine.create(
-        {"Image": image, "NetworkDisabled": True, "HostConfig": {"NetworkMode": "none"}},
-        name=f"sandtrap-probe-{id(engine):x}",
+async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:
+    """The target image's openssh-client version, read from a created (never started) container.
+
+    The container is a hardened, labelled sandbox like any other (the gate allows nothing else),
+    named as a pool member so that start-up reconciliation removes it if we die before we do.
+    """
+    body = container_body(
+        config.sandbox, image=image, hostname="probe", sensor=config.sensor, created=utcnow()
     )
+    container_id = await engine.create(body, name=pool_name())
     try:
         data = await engine.archive(container_id, "/var/lib/dpkg/status", limit=32 * 1024 * 1024)
     finally:
@@ -72,7 +81,8 @@ async def _with_persona_banner(config: Config, engine: Engine) -> Config:
     if config.ssh.banner_version is not None:
         return config
     try:
-        version = await image_openssh_version(engine, config.sandbox.weighted_images()[0].image)
+        image = config.sandbox.weighted_images()[0].image
+        version = await image_openssh_version(engine, config, image)
     except SandboxError as exc:
         log.warning("cannot read openssh-client version from the image: %s", exc)
         return config
@@ -99,6 +109,7 @@ class Service:
     pool: Pool
     events: EventLog
     stop: asyncio.Event
+    index: EventIndex | None = None
 
 
 async def _preflight(config: Config, engine: Engine) -> None:
@@ -126,23 +137,34 @@ async def serve(
     `ready` is set once the listeners are open; `on_ready` (if given) receives the Service.
     """
     stop = stop or asyncio.Event()
-    engine = Engine(config.sandbox.docker_url)
+    # sandbox.gate: auto runs the Engine API gate as a child process; the service then reaches the
+    # engine only through the gate's socket (gate/child.py, docs/deployment.md).
+    gate = GateChild(config)
+    engine = Engine(gate.docker_url)
     events = EventLog(
         config.storage.data_dir / "log" / "events.jsonl",
         config.sensor,
         config.storage.log_max_bytes,
         config.storage.log_backups,
     )
+    index = EventIndex(config.storage.data_dir / "sandtrap.db", config.sensor)
     try:
+        await gate.start()
         await _preflight(config, engine)
         config = await _with_persona_banner(config, engine)
         pool = Pool(config, engine, events)
         pool_ready = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
+            # The index's one writer: fed by the log, never blocking it (store/index.py).
+            index_task = tasks.create_task(index.run(), name="index")
+            events.subscribe(index.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)
-            service = Service(config, front, pool, events, stop)
+            service = Service(config, front, pool, events, stop, index)
+            status_task = tasks.create_task(
+                write_status(config, front.addresses, pool.statistics), name="status"
+            )
             if on_ready is not None:
                 on_ready.append(service)
             for host, port in front.addresses:
@@ -157,10 +179,15 @@ async def serve(
             front.close()
             await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
             pool_task.cancel()
+            status_task.cancel()
+            # Every session has been recorded by now; the writer drains its queue and ends.
+            index.stop()
+            await index_task
         await pool.shutdown()
     finally:
         events.close()
         await engine.close()
+        await gate.stop()
 
 
 def run_service(config: Config) -> int:

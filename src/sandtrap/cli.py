@@ -185,13 +185,14 @@ def sandboxes_list(config_path: Path | None, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from sandtrap.gate.child import engine_url
     from sandtrap.sandbox.docker import Engine
     from sandtrap.sandbox.inventory import list_sandboxes
 
     config = _load(config_path)
 
     async def fetch() -> list[Any]:
-        engine = Engine(config.sandbox.docker_url)
+        engine = Engine(engine_url(config))
         try:
             return await list_sandboxes(engine, config.sensor)
         finally:
@@ -228,6 +229,7 @@ def sandboxes_list(config_path: Path | None, as_json: bool) -> None:
 @_config_option
 def sandboxes_prune(config_path: Path | None) -> None:
     """Apply the retention policy now: remove the oldest kept sandboxes past its limits."""
+    from sandtrap.gate.child import engine_url
     from sandtrap.sandbox.docker import Engine
     from sandtrap.sandbox.retention import enforce_retention
     from sandtrap.store.jsonl import EventLog
@@ -235,7 +237,7 @@ def sandboxes_prune(config_path: Path | None) -> None:
     config = _load(config_path)
 
     async def prune() -> list[str]:
-        engine = Engine(config.sandbox.docker_url)
+        engine = Engine(engine_url(config))
         events = EventLog(
             config.storage.data_dir / "log" / "events.jsonl",
             config.sensor,
@@ -252,6 +254,331 @@ def sandboxes_prune(config_path: Path | None) -> None:
     click.echo(f"removed {len(removed)} sandbox(es)")
     for container_id in removed:
         click.echo(f"  {container_id[:12]}")
+
+
+# --- analysis: the index, sessions, replay, export, stats (logic in sandtrap.analysis) -----------
+
+
+def _paths(config: Config) -> tuple[Path, Path]:
+    """(index database, event log) of a configuration."""
+    return config.storage.data_dir / "sandtrap.db", config.storage.data_dir / "log" / "events.jsonl"
+
+
+def _open_index(config: Config) -> Any:
+    from sandtrap.analysis.query import open_index
+
+    return open_index(*_paths(config))
+
+
+def _query(call: Callable[[], T]) -> T:
+    from sandtrap.analysis.query import QueryError
+
+    try:
+        return call()
+    except QueryError as exc:
+        _fail(f"sandtrap: {safe_text(str(exc))}")
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+def _since(value: str | None) -> str | None:
+    from sandtrap.analysis.query import QueryError, parse_since
+
+    try:
+        return parse_since(value) if value else None
+    except QueryError as exc:
+        _fail(f"sandtrap: {exc}")
+        raise SystemExit(EXIT_USAGE) from None
+
+
+@cli.group()
+def index() -> None:
+    """The SQLite index (var/sandtrap.db), derived from the event log."""
+
+
+@index.command("rebuild")
+@_config_option
+def index_rebuild(config_path: Path | None) -> None:
+    """Empty the index and fill it again from the event log and its rotated files."""
+    from sandtrap.store.index import rebuild
+
+    count = rebuild(*_paths(_load(config_path)))
+    click.echo(f"indexed {count} event(s)")
+
+
+@cli.group()
+def sessions() -> None:
+    """List and inspect recorded sessions."""
+
+
+@sessions.command("list")
+@_config_option
+@click.option("--since", default=None, help="Only sessions since: 30m, 1h, 7d or an ISO time.")
+@click.option("--ip", default=None, help="Only this source IP.")
+@click.option("--user", default=None, help="Only this login name.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def sessions_list(
+    config_path: Path | None,
+    since: str | None,
+    ip: str | None,
+    user: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Sessions, newest first."""
+    from sandtrap.analysis.query import list_sessions
+    from sandtrap.analysis.render import print_view, sessions_table
+
+    db = _open_index(_load(config_path))
+    rows = list_sessions(db, _since(since), ip, user, limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=True))
+        return
+    print_view(sessions_table(rows))
+
+
+@sessions.command("show")
+@_config_option
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def sessions_show(config_path: Path | None, session_id: str, as_json: bool) -> None:
+    """Metadata, auth attempts, channels, commands, files changed and artifacts of a session."""
+    from sandtrap.analysis.query import resolve_session, session_detail
+    from sandtrap.analysis.render import print_view, session_view
+
+    db = _open_index(_load(config_path))
+    detail = _query(lambda: session_detail(db, resolve_session(db, session_id)))
+    if as_json:
+        click.echo(json.dumps(detail, ensure_ascii=True))
+        return
+    print_view(session_view(detail))
+
+
+@cli.command()
+@_config_option
+@click.argument("session_id")
+@click.option("--channel", type=int, default=None, help="Only this channel (default: all).")
+@click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option(
+    "--idle-limit",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Longest pause in seconds (default: the cast's idle_time_limit, else 2).",
+)
+def replay(
+    config_path: Path | None,
+    session_id: str,
+    channel: int | None,
+    speed: float,
+    idle_limit: float | None,
+) -> None:
+    """Play a session's recordings in this terminal (raw, as the attacker saw them)."""
+    from sandtrap.analysis.query import resolve_session
+    from sandtrap.analysis.replay import find_casts, play, read_cast
+
+    config = _load(config_path)
+    db = _open_index(config)
+    session = _query(lambda: resolve_session(db, session_id))
+    casts = find_casts(config.storage.data_dir / "recordings", session)
+    if channel is not None:
+        casts = [path for path in casts if path.name == f"{session}-{channel}.cast"]
+    if not casts:
+        _fail(f"sandtrap: no recording of session {session}")
+        raise SystemExit(EXIT_FAILURE)
+    try:
+        for path in casts:
+            play(read_cast(path), sys.stdout.buffer, speed=speed, idle_limit=idle_limit)
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except ValueError as exc:
+        _fail(f"sandtrap: {exc}")
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+@cli.command()
+@_config_option
+@click.argument("session_id")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The bundle to write (.tar.gz).",
+)
+@click.option("--no-engine", is_flag=True, help="Do not read the kept container; use artifacts.")
+def export(config_path: Path | None, session_id: str, output: Path, no_engine: bool) -> None:
+    """Write a forensic bundle of a session: events, recordings, diff, files, sha256 manifest."""
+    from sandtrap.analysis.export import collect, write_bundle
+    from sandtrap.analysis.query import resolve_session
+    from sandtrap.gate.child import engine_url
+    from sandtrap.sandbox.docker import Engine
+
+    config = _load(config_path)
+    db = _open_index(config)
+    session = _query(lambda: resolve_session(db, session_id))
+    _, log_path = _paths(config)
+
+    async def gather() -> Any:
+        engine = None if no_engine else Engine(engine_url(config))
+        try:
+            return await collect(session, config.storage.data_dir, log_path, engine)
+        finally:
+            if engine is not None:
+                await engine.close()
+
+    bundle = _engine_call(gather)
+    manifest = write_bundle(bundle, output, config.sensor)
+    click.echo(f"{output}: {len(manifest['members'])} member(s), {len(bundle.files)} file(s)")
+    for note in bundle.notes:
+        click.echo(f"note: {safe_text(note)}", err=True)
+
+
+@cli.command()
+@_config_option
+@click.option("--since", default="24h", show_default=True, help="30m, 1h, 7d, an ISO time, or all.")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def stats(config_path: Path | None, since: str, limit: int, as_json: bool) -> None:
+    """Top usernames, passwords, source IPs and commands over a period."""
+    from sandtrap.analysis.query import stats as compute
+    from sandtrap.analysis.render import print_view, stats_view
+
+    db = _open_index(_load(config_path))
+    result = compute(db, None if since == "all" else _since(since), limit)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), ensure_ascii=True))
+        return
+    print_view(stats_view(result))
+
+
+@cli.command("verify-security")
+@_config_option
+@click.option(
+    "--runtime",
+    type=click.Choice(["runc", "runsc"]),
+    default=None,
+    help="Sandbox runtime to verify (default: sandbox.runtime of the configuration).",
+)
+@click.option("--strict", is_flag=True, help="Runtime versions with known breakouts fail.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row instead of a table.")
+def verify_security(
+    config_path: Path | None, runtime: str | None, strict: bool, as_json: bool
+) -> None:
+    """Attack a real sandbox from inside; exit 1 when any check fails (see SECURITY.md)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from sandtrap.verify.checks import has_failure
+    from sandtrap.verify.runner import verify
+
+    config = _load(config_path)
+    err = Console(stderr=True)
+    rows = _engine_call(
+        lambda: verify(config, runtime=runtime, strict=strict, report=lambda line: err.log(line))
+    )
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(dataclasses.asdict(row)))
+    else:
+        table = Table(title="sandtrap verify-security")
+        for column in ("check", "as", "expected", "observed", "result"):
+            table.add_column(column, overflow="fold")
+        colours = {"PASS": "green", "FAIL": "bold red", "WARN": "yellow", "INFO": "dim"}
+        for row in rows:
+            cells = [Text(safe_text(c)) for c in (row.check, row.who, row.expected, row.observed)]
+            table.add_row(*cells, Text(row.status, style=colours[row.status]))
+        # Wide enough for the table when piped (CI logs); a terminal's own width otherwise.
+        Console(width=None if sys.stdout.isatty() else 140).print(table)
+    if has_failure(rows):
+        raise SystemExit(EXIT_FAILURE)
+
+
+# --- deployment: the Engine API gate and health (logic in sandtrap.gate, sandtrap.health) -------
+
+
+@cli.command()
+@_config_option
+@click.option(
+    "--listen",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Unix socket to serve (default: sandbox.gate when a path, else var/run/gate.sock).",
+)
+@click.option("--upstream", default=None, help="Engine API endpoint (default: sandbox.docker_url).")
+@click.option("--socket-group", type=int, default=None, help="Group id to give the socket (0660).")
+@click.option("--lifeline", is_flag=True, hidden=True, help="Exit when stdin closes (child mode).")
+@click.option("--config-from-env", is_flag=True, hidden=True, help="Config JSON in the env.")
+def gate(
+    config_path: Path | None,
+    listen: Path | None,
+    upstream: str | None,
+    socket_group: int | None,
+    lifeline: bool,
+    config_from_env: bool,
+) -> None:
+    """Serve the Engine API gate: the only process that needs the Docker socket."""
+    import os
+
+    from sandtrap.config import parse_config
+    from sandtrap.gate import gate_socket, serve_gate
+    from sandtrap.gate.child import CONFIG_ENV
+
+    if config_from_env:
+        try:
+            config = parse_config(json.loads(os.environ.get(CONFIG_ENV, "{}")), CONFIG_ENV)
+        except (ValueError, ConfigError) as exc:
+            _fail(f"sandtrap gate: bad {CONFIG_ENV}: {exc}")
+            raise SystemExit(EXIT_USAGE) from None
+    else:
+        config = _load(config_path)
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    target = listen or gate_socket(config)
+    _engine_call(
+        lambda: serve_gate(
+            config,
+            target,
+            upstream or config.sandbox.docker_url,
+            socket_group=socket_group,
+            lifeline=lifeline,
+        )
+    )
+
+
+@cli.command()
+@_config_option
+@click.option(
+    "--check",
+    "checks",
+    multiple=True,
+    type=click.Choice(["listener", "engine", "pool"]),
+    help="Only these checks (repeatable; default: all three).",
+)
+@click.option(
+    "--knock",
+    is_flag=True,
+    help="Connect to the listener and read its banner (logged as a connection) instead of "
+    "looking for the listening socket in /proc/net/tcp.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
+def health(config_path: Path | None, checks: tuple[str, ...], knock: bool, as_json: bool) -> None:
+    """Check the running service: SSH listener, engine (via the gate) and pool; exit 1 if not."""
+    from sandtrap.health import run_checks
+
+    config = _load(config_path)
+    wanted = set(checks or ("listener", "engine", "pool"))
+    results = _engine_call(lambda: run_checks(config, wanted, knock))
+    for item in results:
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(item)))
+        else:
+            click.echo(f"{'ok  ' if item.ok else 'FAIL'} {item.name}: {safe_text(item.detail)}")
+    if not results or not all(item.ok for item in results):
+        raise SystemExit(EXIT_FAILURE)
 
 
 def _engine_call(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:

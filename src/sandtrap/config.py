@@ -145,6 +145,7 @@ class PoolConfig(_Model):
     max_sandboxes: int = Field(default=50, ge=1, le=5000)
     allocate_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     health_interval_seconds: float = Field(default=30.0, gt=0)
+    create_concurrency: int = Field(default=2, ge=1, le=64)
     sticky: bool = False
     sticky_ttl_seconds: float = Field(default=86400.0, gt=0)
 
@@ -166,6 +167,12 @@ class SandboxConfig(_Model):
     """How every sandbox is created and hardened."""
 
     docker_url: str = "unix:///var/run/docker.sock"
+    gate: str = Field(
+        default="auto",
+        description="'auto': `sandtrap run` starts the Engine API gate (`sandtrap gate`) as a "
+        "child process and reaches docker_url only through it; 'off': talk to docker_url "
+        "directly; an absolute socket path: use a gate started separately (e.g. in a container)",
+    )
     image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=255)
     images: list[WeightedImage] = Field(default_factory=list)
     runtime: Literal["runc", "runsc"] = "runc"
@@ -201,6 +208,13 @@ class SandboxConfig(_Model):
                 raise ValueError(f"capability {name} would let a sandbox reach the host; refused")
             out.append(name)
         return out
+
+    @field_validator("gate")
+    @classmethod
+    def _check_gate(cls, value: str) -> str:
+        if value not in ("auto", "off") and not (value.startswith("/") and len(value) < 100):
+            raise ValueError("gate must be 'auto', 'off' or an absolute socket path (< 100 chars)")
+        return value
 
     @field_validator("hostnames")
     @classmethod

@@ -119,6 +119,7 @@ class SessionShell(Event):
     term: str | None = None
     width: int | None = None
     height: int | None = None
+    recording: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +130,16 @@ class SessionExec(Event):
     channel: int
     input: str
     pty: bool = False
+    recording: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionCommand(Event):
+    """A line entered in an interactive shell, as the shell had it when Enter was pressed."""
+
+    eventid: ClassVar[str] = "session.command"
+    channel: int
+    input: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +182,9 @@ class SessionClosed(Event):
     reason: str
     username: str | None = None
     container_id: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    exit_status: int | None = None
 
 
 # --- sandboxes -----------------------------------------------------------------------------------
@@ -257,6 +271,25 @@ class SandboxPruned(Event):
     reason: str
 
 
+# --- the Engine API gate ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateRefused(Event):
+    """The Engine API gate refused a request (it never reached the engine); `reason` says why.
+
+    Written by the gate process to var/log/gate.jsonl; `client_pid`/`client_uid` are the peer
+    credentials of the Unix socket client (normally the SSH front).
+    """
+
+    eventid: ClassVar[str] = "gate.refused"
+    method: str
+    path: str
+    reason: str
+    client_pid: int | None = None
+    client_uid: int | None = None
+
+
 CATALOGUE: dict[str, type[Event]] = {
     cls.eventid: cls
     for cls in (
@@ -268,6 +301,7 @@ CATALOGUE: dict[str, type[Event]] = {
         RequestRefused,
         SessionShell,
         SessionExec,
+        SessionCommand,
         SessionSubsystem,
         SessionResize,
         ChannelClosed,
@@ -280,6 +314,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SandboxDiskExceeded,
         SandboxError,
         SandboxPruned,
+        GateRefused,
     )
 }
 

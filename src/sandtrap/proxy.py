@@ -28,6 +28,16 @@ class Resize:
     height: int
 
 
+class PumpTap(Protocol):
+    """Sees every byte the pump moves (recording, totals); its methods must not block or raise."""
+
+    def input(self, data: bytes) -> None: ...
+
+    def output(self, data: bytes, stream: int) -> None: ...
+
+    def resize(self, width: int, height: int) -> None: ...
+
+
 class ChannelGone(Exception):
     """The client side of the channel went away (disconnect, channel closed)."""
 
@@ -71,27 +81,36 @@ async def _feed_input(
     io: ChannelIO,
     counters: _Counters,
     on_resize: Callable[[Resize], None] | None,
+    tap: PumpTap | None,
 ) -> None:
     while True:
         item = await io.read()
         if isinstance(item, Resize):
             if on_resize is not None:
                 on_resize(item)
+            if tap is not None:
+                tap.resize(item.width, item.height)
             await stream.resize(item.width, item.height)
             continue
         if not item:
             await stream.close_stdin()
             return
         counters.bytes_in += len(item)
+        if tap is not None:
+            tap.input(item)
         await stream.write(item)
 
 
-async def _drain_output(stream: ExecStream, io: ChannelIO, counters: _Counters) -> None:
+async def _drain_output(
+    stream: ExecStream, io: ChannelIO, counters: _Counters, tap: PumpTap | None
+) -> None:
     while True:
         chunk = await stream.read()
         if chunk is None:
             return
         counters.bytes_out += len(chunk.data)
+        if tap is not None:
+            tap.output(chunk.data, chunk.stream)
         await io.write(chunk.data, chunk.stream)
 
 
@@ -99,19 +118,21 @@ async def pump(
     stream: ExecStream,
     io: ChannelIO,
     on_resize: Callable[[Resize], None] | None = None,
+    tap: PumpTap | None = None,
 ) -> PumpResult:
     """Move bytes until the process has closed its output and exited, or the client is gone.
 
     Input and output run as two tasks of one TaskGroup. When output ends the input side is
     cancelled (the client may never send EOF); when the client is gone both stop and the exit
     status is None. The caller owns `stream` and closes it; `pump` does not finish the channel.
+    `tap` (optional) sees input, output and resizes as they pass.
     """
     counters = _Counters()
     status: int | None = None
     try:
         async with asyncio.TaskGroup() as group:
-            feeder = group.create_task(_feed_input(stream, io, counters, on_resize))
-            await _drain_output(stream, io, counters)
+            feeder = group.create_task(_feed_input(stream, io, counters, on_resize, tap))
+            await _drain_output(stream, io, counters, tap)
             status = await stream.wait()
             feeder.cancel()
     except* ChannelGone:
@@ -120,4 +141,13 @@ async def pump(
     return PumpResult(status, counters.bytes_in, counters.bytes_out)
 
 
-__all__ = ["READ_SIZE", "STDERR", "ChannelGone", "ChannelIO", "PumpResult", "Resize", "pump"]
+__all__ = [
+    "READ_SIZE",
+    "STDERR",
+    "ChannelGone",
+    "ChannelIO",
+    "PumpResult",
+    "PumpTap",
+    "Resize",
+    "pump",
+]

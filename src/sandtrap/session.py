@@ -8,16 +8,21 @@ proxy.py; SSH protocol details to ssh/. Knows the Sandbox protocol, not Docker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sandtrap import events as ev
 from sandtrap.errors import PoolExhausted, SandboxError
 from sandtrap.events import EventSink
 from sandtrap.proxy import ChannelIO, Resize, pump
+from sandtrap.recording.asciicast import Header
+from sandtrap.recording.commands import LineCommands, TerminalCommands
+from sandtrap.recording.recorder import ChannelRecorder, recording_path
 from sandtrap.sandbox.base import Sandbox, SandboxProvider, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,65 @@ def plan_exec(request: ChannelRequest, sftp_server: str) -> ExecPlan:
     if request.kind == "exec":
         return ExecPlan((*COMMAND_SHELL, request.command or ""), tty=request.has_pty, env=env)
     return ExecPlan(LOGIN_SHELL, tty=request.has_pty, env=env)
+
+
+@dataclass
+class SessionTotals:
+    """What all channels of one connection moved; updated live, so a cancelled channel counts."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    exit_status: int | None = None
+
+
+class _Tap:
+    """The pump's tap: session totals plus the channel's recorder."""
+
+    def __init__(self, totals: SessionTotals, recorder: ChannelRecorder | None) -> None:
+        self._totals = totals
+        self._recorder = recorder
+
+    def input(self, data: bytes) -> None:
+        self._totals.bytes_in += len(data)
+        if self._recorder is not None:
+            self._recorder.input(data)
+
+    def output(self, data: bytes, stream: int) -> None:
+        self._totals.bytes_out += len(data)
+        if self._recorder is not None:
+            self._recorder.output(data, stream)
+
+    def resize(self, width: int, height: int) -> None:
+        if self._recorder is not None:
+            self._recorder.resize(width, height)
+
+
+def _recorder_for(
+    request: ChannelRequest, peer: Peer, events: EventSink, recordings: Path | None
+) -> ChannelRecorder | None:
+    """Shells (with or without a PTY) and exec channels are recorded; subsystems (sftp) are not."""
+    if recordings is None or request.kind == "subsystem":
+        return None
+    width, height = request.size or (80, 24)
+    commands: TerminalCommands | LineCommands | None = None
+    if request.kind == "shell":
+        commands = TerminalCommands(width, height) if request.has_pty else LineCommands()
+    header = Header(
+        width=width,
+        height=height,
+        timestamp=int(time.time()),
+        title=f"{request.username} session {peer.session_id} channel {request.channel}",
+        env={"TERM": request.term or "", "SHELL": "/bin/bash"},
+    )
+    return ChannelRecorder(
+        recording_path(recordings, peer.session_id, request.channel, ev.utcnow()),
+        header,
+        events=events,
+        tags=peer.tags(),
+        channel=request.channel,
+        record_input=request.kind == "shell",
+        commands=commands,
+    )
 
 
 class AllocationFailed(Exception):
@@ -183,17 +247,26 @@ class SandboxLease:
             log.exception("releasing sandbox %s of session %s failed", sandbox.id, info.session_id)
 
 
-def _request_event(request: ChannelRequest, peer: Peer) -> ev.Event:
+def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -> ev.Event:
     tags = peer.tags()
     if request.kind == "exec":
         return ev.SessionExec(
-            **tags, channel=request.channel, input=request.command or "", pty=request.has_pty
+            **tags,
+            channel=request.channel,
+            input=request.command or "",
+            pty=request.has_pty,
+            recording=recording,
         )
     if request.kind == "subsystem":
         return ev.SessionSubsystem(**tags, channel=request.channel, name=request.subsystem or "")
     size = request.size or (None, None)
     return ev.SessionShell(
-        **tags, channel=request.channel, term=request.term, width=size[0], height=size[1]
+        **tags,
+        channel=request.channel,
+        term=request.term,
+        width=size[0],
+        height=size[1],
+        recording=recording,
     )
 
 
@@ -204,14 +277,24 @@ async def run_channel(
     events: EventSink,
     peer: Peer,
     sftp_server: str,
+    *,
+    recordings: Path | None = None,
+    totals: SessionTotals | None = None,
 ) -> None:
     """Serve one session channel from request to close: acquire, exec, pump, report, finish.
 
+    `recordings` is the root of the cast files (None: no recording); `totals` accumulates the
+    connection's bytes and last exit status.
+
     Raises:
         AllocationFailed: no sandbox; the caller closes the connection.
-    Cancellation: the process stream is closed (shielded) and the channel is left to the caller.
+    Cancellation: the process stream is closed (shielded), the recording is flushed and closed,
+    and the channel is left to the caller.
     """
-    events.emit(_request_event(request, peer))
+    totals = totals if totals is not None else SessionTotals()
+    recorder = _recorder_for(request, peer, events, recordings)
+    path = str(recorder.path) if recorder is not None and recorder.path is not None else None
+    events.emit(_request_event(request, peer, path))
     started = time.monotonic()
     sandbox, home = await lease.acquire(request.username)
     plan = plan_exec(request, sftp_server)
@@ -226,19 +309,22 @@ async def run_channel(
         )
 
     try:
-        stream = await sandbox.exec(
-            plan.argv,
-            user=request.username,
-            tty=plan.tty,
-            env=plan.env,
-            workdir=home,
-            size=request.size if plan.tty else None,
-        )
-        try:
-            result = await pump(stream, io, on_resize=resized)
-        finally:
-            await asyncio.shield(stream.close())
+        async with recorder if recorder is not None else contextlib.nullcontext():
+            stream = await sandbox.exec(
+                plan.argv,
+                user=request.username,
+                tty=plan.tty,
+                env=plan.env,
+                workdir=home,
+                size=request.size if plan.tty else None,
+            )
+            try:
+                result = await pump(stream, io, on_resize=resized, tap=_Tap(totals, recorder))
+            finally:
+                await asyncio.shield(stream.close())
         status, bytes_in, bytes_out = result.exit_status, result.bytes_in, result.bytes_out
+        if status is not None:
+            totals.exit_status = status
     except* SandboxError as group:
         log.warning(
             "session %s channel %d: sandbox failed: %s",
@@ -273,6 +359,7 @@ __all__ = [
     "ExecPlan",
     "Peer",
     "SandboxLease",
+    "SessionTotals",
     "plan_exec",
     "run_channel",
 ]

@@ -37,8 +37,9 @@ async def engine_errors(operation: str) -> AsyncIterator[None]:
         yield
     except aiodocker.DockerError as exc:
         message = f"{operation}: {exc.message}"
-        if exc.status == 900:
-            # aiodocker's code for "could not connect to the engine's socket".
+        if exc.status in (900, 502):
+            # 900: aiodocker's code for "could not connect to the engine's socket"; 502: the
+            # Engine API gate could not reach the engine (the engine itself never answers 502).
             raise EngineUnavailable(message) from None
         if exc.status == 404 and "image" in str(exc.message).lower():
             raise ImageMissing(message) from None
@@ -471,16 +472,6 @@ class DockerSandbox:
                 self.baseline[path] = (int(size), int(float(mtime or 0)))
         self.users[username] = home
         return home
-
-    async def snapshot_baseline(self) -> None:
-        """Remember what our own preparation changed, so the session diff can leave it out.
-
-        Costs one `docker diff` (about a second on engines without native overlay diff), so it
-        runs when a pool member is warmed, never on the login path.
-        """
-        paths = [str(change.get("Path", "")) for change in await self._engine.diff(self._id)]
-        stats = await asyncio.gather(*(self._engine.archive_stat(self._id, p) for p in paths))
-        self.baseline = {path: stat_key(stat) for path, stat in zip(paths, stats, strict=True)}
 
     async def exec(
         self,

@@ -26,6 +26,9 @@ KINDS = {0: "modified", 1: "added", 2: "deleted"}
 MAX_DIFF_ENTRIES = 2000
 MAX_ARTIFACTS = 200
 MAX_PATH_CHARS = 4096
+# Files the engine bind-mounts into every container: their diff entries are the engine's doing,
+# and what is written to them does not live in the container's layer anyway.
+ENGINE_MANAGED = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"})
 # Go's os.FileMode type bits (dir, symlink, device, pipe, socket, ...): none set = regular file.
 _GO_TYPE_BITS = 0xFFF00000 | (1 << 31)
 
@@ -74,6 +77,8 @@ async def capture_changes(
     for entry in raw:
         path = str(entry.get("Path", ""))[:MAX_PATH_CHARS]
         kind = KINDS.get(int(entry.get("Kind", 0)), "modified")
+        if path in ENGINE_MANAGED:
+            continue
         if path in sandbox.baseline:
             after = await engine.archive_stat(sandbox.id, path)
             if sandbox.baseline[path] == stat_key(after):

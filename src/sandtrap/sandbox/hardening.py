@@ -166,24 +166,57 @@ def container_body(
 
 
 # Run as root in a fresh container before anyone logs in. Arguments are validated host names, passed
-# as positional parameters, never spliced into the script.
+# as positional parameters, never spliced into the script. It prints what it changed, as
+# "S<tab>path<tab>size<tab>mtime" lines, and the accounts, as "U<tab>passwd entry" lines.
 _PREPARE_SCRIPT = r"""
+new=$1 old=$2
 rm -f /.dockerenv
 # Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
-grep -q "^127.0.1.1" /etc/hosts 2>/dev/null || printf '127.0.1.1	%s
-' "$1" >> /etc/hosts
+grep -q '^127\.0\.1\.1' /etc/hosts 2>/dev/null || printf '127.0.1.1\t%s\n' "$new" >> /etc/hosts
+set -- / /etc /var /var/log
 # The image's logs were generated under a build-time host name: make them this host's,
 # keeping each file's modification time.
-if [ -n "$2" ] && [ "$2" != "$1" ]; then
-  grep -rlsF -- " $2 " /var/log | while IFS= read -r f; do
-    t=$(stat -c %Y "$f"); sed -i "s/ $2 / $1 /g" "$f"; touch -d "@$t" "$f"
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+  for f in $(grep -rlsF -- " $old " /var/log); do
+    t=$(stat -c %Y "$f"); sed -i "s/ $old / $new /g" "$f"; touch -d "@$t" "$f"
+    set -- "$@" "$f" "$(dirname "$f")"
   done
 fi
+find "$@" -maxdepth 0 -printf 'S\t%p\t%s\t%T@\n' 2>/dev/null
+getent passwd | sed 's/^/U\t/'
 exit 0
 """
 
 
-async def prepare(engine: Any, container_id: str, hostname: str, log_hostname: str | None) -> None:
+@dataclass(frozen=True)
+class Prepared:
+    """What preparation left: (size, mtime) of each path it changed, and the accounts' homes."""
+
+    baseline: dict[str, tuple[int, int] | None]
+    homes: dict[str, str]
+
+
+def parse_prepared(output: str) -> Prepared:
+    """Read the prepare script's report (pure)."""
+    baseline: dict[str, tuple[int, int] | None] = {"/.dockerenv": None}
+    homes: dict[str, str] = {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "S":
+            path, _, numbers = rest.partition("\t")
+            size, _, mtime = numbers.partition("\t")
+            if size.isdigit():
+                baseline[path] = (int(size), int(float(mtime or 0)))
+        elif kind == "U":
+            fields = rest.split(":")
+            if len(fields) >= 7 and fields[0]:
+                homes[fields[0]] = fields[5] or "/"
+    return Prepared(baseline, homes)
+
+
+async def prepare(
+    engine: Any, container_id: str, hostname: str, log_hostname: str | None
+) -> Prepared:
     """Make a new sandbox look like a server that has always had its host name.
 
     Raises:
@@ -192,7 +225,10 @@ async def prepare(engine: Any, container_id: str, hostname: str, log_hostname: s
     old = log_hostname if log_hostname and HOSTNAME_RE.fullmatch(log_hostname) else ""
     if not HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"bad host name {hostname!r}")
-    await engine.run(container_id, ["/bin/sh", "-c", _PREPARE_SCRIPT, "sh", hostname, old])
+    _, out, _ = await engine.run(
+        container_id, ["/bin/sh", "-c", _PREPARE_SCRIPT, "sh", hostname, old]
+    )
+    return parse_prepared(out.decode("utf-8", "replace"))
 
 
 _USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

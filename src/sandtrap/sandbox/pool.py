@@ -151,6 +151,7 @@ class Pool:
         self._artifacts = config.storage.data_dir / "artifacts"
         self._log_hostnames: dict[str, str | None] = {}
         self._generation = 0
+        self._create_slots = asyncio.Semaphore(config.pool.create_concurrency)
         self._born: dict[str, int] = {}
 
     # --- pure views ------------------------------------------------------------------------
@@ -267,7 +268,7 @@ class Pool:
             if not plan:
                 continue
             results = await asyncio.gather(
-                *(self._create_one(image) for image in plan), return_exceptions=True
+                *(self._create_limited(image) for image in plan), return_exceptions=True
             )
             failures = [r for r in results if isinstance(r, BaseException)]
             for failure in failures:
@@ -282,6 +283,12 @@ class Pool:
                 self._counters.engine_ok = True
                 self._counters.last_error = ""
             self._wanted.set()
+
+    async def _create_limited(self, image: str) -> None:
+        # The engine serialises much of container start-up; a few at a time refill fastest and
+        # leave the CPU to the sessions being served meanwhile.
+        async with self._create_slots:
+            await self._create_one(image)
 
     async def _create_one(self, image: str) -> None:
         creating = self._counters.by_image_creating
@@ -299,9 +306,12 @@ class Pool:
             )
             container_id = await self._engine.create(body, pool_name())
             await self._engine.start(container_id)
-            await prepare(self._engine, container_id, hostname, self._log_hostnames.get(image))
+            prepared = await prepare(
+                self._engine, container_id, hostname, self._log_hostnames.get(image)
+            )
             sandbox = DockerSandbox(self._engine, container_id, hostname, image)
-            await sandbox.snapshot_baseline()
+            sandbox.baseline.update(prepared.baseline)
+            sandbox.users.update(prepared.homes)
             self._born[container_id] = self._generation
         except BaseException:
             if container_id is not None:

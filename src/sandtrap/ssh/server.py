@@ -22,7 +22,7 @@ from sandtrap.auth import AuthPolicy, ConnectionAuth
 from sandtrap.config import Config, parse_listen
 from sandtrap.events import EventSink
 from sandtrap.sandbox.base import SandboxProvider
-from sandtrap.session import AllocationFailed, Peer, SandboxLease, run_channel
+from sandtrap.session import AllocationFailed, Peer, SandboxLease, SessionTotals, run_channel
 from sandtrap.ssh.channel import AsyncsshChannelIO, channel_request, create_session
 from sandtrap.ssh.connection import ClientKexInit, listen
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
@@ -56,6 +56,7 @@ class _Connection:
     channels: set[asyncio.Task[Any]] = field(default_factory=set)
     next_channel: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
+    totals: SessionTotals = field(default_factory=SessionTotals)
 
 
 def _describe(exc: Exception | None) -> str:
@@ -260,6 +261,8 @@ class SandTrapSSHServer(asyncssh.SSHServer):
                 self._front.events,
                 state.peer,
                 self._front.persona.sftp_server,
+                recordings=self._front.config.storage.data_dir / "recordings",
+                totals=state.totals,
             )
         except AllocationFailed as exc:
             # A loaded sshd that cannot start the session drops the connection without a word;
@@ -370,6 +373,9 @@ class SSHFront:
                 reason=state.reason or "closed",
                 username=state.username,
                 container_id=container_id,
+                bytes_in=state.totals.bytes_in,
+                bytes_out=state.totals.bytes_out,
+                exit_status=state.totals.exit_status,
             )
         )
         log.info("session %s: closed (%s)", state.peer.session_id, state.reason)

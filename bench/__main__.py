@@ -1,0 +1,168 @@
+"""`python -m bench`: run the side-by-side benchmarks, print each figure, optionally write markdown.
+
+Owns the run's order and its cleanup: every container (by label), process, user and temp dir the
+harness creates is undone at the end, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from bench import machine, peers, pool_bench, report, ssh_bench
+from bench.peers import Peer
+from bench.resources import Cleanup, Run, become_subreaper, remove_labelled_containers
+from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
+from bench.stats import Figure, render_text
+from sandtrap.config import DEFAULT_IMAGE
+
+BENCHMARKS = ("pool", "connect", "throughput", "memory")
+SSH_BENCHMARKS = ("connect", "throughput", "memory")
+NOT_MEASURED = [
+    "Issue 8 figures 2 (interactive PTY login), 3 (burst of 100/200 logins) and 7 (scaling "
+    "under noise) and the PTY `cat` half of figure 4 are not measured yet.",
+    "Runs on a shared machine see other work on the same Docker engine (a restarted engine "
+    "marks a peer's figures INVALID); quote ratios from a quiet run.",
+]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few iterations (smoke run, CI)")
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help=f"of {BENCHMARKS}"
+    )
+    parser.add_argument("--write", type=Path, metavar="FILE", help="write a markdown report")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="target image")
+    parser.add_argument(
+        "--cowrie",
+        choices=("auto", "build", "off"),
+        default=None,
+        help="Cowrie peer: build its venv if missing (default without --quick), use it only if "
+        "already built (auto; default with --quick), or leave it out",
+    )
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _emit(figure: Figure, figures: list[Figure], targets: list[Peer] | None = None) -> None:
+    for target in targets or []:
+        if target.container_id and not peers.container_running(target.container_id):
+            figure.notes.append(
+                f"INVALID for {target.name}: its container stopped during the run (the engine "
+                "restarted?); rerun on a quiet engine."
+            )
+    figures.append(figure)
+    print(f"\n{render_text(figure)}", flush=True)
+
+
+def _ssh_benchmarks(
+    args: argparse.Namespace,
+    run: Run,
+    workdir: Path,
+    cleanup: Cleanup,
+    selected: list[str],
+    gaps: list[str],
+) -> list[Figure]:
+    figures: list[Figure] = []
+    steps = ssh_bench.plan(args.quick)
+    top = max(steps.session_levels)
+    running = RunningService(
+        bench_config(workdir / "sandtrap", run.sensor, args.image, max_sandboxes=top + 10)
+    )
+    cleanup.push("SandTrap service", running.stop)
+    running.start()
+    running.wait_warm()
+    sandtrap = Peer(ssh_bench.SANDTRAP, running.port, BENCH_USER, BENCH_PASSWORD, os.getpid())
+    openssh = peers.start_openssh(run, args.image, cleanup, sessions=top)
+    targets = [sandtrap, openssh]
+    cowrie_mode = args.cowrie or ("auto" if args.quick else "build")
+    if cowrie_mode != "off" and ("connect" in selected or "memory" in selected):
+        executable = peers.ensure_cowrie_venv(build=cowrie_mode == "build")
+        if executable is None:
+            gaps.append(f"Cowrie peer left out (--cowrie {cowrie_mode}; venv not available).")
+        else:
+            try:
+                targets.append(peers.start_cowrie(executable, cleanup))
+            except RuntimeError as exc:
+                gaps.append(f"Cowrie did not start: {exc}")
+    print(f"\nSSH targets: {', '.join(f'{t.name} :{t.port}' for t in targets)}", flush=True)
+    if "connect" in selected:
+        figure = ssh_bench.connect_figure(targets, steps)
+        events = running.config.storage.data_dir / "log" / "events.jsonl"
+        breakdown = ssh_bench.phase_breakdown(events)
+        if breakdown:
+            figure.notes.append(breakdown)
+        _emit(figure, figures, targets)
+    if "throughput" in selected:
+        # Cowrie emulates `head`; a byte-stream figure only means something for real shells.
+        _emit(ssh_bench.throughput_figure(targets[:2], steps), figures, targets)
+    if "memory" in selected:
+
+        def settle() -> None:
+            deadline = time.monotonic() + 120
+            while running.busy() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+        memory_targets = [ssh_bench.memory_target(sandtrap, settle)]
+        memory_targets += [ssh_bench.memory_target(t) for t in targets[1:]]
+        _emit(ssh_bench.memory_figure(memory_targets, steps), figures, targets)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    selected = list(args.only or BENCHMARKS)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.ERROR)
+    signal.signal(signal.SIGTERM, _interrupt)
+    become_subreaper()
+    run = Run()
+    cleanup = Cleanup()
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run.run_id}-"))
+    cleanup.push("work dir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    cleanup.push("containers", lambda: remove_labelled_containers(run.sensor))
+    figures: list[Figure] = []
+    gaps = list(NOT_MEASURED)
+    started = time.monotonic()
+    try:
+        cowrie = peers.cowrie_version()
+        facts = machine.describe("runc", cowrie)
+        print(machine.render_text(facts), flush=True)
+        print(f"run {run.run_id}: {'quick' if args.quick else 'full'}; {', '.join(selected)}")
+        if "pool" in selected:
+            for figure in asyncio.run(
+                pool_bench.pool_figures(run, workdir / "pool", args.image, args.quick)
+            ):
+                _emit(figure, figures)
+        if any(name in selected for name in SSH_BENCHMARKS):
+            figures += _ssh_benchmarks(args, run, workdir, cleanup, selected, gaps)
+            facts["Cowrie"] = peers.cowrie_version() or "not available"
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        cleanup.run()
+    print(f"\ndone in {time.monotonic() - started:.0f}s; gaps:", *gaps, sep="\n- ")
+    if args.write is not None:
+        command = "python -m bench" + (" --quick" if args.quick else "")
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(report.render(facts, figures, command, gaps))
+        print(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The Engine API gate: the only holder of the Docker socket in a privilege-separated SandTrap.
+
+`serve_gate` runs the policy-checking proxy (`gate/proxy.py`, rules in `gate/policy.py`) until
+SIGTERM/SIGINT or, for the child `sandtrap run` starts (`gate/child.py`), until its stdin closes.
+Refusals are `gate.refused` events in var/log/gate.jsonl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from sandtrap.config import Config
+from sandtrap.errors import EngineUnavailable
+from sandtrap.gate.policy import GatePolicy
+from sandtrap.gate.proxy import Gate
+from sandtrap.sandbox.docker import Engine
+from sandtrap.store.jsonl import EventLog
+
+log = logging.getLogger(__name__)
+
+READY_LINE = b"sandtrap-gate ready\n"
+ERROR_PREFIX = b"sandtrap-gate error: "
+
+
+def gate_socket(config: Config) -> Path:
+    """Where a standalone gate listens by default: the configured path, else var/run/gate.sock."""
+    if config.sandbox.gate not in ("auto", "off"):
+        return Path(config.sandbox.gate)
+    return config.storage.data_dir / "run" / "gate.sock"
+
+
+async def _engine_api_version(upstream: str, attempts: int) -> str:
+    engine = Engine(upstream)
+    try:
+        for attempt in range(attempts):
+            try:
+                info = await engine.version()
+                return f"v{info.get('ApiVersion', '1.41')}"
+            except EngineUnavailable as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("gate: waiting for the engine: %s", exc)
+                await asyncio.sleep(1)
+    finally:
+        await engine.close()
+    raise AssertionError("unreachable")
+
+
+async def _wait_stdin_eof() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        transport.close()
+
+
+async def serve_gate(
+    config: Config,
+    listen: Path,
+    upstream: str,
+    *,
+    socket_group: int | None = None,
+    lifeline: bool = False,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve the gate until `stop` (or a signal; with `lifeline`, until stdin reaches EOF).
+
+    With `lifeline` the gate belongs to a parent: it ignores SIGINT/SIGTERM (the parent's phased
+    shutdown still needs it) and prints READY_LINE on stdout once it listens, or ERROR_PREFIX and
+    the reason when the engine does not answer (standalone, it waits up to 30 s for the engine).
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        api_version = await _engine_api_version(upstream, 1 if lifeline else 30)
+    except EngineUnavailable as exc:
+        if lifeline:
+            sys.stdout.buffer.write(ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
+            sys.stdout.buffer.flush()
+        raise
+    policy = GatePolicy.from_config(config, api_version)
+    events = EventLog(
+        config.storage.data_dir / "log" / "gate.jsonl",
+        config.sensor,
+        config.storage.log_max_bytes,
+        config.storage.log_backups,
+    )
+    gate = Gate(policy, listen, upstream, events, socket_group)
+    listening = ready or asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    try:
+        for signum in signals:
+            if lifeline:
+                signal.signal(signum, signal.SIG_IGN)
+            else:
+                loop.add_signal_handler(signum, stop.set)
+        async with asyncio.TaskGroup() as tasks:
+            serving = tasks.create_task(gate.run(stop, listening), name="gate")
+            await listening.wait()
+            watcher: asyncio.Task[None] | None = None
+            if lifeline:
+                sys.stdout.buffer.write(READY_LINE)
+                sys.stdout.buffer.flush()
+                watcher = tasks.create_task(_wait_stdin_eof(), name="gate-lifeline")
+                watcher.add_done_callback(lambda _t: stop.set())
+            await serving
+            if watcher is not None:
+                watcher.cancel()
+    finally:
+        events.close()
+        if not lifeline:
+            for signum in signals:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(signum)
+        log.info("gate stopped: %d forwarded, %d refused", gate.forwarded, gate.refused)
+
+
+__all__ = ["ERROR_PREFIX", "READY_LINE", "Gate", "GatePolicy", "gate_socket", "serve_gate"]

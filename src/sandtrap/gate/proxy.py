@@ -1,0 +1,402 @@
+"""The gate's I/O: a Unix-socket HTTP server that forwards allowed Engine API requests upstream.
+
+Owns the listening socket, one upstream connection per request (`Connection: close`, so framing
+is the engine's and bytes are relayed as they come), the byte-for-byte relay of hijacked exec
+streams with half-close, the ownership caches, and a `gate.refused` event per refusal. What is
+allowed is decided in `gate/policy.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sandtrap.events import EventSink, GateRefused
+from sandtrap.gate.policy import (
+    GatePolicy,
+    Refused,
+    Route,
+    check_create,
+    check_exec,
+    check_exec_start,
+    container_path,
+    encode_body,
+    encode_query,
+    is_full_id,
+    is_ours,
+    parse_body,
+    route,
+)
+
+log = logging.getLogger(__name__)
+
+_HEAD_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+_HEAD_TIMEOUT = 30.0
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class BadRequest(Exception):
+    """The client did not speak the HTTP/1.1 subset the gate accepts."""
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """One request head and its Content-Length body; None when the client closed first."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise BadRequest("truncated request head") from None
+    except asyncio.LimitOverrunError:
+        raise BadRequest("request head too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(f"bad request line {lines[0][:100]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        key = name.strip().lower()
+        if not sep or key in headers or name != name.strip():
+            raise BadRequest(f"bad or repeated header {name[:40]!r}")
+        headers[key] = value.strip()
+    if "transfer-encoding" in headers:
+        raise BadRequest("chunked request bodies are not accepted")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit() or int(length_text) > 4 * 1024 * 1024:
+        raise BadRequest("bad Content-Length")
+    body = await reader.readexactly(int(length_text)) if int(length_text) else b""
+    return Request(parts[0], parts[1], headers, body)
+
+
+def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
+    """(pid, uid) of the process at the other end of a Unix socket, when the kernel says."""
+    sock = writer.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None, None
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return pid, uid
+
+
+class Gate:
+    """The policy-checking proxy. Constructing it does no I/O; `run()` serves until `stop` is set.
+
+    Each client connection is served by a handler task owned by the gate; `run()` cancels the ones
+    still open (hijacked exec streams) after `stop`, once the listener is closed.
+    """
+
+    def __init__(
+        self,
+        policy: GatePolicy,
+        listen: Path,
+        upstream: str,
+        events: EventSink,
+        socket_group: int | None = None,
+    ) -> None:
+        self.policy = policy
+        self.listen = listen
+        self.upstream = upstream
+        self._events = events
+        self._socket_group = socket_group
+        self._owned: OrderedDict[str, None] = OrderedDict()
+        self._exec_owner: OrderedDict[str, str] = OrderedDict()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self.refused = 0
+        self.forwarded = 0
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        self.listen.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self.listen.is_socket():
+                self.listen.unlink()
+        old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
+        try:
+            server = await asyncio.start_unix_server(
+                self._on_client, path=str(self.listen), limit=_HEAD_LIMIT
+            )
+        finally:
+            os.umask(old_umask)
+        if self._socket_group is not None:
+            os.chown(self.listen, -1, self._socket_group)
+        log.info("gate listening on %s, forwarding to %s", self.listen, self.upstream)
+        try:
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            server.close()
+            for task in list(self._handlers):
+                task.cancel()
+            if self._handlers:
+                await asyncio.wait(list(self._handlers), timeout=5)
+            with contextlib.suppress(OSError):
+                self.listen.unlink()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._serve_one(reader, writer)
+        except (ConnectionError, OSError) as exc:
+            log.debug("gate client gone: %s", exc)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_HEAD_TIMEOUT):
+                request = await read_request(reader)
+        except (BadRequest, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await self._refuse(writer, "?", "?", f"bad request: {exc or 'timeout'}", 400)
+            return
+        if request is None:
+            return
+        upgrade = "upgrade" in request.headers.get("connection", "").lower()
+        try:
+            checked = route(self.policy, request.method, request.target, upgrade=upgrade)
+            path, body = await self._authorise(checked, request.body)
+        except Refused as exc:
+            await self._refuse(writer, request.method, request.target, exc.reason, 403)
+            return
+        except (OSError, TimeoutError) as exc:
+            reason = f"engine unreachable: {exc or 'timeout'}"
+            await self._refuse(writer, request.method, request.target, reason, 502, event=False)
+            return
+        self.forwarded += 1
+        await self._forward(checked, path, body, reader, writer)
+
+    async def _authorise(self, checked: Route, body: bytes) -> tuple[str, bytes]:
+        """The upstream path (references resolved to full ids) and the re-encoded body."""
+        version = self.policy.api_version
+        query = encode_query(checked.query)
+        if checked.kind == "plain":
+            return f"/{version}/{checked.path}", b""
+        if checked.kind == "list":
+            return f"/{version}/{checked.path}{query}", b""
+        if checked.kind == "create":
+            data = parse_body(body, "create")
+            check_create(self.policy, data)
+            return f"/{version}/containers/create{query}", encode_body(data)
+        if checked.kind in ("container", "exec_create"):
+            container_id = await self._owned_container(checked.target)
+            if checked.action == "" and checked.method == "DELETE":
+                self._owned.pop(container_id, None)
+            out_body = b""
+            if checked.kind == "exec_create":
+                data = parse_body(body, "exec")
+                check_exec(data)
+                out_body = encode_body(data)
+            return f"/{version}/{container_path(checked, container_id)}{query}", out_body
+        # exec/{id}/...
+        await self._owned_exec(checked.target)
+        out_body = b""
+        if checked.action == "start":
+            data = parse_body(body, "exec start")
+            check_exec_start(data)
+            out_body = encode_body(data)
+        return f"/{version}/exec/{checked.target}/{checked.action}{query}", out_body
+
+    async def _owned_container(self, ref: str) -> str:
+        if is_full_id(ref) and ref in self._owned:
+            self._owned.move_to_end(ref)
+            return ref
+        status, details = await self._upstream_json(f"containers/{ref}/json")
+        if status == 404:
+            raise Refused(f"no such container {ref[:64]!r}")
+        if status != 200 or not isinstance(details, dict):
+            raise Refused(f"cannot inspect container {ref[:64]!r} (engine status {status})")
+        if not is_ours(self.policy, details):
+            raise Refused(
+                f"container {ref[:64]!r} is not a sandbox of sensor {self.policy.sensor!r}"
+            )
+        container_id = str(details.get("Id", ""))
+        if not is_full_id(container_id):
+            raise Refused("engine returned no container id")
+        self._remember(self._owned, container_id, None)
+        return container_id
+
+    async def _owned_exec(self, exec_id: str) -> None:
+        container_id = self._exec_owner.get(exec_id)
+        if container_id is None:
+            status, details = await self._upstream_json(f"exec/{exec_id}/json")
+            if status != 200 or not isinstance(details, dict):
+                raise Refused(f"no such exec instance {exec_id[:64]!r} (engine status {status})")
+            container_id = str(details.get("ContainerID", ""))
+        await self._owned_container(container_id)
+        self._remember(self._exec_owner, exec_id, container_id)
+
+    @staticmethod
+    def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        parsed = urlparse(self.upstream)
+        if parsed.scheme in ("unix", ""):
+            return await asyncio.open_unix_connection(
+                parsed.path or "/var/run/docker.sock", limit=_HEAD_LIMIT
+            )
+        port = parsed.port or 2375
+        return await asyncio.open_connection(parsed.hostname, port, limit=_HEAD_LIMIT)
+
+    async def _upstream_json(self, path: str) -> tuple[int, Any]:
+        """The gate's own GET (HTTP/1.0: no chunking, the engine closes after the body)."""
+        reader, writer = await self._open_upstream()
+        try:
+            writer.write(
+                f"GET /{self.policy.api_version}/{path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
+            )
+            await writer.drain()
+            async with asyncio.timeout(60):
+                raw = await reader.read(-1)
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        try:
+            status = int(head.split(b" ", 2)[1])
+            return status, json.loads(body) if body else None
+        except (IndexError, ValueError):
+            return 502, None
+
+    async def _forward(
+        self,
+        checked: Route,
+        path: str,
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            up_reader, up_writer = await self._open_upstream()
+        except OSError as exc:
+            await self._refuse(
+                writer, checked.method, path, f"engine unreachable: {exc}", 502, event=False
+            )
+            return
+        try:
+            head = [f"{checked.method} {path} HTTP/1.1", "Host: docker"]
+            if body:
+                head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+            head += (
+                ["Connection: Upgrade", "Upgrade: tcp"]
+                if checked.upgrade
+                else ["Connection: close"]
+            )
+            up_writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            await up_writer.drain()
+            if checked.upgrade:
+                await self._relay_upgraded(reader, writer, up_reader, up_writer)
+            else:
+                await _pump(up_reader, writer)
+        finally:
+            up_writer.close()
+            with contextlib.suppress(OSError, ConnectionError, asyncio.CancelledError):
+                await up_writer.wait_closed()
+
+    async def _relay_upgraded(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """After the engine's 101, bytes both ways as they come; EOF from either side is passed
+        on as a half-close, and the relay ends when the engine ends the stream."""
+        async with asyncio.timeout(60):
+            head = await up_reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
+            await _pump(up_reader, writer)
+            return
+
+        async def client_to_engine() -> None:
+            await _pump(reader, up_writer)
+            with contextlib.suppress(OSError, RuntimeError):
+                if up_writer.can_write_eof():
+                    up_writer.write_eof()
+
+        upward = asyncio.create_task(client_to_engine(), name="gate-stdin")
+        try:
+            await _pump(up_reader, writer)
+            with contextlib.suppress(OSError, RuntimeError):
+                if writer.can_write_eof():
+                    writer.write_eof()
+        finally:
+            upward.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
+                await upward
+
+    async def _refuse(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        target: str,
+        reason: str,
+        status: int,
+        *,
+        event: bool = True,
+    ) -> None:
+        message = f"sandtrap gate: refused: {reason}"
+        if event:
+            self.refused += 1
+            pid, uid = peer_credentials(writer)
+            log.warning("gate refused %s %r from pid %s: %s", method, target[:300], pid, reason)
+            self._events.emit(
+                GateRefused(
+                    method=method[:16],
+                    path=target[:1024],
+                    reason=reason,
+                    client_pid=pid,
+                    client_uid=uid,
+                )
+            )
+        payload = json.dumps({"message": message}).encode()
+        phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+        writer.write(
+            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.drain()
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy until EOF on `source`; a sink that went away ends the copy quietly."""
+    while data := await source.read(_READ_SIZE):
+        try:
+            sink.write(data)
+            await sink.drain()
+        except (ConnectionError, OSError):
+            return

@@ -1,0 +1,203 @@
+"""Command reconstruction: what the attacker actually ran, read back from a virtual terminal.
+
+Owns two pure reconstructors (no I/O, no events): `TerminalCommands` keeps a pyte screen per PTY
+channel, fed with the output the client saw, and reads the edited line off the screen when the
+attacker's Enter is echoed, so backspace, ^U, ^W, arrows, history and tab completion are all
+resolved by the shell itself. `LineCommands` splits the input of a shell without a PTY (commands
+piped in) into lines. Emitting `session.command` events is left to recording/recorder.py.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+
+import pyte
+
+log = logging.getLogger(__name__)
+
+# A screen is rebuilt from at most this much of one output chunk when no line is waiting: the
+# tail holds the prompt, and pyte (pure Python) would otherwise spend seconds on a large `cat`.
+MAX_FEED_BYTES = 16 * 1024
+MAX_COMMAND_CHARS = 8192
+# When the line's start was not seen (type-ahead), a prompt is recognised by its usual ending.
+_PROMPT_END = re.compile(r"^.{0,120}?[#$%>] ")
+_ENTER = frozenset(b"\r\n")
+
+
+class _Screen(pyte.Screen):
+    """A pyte screen that counts how many lines scrolled off the top."""
+
+    scrolled = 0
+
+    def index(self) -> None:
+        _top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
+        if self.cursor.y == bottom:
+            self.scrolled += 1
+        super().index()
+
+
+class TerminalCommands:
+    """Reconstructs entered lines of an interactive shell from its input and echoed output.
+
+    `input()` notes where a line starts (the cursor when the first key of the line arrives) and
+    counts Enters; `output()` feeds the screen and, for each waiting Enter, takes the line off the
+    screen just before the echoed line feed moves the cursor away.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self._screen = _Screen(max(width, 2), max(height, 2))
+        self._stream = pyte.ByteStream(self._screen)
+        self._pending = 0
+        self._start: tuple[int, int] | None = None  # (absolute row, column)
+        self._prompt = ""
+        self._last_enter = 0
+        self.broken = False
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            self._stream.feed(data)
+
+    def _failed(self) -> None:
+        # pyte is not hardened against every byte sequence (a corrupt screen can make even
+        # `display` raise); that must not end the session, only reconstruction on this channel.
+        log.warning("terminal emulation failed; no more commands on this channel", exc_info=True)
+        self.broken = True
+
+    def resize(self, width: int, height: int) -> None:
+        if self.broken:
+            return
+        try:
+            self._screen.resize(max(height, 2), max(width, 2))
+        except Exception:
+            self._failed()
+
+    def input(self, data: bytes) -> None:
+        """Client keystrokes (before the shell echoes them). Never raises."""
+        if self.broken:
+            return
+        try:
+            self._input(data)
+        except Exception:
+            self._failed()
+
+    def output(self, data: bytes) -> list[str]:
+        """Output the client saw; returns the lines entered (edited, as the shell had them).
+
+        Never raises: a failure of the emulator ends reconstruction for this channel.
+        """
+        if self.broken:
+            return []
+        try:
+            return self._output(data)
+        except Exception:
+            self._failed()
+            return []
+
+    def finish(self) -> list[str]:
+        """At channel close: a line entered but never echoed (the client left) is taken as is."""
+        if not self._pending or self.broken:
+            return []
+        try:
+            return [line for line in [self._take_line()] if line]
+        except Exception:
+            self._failed()
+            return []
+
+    def _input(self, data: bytes) -> None:
+        for byte in data:
+            if byte in _ENTER:
+                # \r\n from one key press counts once.
+                if not (byte == 0x0A and self._last_enter == 0x0D):
+                    self._pending += 1
+                self._last_enter = byte
+                continue
+            self._last_enter = 0
+            if self._start is None and self._pending == 0:
+                cursor = self._screen.cursor
+                self._start = (self._screen.scrolled + cursor.y, cursor.x)
+                self._prompt = self._screen.display[cursor.y][: cursor.x]
+
+    def _output(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        while self._pending and not self.broken:
+            head, newline, rest = data.partition(b"\n")
+            if not newline:
+                break
+            self._feed(head)
+            if self._start is not None or self._looks_like_prompt_line():
+                lines.append(self._take_line())
+            # else: type-ahead; this line feed is the previous command's output, not the echo.
+            self._feed(newline)
+            data = rest
+        if not self._pending and len(data) > MAX_FEED_BYTES:
+            data = data[-MAX_FEED_BYTES:]
+        self._feed(data)
+        return [line for line in lines if line]
+
+    def _take_line(self) -> str:
+        self._pending -= 1
+        screen = self._screen
+        display = screen.display
+        end_row = screen.cursor.y
+        start = self._start
+        self._start = None
+        if start is not None:
+            row, col = start[0] - screen.scrolled, start[1]
+            if row < 0:
+                row, col = 0, 0
+        else:
+            row, col = end_row, 0
+        row = min(row, end_row)
+        parts = []
+        for y in range(row, end_row + 1):
+            text = display[y][col:] if y == row else display[y]
+            parts.append(
+                text
+                if len(text.rstrip()) >= screen.columns - (col if y == row else 0)
+                else text.rstrip()
+            )
+        line = "".join(parts).rstrip()
+        if start is None:
+            line = self._strip_prompt(display[end_row].rstrip())
+        elif self._prompt.strip() and self._prompt in line:
+            # The shell redrew prompt and line (a completion listing): the last copy counts.
+            line = line.rsplit(self._prompt, 1)[1]
+        return line.strip()[:MAX_COMMAND_CHARS]
+
+    def _looks_like_prompt_line(self) -> bool:
+        text = self._screen.display[self._screen.cursor.y]
+        if self._prompt.strip():
+            return text.startswith(self._prompt)
+        return _PROMPT_END.match(text) is not None
+
+    def _strip_prompt(self, text: str) -> str:
+        if self._prompt.strip() and text.startswith(self._prompt):
+            return text[len(self._prompt) :]
+        match = _PROMPT_END.match(text)
+        return text[match.end() :] if match else text
+
+
+class LineCommands:
+    """Lines of a shell without a PTY: what was piped in is what the shell reads."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+
+    def input(self, data: bytes) -> list[str]:
+        self._buffer += self._decoder.decode(data)
+        *complete, self._buffer = self._buffer.split("\n")
+        if len(self._buffer) > MAX_COMMAND_CHARS:
+            complete.append(self._buffer)
+            self._buffer = ""
+        return [line.strip()[:MAX_COMMAND_CHARS] for line in complete if line.strip()]
+
+    def finish(self) -> list[str]:
+        rest = (self._buffer + self._decoder.decode(b"", final=True)).strip()
+        self._buffer = ""
+        return [rest[:MAX_COMMAND_CHARS]] if rest else []
+
+
+__all__ = ["LineCommands", "TerminalCommands"]

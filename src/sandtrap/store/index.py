@@ -1,0 +1,390 @@
+"""The SQLite index (var/sandtrap.db): sessions, auth attempts, channels, commands, diffs, files.
+
+Owns the schema, the pure mapping from one event record to SQL statements (`statements`), the one
+writer (`EventIndex`: an EventLog listener feeding a bounded queue that a single worker thread
+drains; when the queue is full an event is dropped and counted, the SSH front never waits) and
+`rebuild` from the JSON-lines log, which stays the source of truth. Reading is analysis/'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandtrap.events import Event, to_json_line
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000
+BATCH_SIZE = 500
+_POLL_SECONDS = 0.2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY, sensor TEXT, src_ip TEXT, src_port INTEGER, dst_port INTEGER,
+    started TEXT, ended TEXT, username TEXT, password TEXT, client_version TEXT, hassh TEXT,
+    container_id TEXT, hostname TEXT, duration REAL, bytes_in INTEGER, bytes_out INTEGER,
+    exit_status INTEGER, reason TEXT
+);
+CREATE TABLE IF NOT EXISTS auth_attempts (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, src_ip TEXT, username TEXT,
+    password TEXT, method TEXT, key_fingerprint TEXT, success INTEGER, reason TEXT
+);
+CREATE TABLE IF NOT EXISTS channels (
+    session TEXT, channel INTEGER, timestamp TEXT, kind TEXT, command TEXT, term TEXT,
+    width INTEGER, height INTEGER, recording TEXT, exit_status INTEGER, bytes_in INTEGER,
+    bytes_out INTEGER, duration REAL, PRIMARY KEY (session, channel)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, channel INTEGER, source TEXT,
+    input TEXT
+);
+CREATE TABLE IF NOT EXISTS diffs (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, container_id TEXT, path TEXT,
+    kind TEXT
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, container_id TEXT, path TEXT,
+    size INTEGER, sha256 TEXT, artifact TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
+CREATE INDEX IF NOT EXISTS sessions_src_ip ON sessions (src_ip);
+CREATE INDEX IF NOT EXISTS auth_session ON auth_attempts (session);
+CREATE INDEX IF NOT EXISTS auth_timestamp ON auth_attempts (timestamp);
+CREATE INDEX IF NOT EXISTS commands_session ON commands (session);
+CREATE INDEX IF NOT EXISTS commands_timestamp ON commands (timestamp);
+CREATE INDEX IF NOT EXISTS diffs_session ON diffs (session);
+CREATE INDEX IF NOT EXISTS artifacts_session ON artifacts (session);
+"""
+TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts")
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+def _upsert_session(session: str, **values: Any) -> Statement:
+    """Insert the session row when missing, then set `values` (NULLs never overwrite)."""
+    names = ["session", *values]
+    updates = ", ".join(f"{name} = COALESCE(excluded.{name}, {name})" for name in values)
+    # Column names are our keyword arguments, never data; values are bound parameters.
+    sql = " ".join(
+        [
+            "INSERT INTO sessions (",
+            ", ".join(names),
+            ") VALUES (",
+            ", ".join("?" * len(names)),
+            ") ON CONFLICT (session) DO UPDATE SET",
+            updates,
+        ]
+    )
+    return sql, (session, *values.values())
+
+
+def statements(record: dict[str, Any]) -> list[Statement]:
+    """The SQL that indexes one event record (a decoded JSON line); pure, no I/O."""
+    session = record.get("session")
+    eventid = record.get("eventid")
+    when = record.get("timestamp")
+    if not isinstance(session, str) or not session:
+        return []
+    if eventid == "session.connect":
+        return [
+            _upsert_session(
+                session,
+                sensor=record.get("sensor"),
+                src_ip=record.get("src_ip"),
+                src_port=record.get("src_port"),
+                dst_port=record.get("dst_port"),
+                started=when,
+            )
+        ]
+    if eventid == "session.client.kex":
+        return [
+            _upsert_session(
+                session, client_version=record.get("client_version"), hassh=record.get("hassh")
+            )
+        ]
+    if eventid in ("auth.success", "auth.failed"):
+        success = eventid == "auth.success"
+        result: list[Statement] = [
+            (
+                "INSERT INTO auth_attempts (session, timestamp, src_ip, username, password, method,"
+                " key_fingerprint, success, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    when,
+                    record.get("src_ip"),
+                    record.get("username"),
+                    record.get("password"),
+                    record.get("method"),
+                    record.get("key_fingerprint"),
+                    int(success),
+                    record.get("reason"),
+                ),
+            )
+        ]
+        if success:
+            result.append(
+                _upsert_session(
+                    session, username=record.get("username"), password=record.get("password")
+                )
+            )
+        return result
+    if eventid == "sandbox.allocated":
+        return [
+            _upsert_session(
+                session, container_id=record.get("container_id"), hostname=record.get("hostname")
+            )
+        ]
+    if eventid in ("session.shell", "session.exec", "session.subsystem"):
+        kind = eventid.split(".")[1]
+        command = record.get("input") if kind == "exec" else record.get("name")
+        opened: list[Statement] = [
+            (
+                "INSERT OR REPLACE INTO channels (session, channel, timestamp, kind, command, term,"
+                " width, height, recording) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    record.get("channel"),
+                    when,
+                    kind,
+                    command,
+                    record.get("term"),
+                    record.get("width"),
+                    record.get("height"),
+                    record.get("recording"),
+                ),
+            )
+        ]
+        if kind == "exec":
+            opened.append(_command(session, when, record.get("channel"), "exec", command))
+        return opened
+    if eventid == "session.command":
+        return [_command(session, when, record.get("channel"), "shell", record.get("input"))]
+    if eventid == "session.channel.closed":
+        return [
+            (
+                "UPDATE channels SET exit_status = ?, bytes_in = ?, bytes_out = ?, duration = ?"
+                " WHERE session = ? AND channel = ?",
+                (
+                    record.get("exit_status"),
+                    record.get("bytes_in"),
+                    record.get("bytes_out"),
+                    record.get("duration"),
+                    session,
+                    record.get("channel"),
+                ),
+            )
+        ]
+    if eventid == "sandbox.diff":
+        return [
+            (
+                "INSERT INTO diffs (session, timestamp, container_id, path, kind)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (session, when, record.get("container_id"), change.get("path"), change.get("kind")),
+            )
+            for change in record.get("changes") or []
+            if isinstance(change, dict)
+        ]
+    if eventid == "sandbox.artifact":
+        return [
+            (
+                "INSERT INTO artifacts (session, timestamp, container_id, path, size, sha256,"
+                " artifact) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    when,
+                    record.get("container_id"),
+                    record.get("path"),
+                    record.get("size"),
+                    record.get("sha256"),
+                    record.get("artifact"),
+                ),
+            )
+        ]
+    if eventid == "session.closed":
+        return [
+            _upsert_session(
+                session,
+                src_ip=record.get("src_ip"),
+                ended=when,
+                duration=record.get("duration"),
+                reason=record.get("reason"),
+                username=record.get("username"),
+                container_id=record.get("container_id"),
+                bytes_in=record.get("bytes_in"),
+                bytes_out=record.get("bytes_out"),
+                exit_status=record.get("exit_status"),
+            )
+        ]
+    return []
+
+
+def _command(session: str, when: Any, channel: Any, source: str, text: Any) -> Statement:
+    return (
+        "INSERT INTO commands (session, timestamp, channel, source, input) VALUES (?, ?, ?, ?, ?)",
+        (session, when, channel, source, text),
+    )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating) the index in WAL mode with the schema in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def apply(db: sqlite3.Connection, records: Iterable[dict[str, Any]]) -> int:
+    """Execute the statements of `records` (no commit); returns how many records were used."""
+    used = 0
+    for record in records:
+        for sql, params in statements(record):
+            db.execute(sql, params)
+        used += 1
+    return used
+
+
+def log_files(log_path: Path) -> list[Path]:
+    """The log and its rotated files, oldest first (events.jsonl.N ... .1, events.jsonl)."""
+    rotated = []
+    for candidate in log_path.parent.glob(f"{log_path.name}.*"):
+        suffix = candidate.name[len(log_path.name) + 1 :]
+        if suffix.isdigit():
+            rotated.append((int(suffix), candidate))
+    files = [path for _, path in sorted(rotated, reverse=True)]
+    if log_path.exists():
+        files.append(log_path)
+    return files
+
+
+def read_records(log_path: Path) -> Iterator[dict[str, Any]]:
+    """Every event record in the log and its rotated files, oldest first; bad lines are skipped
+    (a line cut by a crash mid-write cannot happen with O_APPEND writes, but a copied file may)."""
+    for path in log_files(log_path):
+        with path.open("rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    log.warning("skipping a line of %s that is not JSON", path)
+                    continue
+                if isinstance(record, dict):
+                    yield record
+
+
+def rebuild(db_path: Path, log_path: Path) -> int:
+    """Empty the index and fill it again from the log, in one transaction; returns events read.
+
+    Safe while the service runs: its writer waits for the transaction, then carries on.
+    """
+    db = connect(db_path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for table in TABLES:
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are our constants
+        count = apply(db, read_records(log_path))
+        db.commit()
+        return count
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True)
+class IndexStatistics:
+    queued: int
+    written: int
+    dropped: int
+    errors: int
+
+
+class EventIndex:
+    """The index's one writer. `offer` is the EventLog listener; `run` is the service-long task.
+
+    `offer` never blocks: a full queue drops the event and counts it (`sandtrap index rebuild`
+    recovers it from the log). `run` drains the queue on a worker thread in batches (one commit per
+    batch) until `stop()`; cancelling it also stops the thread within a poll interval.
+    """
+
+    def __init__(self, path: Path, sensor: str, queue_size: int = QUEUE_SIZE) -> None:
+        self.path = path
+        self.sensor = sensor
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=queue_size)
+        self._stopping = threading.Event()
+        self._written = 0
+        self._dropped = 0
+        self._errors = 0
+
+    def offer(self, event: Event) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("index queue full: %d events dropped so far", self._dropped)
+
+    def statistics(self) -> IndexStatistics:
+        return IndexStatistics(self._queue.qsize(), self._written, self._dropped, self._errors)
+
+    def stop(self) -> None:
+        """Ask the writer to finish: it writes what is queued, then ends."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            await asyncio.to_thread(self._work)
+        finally:
+            self._stopping.set()
+
+    def _work(self) -> None:
+        try:
+            db = connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot open the index %s: %s; events go to the log only", self.path, exc)
+            self._errors += 1
+            self._stopping.wait()
+            return
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch:
+                    self._write(db, batch)
+                elif self._stopping.is_set():
+                    return
+        finally:
+            db.close()
+
+    def _take_batch(self) -> list[Event]:
+        try:
+            batch = [self._queue.get(timeout=_POLL_SECONDS)]
+        except queue.Empty:
+            return []
+        while len(batch) < BATCH_SIZE:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, db: sqlite3.Connection, batch: list[Event]) -> None:
+        # The same path as `rebuild`: the record as the log has it, so both give the same rows.
+        records = [json.loads(to_json_line(event, self.sensor)) for event in batch]
+        try:
+            apply(db, records)
+            db.commit()
+            self._written += len(batch)
+        except sqlite3.Error as exc:
+            db.rollback()
+            self._errors += 1
+            log.error("index write failed (%d events lost from the index): %s", len(batch), exc)

@@ -1,0 +1,484 @@
+"""Judging the verifier's observations: pure functions from what a probe saw to table rows.
+
+Owns what each check expects, per runtime (runc or gVisor's runsc), and which runtime versions
+carry known container breakouts. Running probes and talking to the engine is `verify/runner.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Status = Literal["PASS", "FAIL", "WARN", "INFO"]
+Runtime = Literal["runc", "runsc"]
+
+# Linux capability numbers (include/uapi/linux/capability.h).
+_CAPABILITIES = """
+CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT
+SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE
+AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ
+PERFMON BPF CHECKPOINT_RESTORE
+"""
+CAPABILITY_BITS = {name: bit for bit, name in enumerate(_CAPABILITIES.split())}
+
+# Bind mounts the engine itself makes from host files into every container.
+ENGINE_FILES = frozenset({"/etc/resolv.conf", "/etc/hostname", "/etc/hosts"})
+# File systems that are the kernel's or the container's own, never a host directory.
+VIRTUAL_FS = frozenset(
+    {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay"}
+)
+# Host processes whose presence would mean the sandbox sees the host's PID namespace.
+HOST_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "runc", "systemd-journal"})
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the verifier's table."""
+
+    check: str
+    who: str
+    expected: str
+    observed: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the observations are judged against."""
+
+    runtime: Runtime
+    cap_add: tuple[str, ...]
+    targets: Mapping[str, str]  # "ip:port" -> what it is ("host loopback", "docker0 gateway", ...)
+
+
+def cap_names(mask_hex: str) -> set[str]:
+    mask = int(mask_hex or "0", 16)
+    names = {name for name, bit in CAPABILITY_BITS.items() if mask >> bit & 1}
+    unknown = mask >> len(CAPABILITY_BITS)
+    return names | ({f"bit>={len(CAPABILITY_BITS)}"} if unknown else set())
+
+
+def _refused(value: Any) -> bool:
+    return isinstance(value, str) and value != "ok" and not value.startswith("ok;")
+
+
+def _row(
+    check: str, who: str, expected: str, observed: Any, ok: bool, else_: Status = "FAIL"
+) -> Row:
+    text = observed if isinstance(observed, str) else _short(observed)
+    return Row(check, who, expected, text, "PASS" if ok else else_)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        # Paths that gave way are named; refusals are counted by errno to keep the table narrow.
+        given = [f"{key}: {result}" for key, result in value.items() if not _refused(result)]
+        counts: dict[str, int] = {}
+        for result in value.values():
+            if _refused(result):
+                counts[str(result)] = counts.get(str(result), 0) + 1
+        refused = [f"{result} x{count}" for result, count in counts.items()]
+        return ", ".join(given + refused) or "(none)"
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return ", ".join(str(v) for v in value) or "(none)"
+    return str(value)
+
+
+def network_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    rows = [
+        _row("network: interfaces", who, "lo only", obs["interfaces"], obs["interfaces"] == ["lo"]),
+        _row("network: routes", who, "none (outside lo)", obs["routes"], not obs["routes"]),
+    ]
+    for target, result in obs["tcp"].items():
+        what = ctx.targets.get(target, target)
+        rows.append(
+            _row(
+                f"network: TCP to {what} {target}",
+                who,
+                "unreachable (the host listener never answers)",
+                result,
+                not str(result).startswith("connected:sandtrap-verify"),
+            )
+        )
+    for target, result in obs["icmp"].items():
+        rows.append(
+            _row(f"network: ICMP echo to {target}", who, "not sent", result, result != "sent")
+        )
+    rows.append(
+        _row(
+            "network: raw ICMP socket",
+            who,
+            "refused",
+            obs["raw_socket"],
+            _refused(obs["raw_socket"]),
+        )
+    )
+    rows.append(
+        _row(
+            "network: packet socket",
+            who,
+            "refused",
+            obs["packet_socket"],
+            _refused(obs["packet_socket"]),
+        )
+    )
+    return rows
+
+
+def _namespace_row(name: str, key: str, obs: Mapping[str, Any], who: str, ctx: Context) -> Row:
+    value = obs[key]
+    if ctx.runtime == "runsc" and key != "unshare_net":
+        # gVisor implements namespaces itself: a new one lives inside the Sentry and gives no
+        # host kernel namespace, so "allowed" is the honest gVisor answer, not a breach.
+        return Row(name, who, "refused, or Sentry-internal (gVisor)", str(value), "PASS")
+    return _row(name, who, "refused", value, _refused(value))
+
+
+def privilege_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    rows = [
+        _row("mount tmpfs", who, "refused", obs["mount"], _refused(obs["mount"])),
+        _namespace_row("unshare user namespace", "unshare_user", obs, who, ctx),
+        _namespace_row("unshare mount namespace", "unshare_mount", obs, who, ctx),
+        _namespace_row("unshare user+cgroup namespace", "unshare_cgroup", obs, who, ctx),
+        _namespace_row("unshare net namespace", "unshare_net", obs, who, ctx),
+        _row(
+            "ptrace another uid's process",
+            who,
+            "refused",
+            obs["ptrace"],
+            _refused(obs["ptrace"]),
+        ),
+        _row(
+            "kernel module load", who, "refused", obs["module_load"], _refused(obs["module_load"])
+        ),
+        _row(
+            "write /proc/sys",
+            who,
+            "refused (read-only or absent)",
+            obs["proc_sys"],
+            all(_refused(v) for v in obs["proc_sys"].values()),
+        ),
+        _row(
+            "write /sys",
+            who,
+            "refused (read-only or absent)",
+            obs["sys_write"],
+            all(_refused(v) for v in obs["sys_write"].values()),
+        ),
+        _row(
+            "open /proc/sysrq-trigger for writing",
+            who,
+            "refused or absent",
+            obs["sysrq"],
+            _refused(obs["sysrq"]),
+        ),
+    ]
+    mknod = str(obs["mknod_block"])
+    if ctx.runtime == "runsc":
+        # The Sentry may create the node, but it has no host block devices behind it.
+        inert = _refused(mknod) or not mknod.endswith("open:ok")
+        rows.append(Row("mknod block device", who, "refused, or inert (gVisor)", mknod, _ok(inert)))
+    else:
+        rows.append(_row("mknod block device", who, "refused", mknod, _refused(mknod)))
+    agents = obs["release_agent"]
+    rows.append(
+        _row(
+            "cgroup release_agent: write",
+            who,
+            "no writable release_agent / notify_on_release",
+            agents or "(no such files visible)",
+            all(_refused(v) for v in agents.values()),
+        )
+    )
+    rows.append(
+        _row(
+            "cgroup release_agent: mount cgroupfs",
+            who,
+            "refused",
+            obs["mount_cgroup"],
+            _refused(obs["mount_cgroup"]),
+        )
+    )
+    return rows
+
+
+def _ok(flag: bool) -> Status:
+    return "PASS" if flag else "FAIL"
+
+
+def identity_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    status = obs["status"]
+    allowed = set(ctx.cap_add)
+    eff, bnd = cap_names(status.get("CapEff", "0")), cap_names(status.get("CapBnd", "0"))
+    rows = [
+        _row(
+            "capabilities: bounding set",
+            who,
+            f"within cap_add ({', '.join(sorted(allowed)) or 'none'})",
+            ", ".join(sorted(bnd)) or "none",
+            bnd <= allowed,
+        )
+    ]
+    if who == "root":
+        rows.append(
+            _row(
+                "capabilities: effective",
+                who,
+                "within cap_add",
+                ", ".join(sorted(eff)) or "none",
+                eff <= allowed,
+            )
+        )
+    elif ctx.runtime == "runsc":
+        # gVisor (Debian's 2022 build) leaves the container's capabilities on a non-root exec; the
+        # login user can then become root inside the Sentry. Contained by gVisor, but a weaker
+        # promise than runc's: reported, not hidden (SECURITY.md).
+        rows.append(
+            Row(
+                "capabilities: effective",
+                who,
+                "none (runc); gVisor keeps cap_add on exec",
+                ", ".join(sorted(eff)) or "none",
+                "PASS" if not eff else "WARN",
+            )
+        )
+    else:
+        rows.append(
+            _row("capabilities: effective", who, "none", ", ".join(sorted(eff)) or "none", not eff)
+        )
+    nnp, seccomp = status.get("NoNewPrivs"), status.get("Seccomp")
+    if ctx.runtime == "runsc":
+        rows.append(
+            Row(
+                "no_new_privs / seccomp",
+                who,
+                "not shown by gVisor (the Sentry filters its own host syscalls)",
+                f"NoNewPrivs={nnp} Seccomp={seccomp}",
+                "INFO",
+            )
+        )
+    else:
+        rows.append(_row("no_new_privs", who, "1", str(nnp), nnp == "1"))
+        rows.append(_row("seccomp filter", who, "2 (filter)", str(seccomp), seccomp == "2"))
+    hostish = sorted(set(obs["processes"]) & HOST_PROCESSES)
+    rows.append(
+        _row("pid namespace: host processes", who, "none visible", hostish or "none", not hostish)
+    )
+    rows.append(mount_row(obs["mounts"], who, ctx))
+    return rows
+
+
+def mount_row(mounts: list[list[str]], who: str, ctx: Context) -> Row:
+    """Host paths: only the engine's own per-container files may come from a host file system."""
+    host = []
+    for target, root, fstype, _options in mounts:
+        if fstype in VIRTUAL_FS or target in ENGINE_FILES:
+            continue
+        if ctx.runtime == "runsc" and fstype == "9p" and target == "/":
+            continue  # gVisor serves the container's own root file system through its gofer
+        if target == "/" and root == "/":
+            continue
+        host.append(f"{target} ({fstype} {root})")
+    return _row(
+        "host paths mounted",
+        who,
+        "none beyond /etc/{hosts,hostname,resolv.conf}",
+        host or "none",
+        not host,
+    )
+
+
+def socket_row(sockets: list[str], who: str) -> Row:
+    engine = [p for p in sockets if re.search(r"docker|containerd|runc|podman|crio", p)]
+    return _row(
+        "container engine socket",
+        who,
+        "none anywhere in the file system",
+        engine or f"none ({len(sockets)} other sockets)",
+        not engine,
+    )
+
+
+def setuid_row(euid: Any, prepared: Any) -> Row:
+    if prepared != "ok":
+        return Row(
+            "setuid-root binary run by login user",
+            "user",
+            "euid stays the user's",
+            f"could not prepare the setuid copy: {prepared}",
+            "FAIL",
+        )
+    return _row(
+        "setuid-root binary run by login user",
+        "user",
+        "euid stays the user's (not 0)",
+        f"euid {euid}",
+        str(euid).strip() not in ("0", ""),
+    )
+
+
+def probe_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    rows = (
+        network_rows(obs, who, ctx) + privilege_rows(obs, who, ctx) + identity_rows(obs, who, ctx)
+    )
+    if "sockets" in obs:
+        rows.append(socket_row(obs["sockets"], who))
+    return rows
+
+
+def runtime_row(runtime: Runtime, inspected: str, uname: str) -> Row:
+    gvisor = uname.startswith("4.4.0")
+    ok = inspected == runtime and (gvisor if runtime == "runsc" else not gvisor)
+    return _row("sandbox runtime", "host", runtime, f"{inspected} (uname {uname})", ok)
+
+
+def forkbomb_row(
+    result: Mapping[str, Any] | None, host_peak: int, pids_limit: int, state: str, runtime: Runtime
+) -> Row:
+    """`state`: "answers" (still serves), "stopped" (the sandbox died), or "hung"."""
+    inside = (
+        f"peak {result.get('peak_processes')} inside, fork refused: {result.get('fork_refused')}"
+        if result is not None
+        else "probe did not report"
+    )
+    observed = f"{inside}; host pids peak {host_peak}; sandbox {state}"
+    held = host_peak <= pids_limit + 2
+    if runtime == "runsc":
+        # The Sentry's host threads count against pids_limit; when it cannot get more, gVisor
+        # may end the whole sandbox. Contained (the host and the service are unaffected).
+        expected = f"host pids <= {pids_limit}; sandbox answers or is ended (gVisor)"
+        return _row("fork bomb", "user", expected, observed, held and state != "hung")
+    ok = held and state == "answers" and result is not None
+    ok = ok and int(result.get("peak_processes", 0) if result else 0) <= pids_limit + 2
+    expected = f"at most pids_limit ({pids_limit}) processes; sandbox answers after"
+    return _row("fork bomb", "user", expected, observed, ok)
+
+
+def membomb_row(result: Mapping[str, Any], memory_mb: int) -> Row:
+    code, reached = int(result.get("returncode", 0)), int(result.get("reached_mb", 0))
+    # Killed (OOM: SIGKILL, -9) or refused (MemoryError, exit 1) before 4x the limit.
+    ok = code != 0 and reached <= memory_mb
+    how = "killed by SIGKILL (OOM)" if code == -9 else f"exit {code}"
+    return _row(
+        "memory bomb",
+        "user",
+        f"stopped at or below {memory_mb} MiB",
+        f"{how} after {reached} MiB",
+        ok,
+    )
+
+
+def cpu_row(cpu_seconds: float, wall_seconds: float, cpus: float, throttled: int) -> Row:
+    ratio = cpu_seconds / wall_seconds if wall_seconds else 0.0
+    ok = ratio <= cpus * 1.15 + 0.05
+    return _row(
+        "CPU spin",
+        "user",
+        f"at most {cpus:g} CPU",
+        f"{ratio:.2f} CPU over {wall_seconds:.1f}s (throttled periods {throttled})",
+        ok,
+    )
+
+
+def disk_row(event: Mapping[str, Any] | None, stopped_after: float | None, limit_mb: int) -> Row:
+    ok = event is not None and stopped_after is not None
+    observed = (
+        f"sandbox.disk_exceeded at {event.get('size_mb')} MiB; stopped after {stopped_after:.1f}s"
+        if event is not None and stopped_after is not None
+        else f"event: {'yes' if event else 'no'}, stopped: {stopped_after is not None}"
+    )
+    return _row(
+        "disk fill", "user", f"sandbox stopped over {limit_mb} MiB, event emitted", observed, ok
+    )
+
+
+def login_row(seconds: float | None, error: str = "") -> Row:
+    ok = seconds is not None and seconds <= 2.0
+    observed = f"shell answered in {seconds:.2f}s" if seconds is not None else f"failed: {error}"
+    return _row("new SSH login after the bombs", "host", "within 2 s", observed, ok)
+
+
+# Fixed releases, from the runc advisories: CVE-2024-21626 fixed in 1.1.12 (GHSA-xr7r-f8xq-vfvv);
+# CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881 fixed in 1.2.8, 1.3.3 and 1.4.0-rc.3 (runc
+# release notes, as cited by containerd PR #12475 and kubernetes/kops issue #17756).
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:-rc\.?(\d+))?")
+
+
+def parse_version(text: str) -> tuple[int, int, int, int] | None:
+    """(major, minor, patch, rc) with rc 1000 for a release; None when unparsable."""
+    match = _VERSION.match(text.strip())
+    if match is None:
+        return None
+    major, minor, patch, rc = match.groups()
+    return int(major), int(minor), int(patch), int(rc) if rc is not None else 1000
+
+
+def runc_advisories(version: str) -> list[str]:
+    """Known breakouts an upstream runc `version` is exposed to (by upstream version number)."""
+    parsed = parse_version(version)
+    if parsed is None:
+        return []
+    found = []
+    if parsed < (1, 0, 0, 6):
+        found.append("CVE-2019-5736")
+    if parsed < (1, 1, 12, 1000):
+        found.append("CVE-2024-21626")
+    if (
+        parsed < (1, 2, 8, 1000)
+        or (1, 3, 0, 0) <= parsed < (1, 3, 3, 1000)
+        or ((1, 4, 0, 0) <= parsed < (1, 4, 0, 3))
+    ):
+        found += ["CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881"]
+    return found
+
+
+def version_rows(components: Mapping[str, str], strict: bool) -> list[Row]:
+    rows = []
+    for name in ("Engine", "containerd", "runc", "runsc"):
+        version = components.get(name)
+        if version is None:
+            continue
+        if name != "runc":
+            rows.append(Row(f"version: {name}", "host", "reported", version, "INFO"))
+            continue
+        advisories = runc_advisories(version)
+        note = ""
+        if advisories and re.search(r"(deb|ubuntu|el)\d", version):
+            note = " (distribution build: fixes may be backported; check its security tracker)"
+        rows.append(
+            Row(
+                "version: runc",
+                "host",
+                "no known breakout (>= 1.2.8 / 1.3.3 / 1.4.0-rc.3)",
+                f"{version}: {', '.join(advisories)}{note}" if advisories else version,
+                "PASS" if not advisories else ("FAIL" if strict else "WARN"),
+            )
+        )
+    return rows
+
+
+def has_failure(rows: Iterable[Row]) -> bool:
+    return any(row.status == "FAIL" for row in rows)
+
+
+__all__ = [
+    "CAPABILITY_BITS",
+    "Context",
+    "Row",
+    "cap_names",
+    "cpu_row",
+    "disk_row",
+    "forkbomb_row",
+    "has_failure",
+    "login_row",
+    "membomb_row",
+    "parse_version",
+    "probe_rows",
+    "runc_advisories",
+    "runtime_row",
+    "setuid_row",
+    "version_rows",
+]

@@ -1,0 +1,449 @@
+"""`sandtrap verify-security`: attack a real sandbox from inside and judge what got through.
+
+Runs the real service in-process (`app.serve`, own sensor name, temporary data dir, listening on
+127.0.0.1:0), takes a sandbox from its Pool exactly as a session does, runs the probe as the login
+user and as root, then the fork, memory, CPU and disk bombs, then times a fresh SSH login.
+Network targets are this machine's own addresses only. Judging is `verify/checks.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.resources
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from sandtrap.app import Service, serve
+from sandtrap.config import Config, parse_config
+from sandtrap.errors import SandboxError, SandTrapError
+from sandtrap.sandbox.base import SessionInfo
+from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.hardening import sandbox_labels
+from sandtrap.verify import checks
+from sandtrap.verify.checks import Context, Row
+
+log = logging.getLogger(__name__)
+
+LOGIN_USER = "verify"
+BANNER = b"sandtrap-verify\n"
+# Small on purpose, so the disk fill trips the budget in seconds (issue 6).
+DISK_LIMIT_MB = 64
+DISK_CHECK_SECONDS = 0.5
+_SIOCGIFADDR = 0x8915
+
+
+def probe_source() -> str:
+    return importlib.resources.files("sandtrap.verify").joinpath("probe.py").read_text("utf-8")
+
+
+def verifier_config(config: Config, data_dir: Path, runtime: str | None) -> tuple[Config, str]:
+    """The operator's hardening with the verifier's own sensor, listener, login and disk budget."""
+    password = secrets.token_urlsafe(16)
+    data = config.model_dump(mode="json")
+    data["sensor"] = f"{config.sensor[:200]}-verify-{secrets.token_hex(4)}"
+    data["ssh"].update(listen=["127.0.0.1:0"], auth_failure_delay_seconds=0.1)
+    data["auth"].update(credentials=[{"username": LOGIN_USER, "password": password}], deny=[])
+    data["auth"]["accept_after_failures"] = 0
+    data["pool"].update(size=1, max_sandboxes=4, allocate_timeout_seconds=120, sticky=False)
+    data["sandbox"].update(
+        disk_limit_mb=min(config.sandbox.disk_limit_mb, DISK_LIMIT_MB),
+        disk_check_interval_seconds=DISK_CHECK_SECONDS,
+    )
+    if runtime is not None:
+        data["sandbox"]["runtime"] = runtime
+    data["storage"]["data_dir"] = str(data_dir)
+    return parse_config(data, "<verify-security>"), password
+
+
+def host_addresses() -> dict[str, str]:
+    """This machine's own IPv4 addresses by interface (SIOCGIFADDR), loopback first."""
+    found: dict[str, str] = {"127.0.0.1": "host loopback"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)
+            except OSError:
+                continue
+            address = socket.inet_ntoa(answer[20:24])
+            if not ipaddress.ip_address(address).is_loopback:
+                found.setdefault(address, f"host address ({name})")
+    return found
+
+
+class Listeners:
+    """TCP listeners on this machine's addresses; any connection that arrives is counted."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.targets: dict[str, str] = {}
+        self._servers: list[asyncio.Server] = []
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.hits.append(str(writer.get_extra_info("peername")))
+        writer.write(BANNER)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        writer.close()
+
+    async def open(self, addresses: dict[str, str]) -> None:
+        for address, what in addresses.items():
+            try:
+                server = await asyncio.start_server(self._answer, address, 0)
+            except OSError as exc:
+                log.warning("cannot listen on %s: %s", address, exc)
+                continue
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            self.targets[f"{address}:{port}"] = what
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def _probe(
+    engine: Engine, sandbox_id: str, mode: str, args: dict[str, Any], user: str, deadline: float
+) -> dict[str, Any]:
+    argv = ["python3", "-c", probe_source(), mode, json.dumps(args)]
+    try:
+        async with asyncio.timeout(deadline):
+            status, out, err = await engine.run(sandbox_id, argv, user=user)
+    except TimeoutError:
+        raise SandboxError(f"probe {mode} as {user} timed out after {deadline:.0f}s") from None
+    try:
+        result: dict[str, Any] = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SandboxError(
+            f"probe {mode} as {user} failed (exit {status}): {err[-300:]!r}"
+        ) from None
+    return result
+
+
+async def _ensure_user(engine: Engine, sandbox: DockerSandbox) -> None:
+    """Create the login user as a session does; a sandbox that dies meanwhile is named."""
+    try:
+        async with asyncio.timeout(60):
+            await sandbox.ensure_user(LOGIN_USER)
+    except TimeoutError:
+        state = (await engine.inspect(sandbox.id)).get("State", {})
+        raise SandboxError(
+            f"creating the login user did not finish within 60s; sandbox {sandbox.id[:12]} is "
+            f"{state.get('Status')} (exit code {state.get('ExitCode')})"
+        ) from None
+
+
+def _icmp_targets(listeners: Listeners) -> list[str]:
+    # The sandbox's own loopback is its own: only the host's other addresses are targets.
+    hosts = {target.rpartition(":")[0] for target in listeners.targets}
+    return sorted(h for h in hosts if not ipaddress.ip_address(h).is_loopback)
+
+
+async def _stats(engine: Engine, sandbox_id: str) -> tuple[float, int]:
+    """(CPU seconds used, throttled periods) of the sandbox's cgroup, as the host sees them."""
+    stats = await engine.request(
+        "GET",
+        f"containers/{sandbox_id}/stats",
+        params={"stream": "false", "one-shot": "true"},
+        operation="stats",
+    )
+    cpu = stats.get("cpu_stats") or {}
+    usage = float((cpu.get("cpu_usage") or {}).get("total_usage") or 0) / 1e9
+    throttled = int((cpu.get("throttling_data") or {}).get("throttled_periods") or 0)
+    return usage, throttled
+
+
+async def _fork_bomb(engine: Engine, sandbox_id: str, pids_limit: int, ctx: Context) -> Row:
+    """The bomb inside, the host's view of the sandbox's pids alongside."""
+    host_peak = 0
+
+    async def sample() -> None:
+        nonlocal host_peak
+        while True:
+            with contextlib.suppress(SandTrapError, AttributeError):
+                stats = await engine.request(
+                    "GET",
+                    f"containers/{sandbox_id}/stats",
+                    params={"stream": "false", "one-shot": "true"},
+                    operation="stats",
+                )
+                host_peak = max(host_peak, int((stats.get("pids_stats") or {}).get("current") or 0))
+            await asyncio.sleep(0.2)
+
+    result = None
+    async with asyncio.TaskGroup() as tasks:
+        sampler = tasks.create_task(sample())
+        try:
+            result = await _probe(engine, sandbox_id, "forkbomb", {"seconds": 4}, LOGIN_USER, 30)
+        except SandboxError as exc:
+            log.info("fork bomb probe: %s", exc)
+        finally:
+            sampler.cancel()
+    running = bool((await engine.inspect(sandbox_id)).get("State", {}).get("Running"))
+    if not running:
+        state = "stopped"
+    elif await _answers(engine, sandbox_id):
+        state = "answers"
+    else:
+        state = "hung"
+        await engine.stop(sandbox_id, timeout_seconds=1)
+    return checks.forkbomb_row(result, host_peak, pids_limit, state, ctx.runtime)
+
+
+async def _answers(engine: Engine, sandbox_id: str) -> bool:
+    try:
+        async with asyncio.timeout(15):
+            status, out, _ = await engine.run(sandbox_id, ["/bin/echo", "alive"])
+    except (TimeoutError, SandboxError):
+        return False
+    return status == 0 and out.strip() == b"alive"
+
+
+def _disk_event(data_dir: Path, container_id: str) -> dict[str, Any] | None:
+    path = data_dir / "log" / "events.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("eventid") == "sandbox.disk_exceeded" and record.get("container_id") == (
+            container_id
+        ):
+            return dict(record)
+    return None
+
+
+async def _disk_fill(engine: Engine, sandbox_id: str, data_dir: Path, limit_mb: int) -> Row:
+    fill = f"dd if=/dev/zero of=$HOME/.fill bs=1M count={limit_mb * 4} 2>&1; sync"
+    started = time.monotonic()
+    writer = asyncio.create_task(engine.run(sandbox_id, ["/bin/sh", "-c", fill], user=LOGIN_USER))
+    stopped_after = None
+    try:
+        while time.monotonic() - started < 90:
+            state = (await engine.inspect(sandbox_id)).get("State", {})
+            if not state.get("Running"):
+                stopped_after = time.monotonic() - started
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SandboxError):
+            await writer
+    event = None
+    for _ in range(20):  # the event log is appended by the pool's task; give it a moment
+        if (event := _disk_event(data_dir, sandbox_id)) is not None:
+            break
+        await asyncio.sleep(0.1)
+    return checks.disk_row(event, stopped_after, limit_mb)
+
+
+async def _login(port: int, password: str) -> Row:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(30):
+            conn = await asyncssh.connect(
+                "127.0.0.1",
+                port,
+                username=LOGIN_USER,
+                password=password,
+                known_hosts=None,
+                client_keys=None,
+                agent_path=None,
+            )
+            async with conn:
+                result = await conn.run("echo sandtrap-login-ok", check=False)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        return checks.login_row(None, str(exc) or type(exc).__name__)
+    elapsed = time.monotonic() - started
+    if "sandtrap-login-ok" not in str(result.stdout):
+        return checks.login_row(None, f"unexpected output {str(result.stdout)[:80]!r}")
+    return checks.login_row(elapsed)
+
+
+async def runtime_versions(engine: Engine, runtime: str) -> dict[str, str]:
+    """Engine, containerd and runc versions from /version Components (and runsc's own)."""
+    version = await engine.version()
+    found = {"Engine": str(version.get("Version", "?"))}
+    for item in version.get("Components") or []:
+        name = str(item.get("Name", ""))
+        if name in ("containerd", "runc"):
+            found[name] = str(item.get("Version", "?"))
+    if runtime == "runsc":
+        path = ((await engine.info()).get("Runtimes") or {}).get("runsc", {}).get("path", "runsc")
+        proc = await asyncio.create_subprocess_exec(
+            path, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        found["runsc"] = out.decode("utf-8", "replace").splitlines()[0] if out else "unknown"
+    return found
+
+
+async def _attack(
+    service: Service, engine: Engine, listeners: Listeners, report: Callable[[str], None]
+) -> list[Row]:
+    config, pool = service.config, service.pool
+    sandbox_config = config.sandbox
+    ctx = Context(sandbox_config.runtime, tuple(sandbox_config.cap_add), listeners.targets)
+    info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
+    rows: list[Row] = []
+    sandbox = await pool.allocate(info)
+    try:
+        if not isinstance(sandbox, DockerSandbox):
+            raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
+        await _ensure_user(engine, sandbox)
+        args = {"targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)}
+        report("probing as root")
+        as_root = await _probe(engine, sandbox.id, "root", args, "root", 120)
+        report(f"probing as {LOGIN_USER}")
+        as_user = await _probe(engine, sandbox.id, "user", args, LOGIN_USER, 180)
+        inspected = (await engine.inspect(sandbox.id)).get("HostConfig", {}).get("Runtime", "?")
+        rows.append(checks.runtime_row(sandbox_config.runtime, str(inspected), as_root["uname"]))
+        rows += checks.probe_rows(as_user, "user", ctx) + checks.probe_rows(as_root, "root", ctx)
+        rows.append(checks.setuid_row(as_user.get("suid_euid"), as_root.get("suid_prepared")))
+        rows.append(
+            checks.Row(
+                "network: host listeners reached",
+                "host",
+                "no connection from the sandbox",
+                ", ".join(listeners.hits) or f"none ({len(listeners.targets)} listeners)",
+                "FAIL" if listeners.hits else "PASS",
+            )
+        )
+        report("memory bomb")
+        memory = await _probe(
+            engine, sandbox.id, "membomb", {"memory_mb": sandbox_config.memory_mb}, LOGIN_USER, 120
+        )
+        rows.append(checks.membomb_row(memory, sandbox_config.memory_mb))
+        report("CPU spin")
+        workers = min(os.cpu_count() or 1, math.ceil(sandbox_config.cpus) + 1)
+        cpu_before, throttled_before = await _stats(engine, sandbox.id)
+        wall = time.monotonic()
+        await _probe(
+            engine, sandbox.id, "cpuspin", {"seconds": 4, "workers": workers}, LOGIN_USER, 60
+        )
+        wall = time.monotonic() - wall
+        cpu_after, throttled_after = await _stats(engine, sandbox.id)
+        throttled = throttled_after - throttled_before
+        rows.append(checks.cpu_row(cpu_after - cpu_before, wall, sandbox_config.cpus, throttled))
+        report("fork bomb")
+        rows.append(await _fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, ctx))
+        if not (await engine.inspect(sandbox.id)).get("State", {}).get("Running"):
+            # gVisor may end a sandbox under a fork bomb: the disk fill gets a fresh one.
+            await pool.release(sandbox, info)
+            info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
+            sandbox = await pool.allocate(info)
+            if not isinstance(sandbox, DockerSandbox):
+                raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
+            await _ensure_user(engine, sandbox)
+        report("disk fill")
+        rows.append(
+            await _disk_fill(
+                engine, sandbox.id, config.storage.data_dir, sandbox_config.disk_limit_mb
+            )
+        )
+    finally:
+        await asyncio.shield(pool.release(sandbox, info))
+    return rows
+
+
+async def verify(
+    config: Config,
+    *,
+    runtime: str | None = None,
+    strict: bool = False,
+    report: Callable[[str], None] = lambda _line: None,
+) -> list[Row]:
+    """Run every check; returns the rows (the caller prints them and picks the exit code).
+
+    Raises:
+        SandTrapError: the engine is unreachable, the image is missing, or a probe could not run.
+    """
+    with tempfile.TemporaryDirectory(prefix="sandtrap-verify-") as tmp:
+        vconfig, password = verifier_config(config, Path(tmp), runtime)
+        engine = Engine(vconfig.sandbox.docker_url)
+        listeners = Listeners()
+        try:
+            report("reading runtime versions")
+            versions = await runtime_versions(engine, vconfig.sandbox.runtime)
+            addresses = host_addresses()
+            gateway = await _bridge_gateway(engine)
+            if gateway:
+                addresses.setdefault(gateway, "docker bridge gateway")
+                addresses[gateway] = "docker bridge gateway"
+            await listeners.open(addresses)
+            report(f"starting a SandTrap service (sensor {vconfig.sensor})")
+            rows = await _with_service(
+                vconfig, engine, listeners, versions, password, strict, report
+            )
+        finally:
+            await listeners.close()
+            with contextlib.suppress(SandTrapError):
+                for item in await engine.containers(*sandbox_labels(vconfig.sensor)):
+                    await engine.remove(str(item["Id"]))
+            await engine.close()
+    return rows
+
+
+async def _with_service(
+    vconfig: Config,
+    engine: Engine,
+    listeners: Listeners,
+    versions: dict[str, str],
+    password: str,
+    strict: bool,
+    report: Callable[[str], None],
+) -> list[Row]:
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    services: list[Service] = []
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            service_task = tasks.create_task(
+                serve(vconfig, ready=ready, stop=stop, on_ready=services), name="verify-serve"
+            )
+            waiter = tasks.create_task(ready.wait())
+            await asyncio.wait({service_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not services:
+                waiter.cancel()
+                raise SandTrapError("the service did not start")
+            try:
+                rows = checks.version_rows(versions, strict)
+                rows += await _attack(services[0], engine, listeners, report)
+                report("timing a new SSH login")
+                async with asyncio.timeout(120):
+                    await services[0].pool.wait_warm(1)
+                rows.append(await _login(services[0].front.ports[0], password))
+            finally:
+                stop.set()
+    except BaseExceptionGroup as group:
+        # Report the first real failure, not the task group's wrapper.
+        while isinstance(group, BaseExceptionGroup):
+            group = group.exceptions[0]
+        raise group from None
+    return rows
+
+
+async def _bridge_gateway(engine: Engine) -> str | None:
+    try:
+        network = await engine.request("GET", "networks/bridge", operation="network inspect")
+    except SandTrapError:
+        return None
+    for item in (network.get("IPAM") or {}).get("Config") or []:
+        if item.get("Gateway"):
+            return str(item["Gateway"])
+    return None

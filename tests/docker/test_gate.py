@@ -1,0 +1,245 @@
+"""The Engine API gate against the real engine: SandTrap's flows pass, hostile requests do not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandtrap.errors import EngineError
+from sandtrap.gate.child import GateChild
+from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.hardening import container_body
+from tests.conftest import IMAGE
+from tests.docker.service import RunningService, remove_sensor_containers, service_config
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    config = service_config(tmp_path_factory.mktemp("var"), sandbox={"gate": "auto"})
+    service = RunningService(config).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        remove_sensor_containers(config.sensor)
+
+
+def _gate_url(service: RunningService) -> str:
+    return GateChild(service.config).docker_url
+
+
+def _refusal(service: RunningService, method: str, path: str, **kwargs: Any) -> str:
+    """Send one request through the gate; return the error message (the request must fail)."""
+
+    async def call() -> None:
+        engine = Engine(_gate_url(service))
+        try:
+            await engine.request(method, path, operation="hostile", **kwargs)
+        finally:
+            await engine.close()
+
+    with pytest.raises(EngineError) as caught:
+        asyncio.run(call())
+    assert caught.value.status == 403, caught.value
+    return str(caught.value)
+
+
+def _gate_events(service: RunningService) -> list[dict[str, Any]]:
+    path = service.config.storage.data_dir / "log" / "gate.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _body(service: RunningService, **host: Any) -> dict[str, Any]:
+    body = container_body(
+        service.config.sandbox,
+        image=IMAGE,
+        hostname="web-prod-01",
+        sensor=service.config.sensor,
+        created=datetime.now(UTC),
+    )
+    body["HostConfig"].update(host)
+    return body
+
+
+def test_the_service_reaches_the_engine_only_through_the_gate(gated: RunningService) -> None:
+    assert gated.service.pool._engine.url == _gate_url(gated)
+    assert _gate_url(gated).startswith("unix://") and "docker.sock" not in _gate_url(gated)
+    mode = Path(_gate_url(gated).removeprefix("unix://")).stat().st_mode & 0o777
+    assert mode == 0o660
+    result = gated.ssh("id -u; echo through-the-gate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"0\nthrough-the-gate\n"
+    # SandTrap's own requests are never refused.
+    assert _gate_events(gated) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ({"Privileged": True}, "Privileged must be false"),
+        ({"Binds": ["/:/host"]}, "Binds must be empty"),
+        ({"NetworkMode": "bridge"}, "NetworkMode must be 'none'"),
+        ({"CapAdd": ["SYS_ADMIN"]}, "'SYS_ADMIN' is beyond the configured capabilities"),
+    ],
+)
+def test_hostile_creates_are_refused_with_an_event(
+    gated: RunningService, host: dict[str, Any], expected: str
+) -> None:
+    before = len(_gate_events(gated))
+    message = _refusal(
+        gated,
+        "POST",
+        "containers/create",
+        params={"name": "sandtrap-pool-hostile"},
+        body=_body(gated, **host),
+    )
+    assert "sandtrap gate: refused" in message and expected in message
+    events = _gate_events(gated)[before:]
+    assert [e["eventid"] for e in events] == ["gate.refused"]
+    assert expected in events[0]["reason"] and events[0]["method"] == "POST"
+    assert events[0]["sensor"] == gated.config.sensor and events[0]["client_pid"]
+    names = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "name=sandtrap-pool-hostile", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert names == ""
+
+
+def test_exec_into_a_container_without_our_labels_is_refused(gated: RunningService) -> None:
+    foreign = subprocess.run(
+        ["docker", "create", "--label", "sandtrap.role=sandbox", IMAGE],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        message = _refusal(
+            gated, "POST", f"containers/{foreign}/exec", body={"Cmd": ["id"], "User": "root"}
+        )
+        assert f"is not a sandbox of sensor {gated.config.sensor!r}" in message
+        message = _refusal(gated, "POST", f"containers/{foreign}/start")
+        assert "is not a sandbox of sensor" in message
+        # Listing shows only this sensor's sandboxes, whatever filter the client asks for.
+        listed = asyncio.run(_list(gated))
+        assert foreign not in {item["Id"] for item in listed}
+    finally:
+        subprocess.run(["docker", "rm", "-f", foreign], capture_output=True, check=False)
+
+
+async def _list(service: RunningService) -> list[dict[str, Any]]:
+    engine = Engine(_gate_url(service))
+    try:
+        return await engine.containers("sandtrap.role=sandbox")
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "images/create?fromImage=alpine"),
+        ("GET", "volumes"),
+        ("POST", "containers/{id}/attach"),
+        ("POST", "containers/{id}/exec?privileged=1"),
+    ],
+)
+def test_endpoints_sandtrap_never_uses_are_refused(
+    gated: RunningService, method: str, path: str
+) -> None:
+    own = next(iter(asyncio.run(_list(gated))))["Id"]
+    target, _, query = path.format(id=own).partition("?")
+    params = dict([query.split("=")]) if query else None
+    message = _refusal(gated, method, target, params=params)
+    assert "sandtrap gate: refused" in message
+    assert "not an endpoint SandTrap uses" in message or "is not allowed" in message
+    assert _gate_events(gated)[-1]["path"].startswith("/v1.")
+
+
+def test_privileged_exec_into_our_own_sandbox_is_refused(gated: RunningService) -> None:
+    own = next(iter(asyncio.run(_list(gated))))["Id"]
+    body = {"Cmd": ["id"], "User": "root", "Privileged": True}
+    message = _refusal(gated, "POST", f"containers/{own}/exec", body=body)
+    assert "exec.Privileged must be false" in message
+
+
+async def test_gate_in_process_relays_exec_bytes_and_half_close(tmp_path: Path) -> None:
+    from sandtrap.gate import serve_gate
+    from sandtrap.sandbox.hardening import pool_name
+
+    config = service_config(tmp_path / "var")
+    sock = tmp_path / "gate.sock"
+    stop, ready = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(
+        serve_gate(config, sock, config.sandbox.docker_url, stop=stop, ready=ready)
+    )
+    await asyncio.wait_for(ready.wait(), 30)
+    engine = Engine(f"unix://{sock}")
+    container_id = ""
+    try:
+        await engine.version()
+        body = container_body(
+            config.sandbox,
+            image=IMAGE,
+            hostname="web-prod-01",
+            sensor=config.sensor,
+            created=datetime.now(UTC),
+        )
+        container_id = await engine.create(body, pool_name())
+        await engine.start(container_id)
+        payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        # `cat` ends only when our EOF (write_eof through the gate) reaches its stdin.
+        status, out, err = await engine.run(
+            container_id, ["/bin/sh", "-c", "cat; echo done >&2"], stdin=payload
+        )
+        assert (status, err) == (0, b"done\n")
+        assert out == payload
+        with pytest.raises(EngineError, match="sandtrap gate: refused"):
+            await engine.request("GET", "networks", operation="hostile")
+    finally:
+        if container_id:
+            await engine.remove(container_id)
+        await engine.close()
+        stop.set()
+        await serving
+    log = (tmp_path / "var" / "log" / "gate.jsonl").read_text().splitlines()
+    assert [json.loads(line)["path"].split("/", 2)[2] for line in log] == ["networks"]
+
+
+def test_health_reports_listener_engine_and_pool(gated: RunningService, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sandtrap.cli import cli
+    from sandtrap.config import dump_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(gated.config))
+    deadline = time.monotonic() + 20
+    while not (gated.config.storage.data_dir / "run" / "status.json").exists():
+        assert time.monotonic() < deadline, "no status file"
+        time.sleep(0.2)
+    result = CliRunner().invoke(cli, ["health", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"ok   listener 127.0.0.1:{gated.port}: listening"
+    assert lines[1].startswith(f"ok   engine: {_gate_url(gated)}: Docker ")
+    assert lines[2].startswith("ok   pool: idle ")
+    knock = CliRunner().invoke(cli, ["health", "--config", str(path), "--knock", "--json"])
+    assert knock.exit_code == 0, knock.output
+    assert json.loads(knock.output.splitlines()[0])["detail"].startswith("SSH-2.0-OpenSSH_9.2p1")
+    stopped = tmp_path / "other.yaml"
+    stopped.write_text(dump_config(gated.config).replace(str(gated.config.storage.data_dir),
+                                                         str(tmp_path / "nothing")))  # fmt: skip
+    result = CliRunner().invoke(cli, ["health", "--config", str(stopped), "--check", "pool"])
+    assert result.exit_code == 1 and "FAIL pool: no status file" in result.output

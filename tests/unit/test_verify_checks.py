@@ -1,0 +1,183 @@
+"""The verifier's judgement: pure functions from observations to rows (no engine needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandtrap.verify import checks
+from sandtrap.verify.checks import Context
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("1.1.5+ds1", ["CVE-2024-21626", "CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881"]),
+        ("1.1.12", ["CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881"]),
+        ("1.2.8", []),
+        ("1.3.2", ["CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881"]),
+        ("1.3.3", []),
+        ("v1.4.0-rc.2", ["CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881"]),
+        ("1.4.0-rc.3", []),
+        (
+            "1.0.0-rc5",
+            [
+                "CVE-2019-5736",
+                "CVE-2024-21626",
+                "CVE-2025-31133",
+                "CVE-2025-52565",
+                "CVE-2025-52881",
+            ],
+        ),
+        ("garbage", []),
+    ],
+)
+def test_runc_advisories(version: str, expected: list[str]) -> None:
+    assert checks.runc_advisories(version) == expected
+
+
+def test_flagged_runc_warns_unless_strict() -> None:
+    components = {"Engine": "20.10.24", "runc": "1.1.5+ds1-1+deb12u1"}
+    (engine, runc) = checks.version_rows(components, strict=False)
+    assert engine.status == "INFO"
+    assert runc.status == "WARN"
+    assert "backported" in runc.observed
+    assert checks.version_rows(components, strict=True)[1].status == "FAIL"
+    assert checks.version_rows({"runc": "1.3.3"}, strict=True)[0].status == "PASS"
+
+
+def test_capability_masks() -> None:
+    assert checks.cap_names("00000000000000eb") == {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "KILL",
+        "SETGID",
+        "SETUID",
+    }
+
+
+def _observations(**changes: object) -> dict[str, object]:
+    obs: dict[str, object] = {
+        "interfaces": ["lo"],
+        "routes": [],
+        "tcp": {"127.0.0.1:5000": "ECONNREFUSED", "172.17.0.1:5001": "ENETUNREACH"},
+        "icmp": {"172.17.0.1": "send:ENETUNREACH"},
+        "raw_socket": "EPERM",
+        "packet_socket": "EPERM",
+        "mount": "EPERM",
+        "unshare_user": "EPERM",
+        "unshare_net": "EPERM",
+        "unshare_mount": "EPERM",
+        "unshare_cgroup": "EPERM",
+        "ptrace": "EPERM",
+        "module_load": "EPERM",
+        "proc_sys": {"/proc/sys/kernel/core_pattern": "EROFS"},
+        "sys_write": {"/sys/kernel/mm/ksm/run": "EROFS"},
+        "sysrq": "ENOENT",
+        "mknod_block": "EPERM",
+        "release_agent": {"/sys/fs/cgroup/pids/notify_on_release": "EROFS"},
+        "mount_cgroup": "EPERM",
+        "status": {
+            "CapEff": "00000000000000eb",
+            "CapBnd": "00000000000000eb",
+            "NoNewPrivs": "1",
+            "Seccomp": "2",
+        },
+        "processes": ["init", "python3"],
+        "mounts": [
+            ["/", "/", "overlay", "rw"],
+            ["/etc/hosts", "/var/lib/docker/x/hosts", "ext4", "rw"],
+        ],
+        "sockets": ["/dev/log"],
+    }
+    obs.update(changes)
+    return obs
+
+
+CTX = Context(
+    "runc",
+    ("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"),
+    {"127.0.0.1:5000": "host loopback", "172.17.0.1:5001": "docker bridge gateway"},
+)
+
+
+def test_clean_observations_pass() -> None:
+    rows = checks.probe_rows(_observations(), "root", CTX)
+    assert [r for r in rows if r.status != "PASS"] == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [
+        ({"interfaces": ["eth0", "lo"]}, "network: interfaces"),
+        ({"tcp": {"172.17.0.1:5001": "connected:sandtrap-verify\n"}}, "network: TCP"),
+        ({"raw_socket": "ok"}, "network: raw ICMP socket"),
+        ({"unshare_user": "ok"}, "unshare user namespace"),
+        ({"mknod_block": "ok;open:EPERM"}, "mknod block device"),
+        ({"proc_sys": {"/proc/sys/kernel/core_pattern": "ok"}}, "write /proc/sys"),
+        ({"release_agent": {"/sys/fs/cgroup/x/release_agent": "ok"}}, "cgroup release_agent"),
+        (
+            {
+                "status": {
+                    "CapEff": "00000000002000eb",
+                    "CapBnd": "00000000002000eb",
+                    "NoNewPrivs": "1",
+                    "Seccomp": "2",
+                }
+            },
+            "capabilities",
+        ),
+        (
+            {"status": {"CapEff": "0", "CapBnd": "eb", "NoNewPrivs": "0", "Seccomp": "2"}},
+            "no_new_privs",
+        ),
+        ({"processes": ["init", "dockerd"]}, "pid namespace"),
+        ({"mounts": [["/srv", "/home/host", "ext4", "rw"]]}, "host paths"),
+        ({"sockets": ["/run/docker.sock"]}, "container engine socket"),
+    ],
+)
+def test_each_breach_fails(changes: dict[str, object], check: str) -> None:
+    rows = checks.probe_rows(_observations(**changes), "root", CTX)
+    failed = [r.check for r in rows if r.status == "FAIL"]
+    assert failed
+    assert all(name.startswith(check) for name in failed), failed
+
+
+def test_gvisor_expectations_are_runtime_aware() -> None:
+    ctx = Context("runsc", CTX.cap_add, CTX.targets)
+    obs = _observations(
+        unshare_user="ok",
+        unshare_mount="ok",
+        mknod_block="ok;open:ENXIO",
+        status={"CapEff": "eb", "CapBnd": "eb", "Seccomp": "0"},
+    )
+    rows = {r.check: r for r in checks.probe_rows(obs, "user", ctx)}
+    assert rows["unshare user namespace"].status == "PASS"
+    assert rows["mknod block device"].status == "PASS"
+    assert rows["capabilities: effective"].status == "WARN"
+    assert rows["no_new_privs / seccomp"].status == "INFO"
+    # The net namespace and an openable block device stay failures under gVisor too.
+    obs = _observations(unshare_net="ok", mknod_block="ok;open:ok")
+    rows = {r.check: r for r in checks.probe_rows(obs, "root", ctx)}
+    assert rows["unshare net namespace"].status == "FAIL"
+    assert rows["mknod block device"].status == "FAIL"
+
+
+def test_bomb_rows() -> None:
+    assert (
+        checks.forkbomb_row({"peak_processes": 100}, 100, 100, "answers", "runc").status == "PASS"
+    )
+    assert (
+        checks.forkbomb_row({"peak_processes": 300}, 300, 100, "answers", "runc").status == "FAIL"
+    )
+    assert checks.forkbomb_row(None, 90, 100, "stopped", "runsc").status == "PASS"
+    assert checks.forkbomb_row(None, 90, 100, "hung", "runsc").status == "FAIL"
+    assert checks.membomb_row({"returncode": -9, "reached_mb": 240}, 256).status == "PASS"
+    assert checks.membomb_row({"returncode": 0, "reached_mb": 1024}, 256).status == "FAIL"
+    assert checks.cpu_row(2.0, 4.0, 0.5, 30).status == "PASS"
+    assert checks.cpu_row(4.0, 4.0, 0.5, 0).status == "FAIL"
+    assert checks.disk_row({"size_mb": 70}, 2.0, 64).status == "PASS"
+    assert checks.disk_row(None, None, 64).status == "FAIL"
+    assert checks.login_row(0.3).status == "PASS"
+    assert checks.login_row(2.5).status == "FAIL"
+    assert checks.login_row(None, "refused").status == "FAIL"
