@@ -1,7 +1,8 @@
 """The peers SandTrap is measured against, each started on 127.0.0.1 by the harness.
 
 - OpenSSH + docker exec: Debian's sshd with a throwaway config and user, `ForceCommand docker exec
-  -i <container> sh -c "$SSH_ORIGINAL_COMMAND"` into one warm container with SandTrap's hardening.
+  -i <container> sh -c "$SSH_ORIGINAL_COMMAND"` (or `docker exec -it <container> bash -l` for a
+  shell with a PTY) into one warm container with SandTrap's hardening.
 - Cowrie (PyPI `cowrie`) in its own venv (bench/.venv-cowrie), run as `nobody` (it refuses root).
 Every start registers its undo with the run's `Cleanup`.
 """
@@ -146,7 +147,12 @@ def start_openssh(run: Run, image: str, cleanup: Cleanup, sessions: int) -> Peer
     _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "host_ed25519"))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     port = free_port()
-    force = f'docker exec -i {container_id} sh -c "$SSH_ORIGINAL_COMMAND"'
+    # A command runs as before; a shell request gets a login bash, with a TTY when sshd made one.
+    force = (
+        f'if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec docker exec -i {container_id} sh -c '
+        f'"$SSH_ORIGINAL_COMMAND"; elif [ -t 0 ]; then exec docker exec -it {container_id} '
+        f"bash -l; else exec docker exec -i {container_id} bash -l; fi"
+    )
     (workdir / "sshd_config").write_text(
         "\n".join(
             [
@@ -162,7 +168,7 @@ def start_openssh(run: Run, image: str, cleanup: Cleanup, sessions: int) -> Peer
                 "UseDNS no",
                 "PrintMotd no",
                 "PrintLastLog no",
-                "MaxStartups 200",
+                "MaxStartups 400",  # bursts of 200 logins at once
                 "MaxSessions 200",
                 f"ForceCommand {force}",
                 "",

@@ -71,7 +71,57 @@ def bounds_paragraph(figures: Sequence[Figure]) -> str:
             f"Exec throughput is {fmt_ratio(tput)} of OpenSSH + docker exec (target: at least "
             "0.67x). SandTrap's bytes cross one Python event loop twice (engine socket -> "
             "asyncssh channel, with SSH encryption in the same process), so one core bounds it, "
-            "while sshd encrypts in C and the docker CLI copies in Go."
+            "while sshd encrypts in C and the docker CLI copies in Go. Profiled with py-spy "
+            "(`py-spy record --subprocesses --threads` around `python -m bench --only "
+            "throughput`): during the exec transfer the service's thread is not saturated (about "
+            "a fifth of its samples wait in epoll); of its busy time, asyncssh's send path "
+            "(packetising, chacha20-poly1305) takes about half, the asciicast recorder's "
+            "json.dumps of every output chunk about a quarter; the gate child relays every chunk "
+            "once more (its _pump). The bytes cross five processes (head capped at 0.5 CPU, "
+            "dockerd, the gate, the service, the ssh client) on two cores, against four for the "
+            "peer (head, dockerd, the docker CLI, sshd) plus the client. Not tried yet: larger "
+            "coalesced reads of the engine's multiplexed frames, recording exec output in "
+            "larger events, and splice-style relaying in the gate."
+        )
+    pty = _ratio_of(_find(figures, "pty-throughput"), "median", "OpenSSH+docker exec")
+    if not math.isnan(pty):
+        parts.append(
+            f"`cat` through a PTY shell runs at {fmt_ratio(pty)} of the peer. It was 0.11x "
+            "(about 2 MiB/s) before this run's change: py-spy showed 78% of the service "
+            "thread in pyte, the terminal emulator that reconstructs typed commands, fed every "
+            "output byte. Output that arrives while no typed line waits for its echo is now held "
+            "back and only its last 16 KiB is fed when the screen is next read (a key, a resize, "
+            "the channel's end), so a large `cat` costs a bytearray append per chunk."
+        )
+    inter = _ratio_of(_find(figures, "interactive"), "prompt p50", "OpenSSH+docker exec")
+    if not math.isnan(inter):
+        parts.append(
+            f"An interactive login reaches its prompt in {fmt_ratio(inter)} of the naive "
+            "peer's time at p50: the peer starts a docker CLI per login and its `docker exec "
+            "-it` attaches a TTY through the CLI, SandTrap makes one exec through the Engine "
+            "API from a warm pool."
+        )
+    shells = _find(figures, "burst-shells")
+    if shells is not None:
+        worst = min(shells.rows, key=lambda row: row.ours)
+        parts.append(
+            f"In the bursts, the fewest logins that got a shell was {worst.ours:.0f} "
+            f"({worst.label}); the target is every login of the 100 burst. With a small pool a "
+            "burst is bounded by sandbox creation (create_concurrency sandboxes at a time, a few "
+            "per second on this machine) against allocate_timeout_seconds: logins that wait "
+            "longer are closed as an overloaded sshd would; a pool sized for the burst serves "
+            "it from warm containers."
+        )
+    scaling = _find(figures, "scaling")
+    if scaling is not None and scaling.rows:
+        last = scaling.rows[-2] if len(scaling.rows) >= 2 else scaling.rows[-1]
+        noisy = ratio(last.ours, last.peers.get("OpenSSH+docker exec", math.nan))
+        parts.append(
+            f"Under CPU noise ({last.label}) a login takes {fmt_ratio(noisy)} of the naive "
+            "peer's time; "
+            "each noisy SandTrap session has its own 0.5-CPU sandbox, so the noise competes "
+            "with the service for both cores, while the peer's noise shares one 0.5-CPU "
+            "container."
         )
     refill = _find(figures, "pool-refill")
     rate = _ratio_of(refill, "median", "serial docker run -d")

@@ -19,16 +19,37 @@ T = TypeVar("T")
 
 BENCH_USER = "root"
 BENCH_PASSWORD = "benchpass"  # noqa: S105 - a throwaway login for loopback benchmarks
+_LIFTED_LIMITS: dict[str, Any] = {
+    "max_connections": 1000,
+    "max_connections_per_ip": 1000,
+    "connections_per_ip_per_minute": 100_000,
+    "max_startups": "1000:30:1000",
+    "max_bytes_out": 4 * 1024**3,
+}
 
 
-def bench_config(data_dir: Path, sensor: str, image: str, max_sandboxes: int) -> Config:
-    """SandTrap's defaults (pool size, hardening) with loopback listen and one known login."""
+def bench_config(
+    data_dir: Path, sensor: str, image: str, max_sandboxes: int, pool_size: int | None = None
+) -> Config:
+    """SandTrap's defaults (pool size unless given, hardening) with loopback listen and one
+    known login."""
+    pool: dict[str, int] = {"max_sandboxes": max_sandboxes}
+    if pool_size is not None:
+        pool["size"] = pool_size
+    extra: dict[str, Any] = {}
+    limits_model = getattr(Config.model_fields.get("limits"), "annotation", None)
+    if limits_model is not None:
+        # Per-IP and per-connection limits would throttle a harness whose every client comes
+        # from 127.0.0.1: lift those the config has (the harness itself bounds its load).
+        known = getattr(limits_model, "model_fields", {})
+        extra["limits"] = {k: v for k, v in _LIFTED_LIMITS.items() if k in known}
     return parse_config(
         {
+            **extra,
             "sensor": sensor,
             "ssh": {"listen": ["127.0.0.1:0"]},
             "auth": {"credentials": [{"username": BENCH_USER, "password": BENCH_PASSWORD}]},
-            "pool": {"max_sandboxes": max_sandboxes},
+            "pool": pool,
             "sandbox": {"image": image},
             "storage": {"data_dir": str(data_dir)},
             "logging": {"level": "WARNING"},

@@ -90,10 +90,14 @@ def timed_run(argv: list[str], timeout_seconds: float) -> Timing:
 
 
 class IdleSessions:
-    """Sessions held open by `echo ready; sleep N` clients, for memory figures."""
+    """Sessions held open by `echo ready; sleep N` clients (memory figures), or by any command
+    that prints `ready` first (`command`, e.g. CPU noise for the scaling figure)."""
 
-    def __init__(self, port: int, user: str, password: str, hold_seconds: int) -> None:
-        self._argv = ssh_argv(port, user, password, f"echo ready; sleep {hold_seconds}")
+    def __init__(
+        self, port: int, user: str, password: str, hold_seconds: int, command: str | None = None
+    ) -> None:
+        command = command or f"echo ready; sleep {hold_seconds}"
+        self._argv = ssh_argv(port, user, password, command)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def open(self, count: int, batch: int, timeout_seconds: float) -> int:

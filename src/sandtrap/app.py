@@ -27,7 +27,7 @@ from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.persona import persona_for
 from sandtrap.store.index import EventIndex
-from sandtrap.store.jsonl import EventLog
+from sandtrap.store.jsonl import EventLog, open_event_log
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,7 @@ async def serve(
     # engine only through the gate's socket (gate/child.py, docs/deployment.md).
     gate = GateChild(config)
     engine = Engine(gate.docker_url)
-    events = EventLog(
-        config.storage.data_dir / "log" / "events.jsonl",
-        config.sensor,
-        config.storage.log_max_bytes,
-        config.storage.log_backups,
-    )
+    events = open_event_log(config.storage, config.sensor)
     index = EventIndex(config.storage.data_dir / "sandtrap.db", config.sensor)
     try:
         await gate.start()

@@ -232,18 +232,13 @@ def sandboxes_prune(config_path: Path | None) -> None:
     from sandtrap.gate.child import engine_url
     from sandtrap.sandbox.docker import Engine
     from sandtrap.sandbox.retention import enforce_retention
-    from sandtrap.store.jsonl import EventLog
+    from sandtrap.store.jsonl import open_event_log
 
     config = _load(config_path)
 
     async def prune() -> list[str]:
         engine = Engine(engine_url(config))
-        events = EventLog(
-            config.storage.data_dir / "log" / "events.jsonl",
-            config.sensor,
-            config.storage.log_max_bytes,
-            config.storage.log_backups,
-        )
+        events = open_event_log(config.storage, config.sensor)
         try:
             return await enforce_retention(engine, config.retention, events, config.sensor)
         finally:
@@ -261,7 +256,9 @@ def sandboxes_prune(config_path: Path | None) -> None:
 
 def _paths(config: Config) -> tuple[Path, Path]:
     """(index database, event log) of a configuration."""
-    return config.storage.data_dir / "sandtrap.db", config.storage.data_dir / "log" / "events.jsonl"
+    from sandtrap.store.jsonl import event_log_path
+
+    return config.storage.data_dir / "sandtrap.db", event_log_path(config.storage)
 
 
 def _open_index(config: Config) -> Any:

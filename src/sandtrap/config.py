@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sandtrap.errors import ConfigError
+from sandtrap.limits import MaxStartups
 
 DEFAULT_IMAGE = "sandtrap/target-debian:12"
 
@@ -87,13 +88,19 @@ class SSHConfig(_Model):
     auth_failure_delay_seconds: float = Field(default=2.0, ge=0, le=30)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     persona: Literal["debian12"] = "debian12"
+    proxy_protocol_listen: list[str] = Field(
+        default_factory=list,
+        description="extra listen addresses that expect a PROXY protocol v1/v2 header from a load "
+        "balancer before SSH; only the balancer may reach them (the header names the client)",
+    )
+    proxy_protocol_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     banner_version: str | None = Field(
         default=None,
         description="Software version sent in the identification string; None derives it from "
         "the persona (and the target image's openssh package when known).",
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "proxy_protocol_listen")
     @classmethod
     def _check_listen(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -108,6 +115,28 @@ class SSHConfig(_Model):
             raise ValueError(
                 "banner_version must be printable ASCII, e.g. 'OpenSSH_9.2p1 Debian-2'"
             )
+        return value
+
+
+class LimitsConfig(_Model):
+    """What one client, and all of them together, may take from the front (SECURITY.md)."""
+
+    max_connections: int = Field(default=200, ge=1, le=100_000)
+    max_connections_per_ip: int = Field(default=10, ge=1, le=10_000)
+    connections_per_ip_per_minute: int = Field(default=30, ge=1, le=100_000)
+    max_startups: str = Field(
+        default="10:30:100",
+        description="sshd's MaxStartups start:rate:full for unauthenticated connections",
+    )
+    session_idle_timeout_seconds: float = Field(default=900.0, gt=0, le=7 * 86400)
+    session_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    max_bytes_in: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_bytes_out: int = Field(default=256 * 1024 * 1024, ge=1024)
+
+    @field_validator("max_startups")
+    @classmethod
+    def _check_max_startups(cls, value: str) -> str:
+        MaxStartups.parse(value)
         return value
 
 
@@ -266,6 +295,7 @@ class Config(_Model):
     sensor: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
     ssh: SSHConfig = Field(default_factory=SSHConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
@@ -347,6 +377,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "Credential",
+    "LimitsConfig",
     "LoggingConfig",
     "PoolConfig",
     "RetentionConfig",

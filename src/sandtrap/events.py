@@ -44,6 +44,30 @@ class SessionConnect(Event):
     eventid: ClassVar[str] = "session.connect"
     dst_ip: str | None = None
     protocol: str = "ssh"
+    proxy_ip: str | None = None
+    proxy_port: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionRefused(Event):
+    """A new connection was refused by a limit before any SSH data (the client sees what a loaded
+    sshd sends: `Exceeded MaxStartups`, or a bare close when rate limited)."""
+
+    eventid: ClassVar[str] = "session.refused"
+    reason: str
+    limit: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyRefused(Event):
+    """A connection on a PROXY protocol listener sent no valid header in time; it was closed.
+
+    `src_ip`/`src_port` are the socket's peer (the balancer, or whoever reached the listener).
+    """
+
+    eventid: ClassVar[str] = "proxy.refused"
+    reason: str
+    bytes_received: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +211,25 @@ class SessionClosed(Event):
     exit_status: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionTimeout(Event):
+    """The connection was ended by the idle or the absolute session timeout."""
+
+    eventid: ClassVar[str] = "session.timeout"
+    kind: str
+    limit_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionBytesExceeded(Event):
+    """The connection moved more bytes in one direction than allowed; it was ended."""
+
+    eventid: ClassVar[str] = "session.bytes_exceeded"
+    direction: str
+    limit: int
+    bytes: int
+
+
 # --- sandboxes -----------------------------------------------------------------------------------
 
 
@@ -294,6 +337,8 @@ CATALOGUE: dict[str, type[Event]] = {
     cls.eventid: cls
     for cls in (
         SessionConnect,
+        SessionRefused,
+        ProxyRefused,
         ClientKex,
         AuthFailed,
         AuthSuccess,
@@ -306,6 +351,8 @@ CATALOGUE: dict[str, type[Event]] = {
         SessionResize,
         ChannelClosed,
         SessionClosed,
+        SessionTimeout,
+        SessionBytesExceeded,
         SandboxAllocated,
         SandboxAllocationFailed,
         SandboxReleased,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,14 @@ from typing import Any, Literal
 from sandtrap import events as ev
 from sandtrap.errors import PoolExhausted, SandboxError
 from sandtrap.events import EventSink
+from sandtrap.limits import (
+    MAX_COMMAND_BYTES,
+    MAX_NAME_BYTES,
+    ByteBudget,
+    accepted_env,
+    cap_text,
+    is_safe_term,
+)
 from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
@@ -37,9 +45,6 @@ LOGIN_SHELL = (
     "[ -r /etc/motd ] && cat /etc/motd; exec -a -bash /bin/bash",
 )
 COMMAND_SHELL = ("/bin/bash", "-c")
-# Debian's sshd_config: AcceptEnv LANG LC_*.
-ACCEPTED_ENV_PREFIXES = ("LC_",)
-ACCEPTED_ENV_NAMES = frozenset({"LANG"})
 
 
 @dataclass(frozen=True)
@@ -86,28 +91,63 @@ class ExecPlan:
 
 
 def plan_exec(request: ChannelRequest, sftp_server: str) -> ExecPlan:
-    """What sshd would run for `request` (pure)."""
-    env = {
-        key: value
-        for key, value in request.env.items()
-        if key in ACCEPTED_ENV_NAMES or key.startswith(ACCEPTED_ENV_PREFIXES)
-    }
-    if request.term is not None:
+    """What sshd would run for `request` (pure).
+
+    Attacker strings reach the engine only as argv/env entries of a JSON body, never a host shell;
+    env is limited to AcceptEnv names with printable ASCII values (limits.accepted_env) and TERM to
+    terminfo-name characters (others are left out, the shell then runs without TERM). sshd hands
+    the command to execve as a C string, so it ends at the first NUL here too.
+    """
+    env, _ = accepted_env(request.env)
+    if request.term is not None and is_safe_term(request.term):
         env["TERM"] = request.term
     if request.kind == "subsystem":
         return ExecPlan((sftp_server,), tty=False, env=env)
     if request.kind == "exec":
-        return ExecPlan((*COMMAND_SHELL, request.command or ""), tty=request.has_pty, env=env)
+        command = (request.command or "").split("\x00", 1)[0]
+        return ExecPlan((*COMMAND_SHELL, command), tty=request.has_pty, env=env)
     return ExecPlan(LOGIN_SHELL, tty=request.has_pty, env=env)
+
+
+def refused_settings(request: ChannelRequest) -> list[tuple[str, str]]:
+    """(request, detail) for each part of `request` that plan_exec leaves out (for events)."""
+    refused = [("env", cap_text(name, MAX_NAME_BYTES)) for name in accepted_env(request.env)[1]]
+    if request.term is not None and not is_safe_term(request.term):
+        refused.append(("pty-req", cap_text(request.term, MAX_NAME_BYTES)))
+    return refused
 
 
 @dataclass
 class SessionTotals:
-    """What all channels of one connection moved; updated live, so a cancelled channel counts."""
+    """What all channels of one connection moved; updated live, so a cancelled channel counts.
+
+    `last_activity` (monotonic) is when a byte last passed either way (the idle timeout's clock);
+    `budget` (optional) caps bytes per direction and `on_exceeded` is called once when it is spent.
+    """
 
     bytes_in: int = 0
     bytes_out: int = 0
     exit_status: int | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    budget: ByteBudget | None = None
+    on_exceeded: Callable[[], None] | None = None
+
+    def count_in(self, count: int) -> None:
+        self.bytes_in += count
+        self._count("in", count)
+
+    def count_out(self, count: int) -> None:
+        self.bytes_out += count
+        self._count("out", count)
+
+    def _count(self, direction: Literal["in", "out"], count: int) -> None:
+        self.last_activity = time.monotonic()
+        if (
+            self.budget is not None
+            and self.budget.add(direction, count)
+            and self.on_exceeded is not None
+        ):
+            self.on_exceeded()
 
 
 class _Tap:
@@ -118,12 +158,12 @@ class _Tap:
         self._recorder = recorder
 
     def input(self, data: bytes) -> None:
-        self._totals.bytes_in += len(data)
+        self._totals.count_in(len(data))
         if self._recorder is not None:
             self._recorder.input(data)
 
     def output(self, data: bytes, stream: int) -> None:
-        self._totals.bytes_out += len(data)
+        self._totals.count_out(len(data))
         if self._recorder is not None:
             self._recorder.output(data, stream)
 
@@ -147,7 +187,7 @@ def _recorder_for(
         height=height,
         timestamp=int(time.time()),
         title=f"{request.username} session {peer.session_id} channel {request.channel}",
-        env={"TERM": request.term or "", "SHELL": "/bin/bash"},
+        env={"TERM": cap_text(request.term or "", MAX_NAME_BYTES), "SHELL": "/bin/bash"},
     )
     return ChannelRecorder(
         recording_path(recordings, peer.session_id, request.channel, ev.utcnow()),
@@ -253,17 +293,19 @@ def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -
         return ev.SessionExec(
             **tags,
             channel=request.channel,
-            input=request.command or "",
+            input=cap_text(request.command or "", MAX_COMMAND_BYTES),
             pty=request.has_pty,
             recording=recording,
         )
     if request.kind == "subsystem":
-        return ev.SessionSubsystem(**tags, channel=request.channel, name=request.subsystem or "")
+        return ev.SessionSubsystem(
+            **tags, channel=request.channel, name=cap_text(request.subsystem or "", MAX_NAME_BYTES)
+        )
     size = request.size or (None, None)
     return ev.SessionShell(
         **tags,
         channel=request.channel,
-        term=request.term,
+        term=None if request.term is None else cap_text(request.term, MAX_NAME_BYTES),
         width=size[0],
         height=size[1],
         recording=recording,
@@ -295,6 +337,8 @@ async def run_channel(
     recorder = _recorder_for(request, peer, events, recordings)
     path = str(recorder.path) if recorder is not None and recorder.path is not None else None
     events.emit(_request_event(request, peer, path))
+    for kind, detail in refused_settings(request):
+        events.emit(ev.RequestRefused(**peer.tags(), request=kind, detail=detail))
     started = time.monotonic()
     sandbox, home = await lease.acquire(request.username)
     plan = plan_exec(request, sftp_server)
@@ -361,5 +405,6 @@ __all__ = [
     "SandboxLease",
     "SessionTotals",
     "plan_exec",
+    "refused_settings",
     "run_channel",
 ]

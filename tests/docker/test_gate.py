@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandtrap.errors import EngineError
+from sandtrap.errors import EngineError, SandboxGone
 from sandtrap.gate.child import GateChild
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body
@@ -144,6 +144,24 @@ async def _list(service: RunningService) -> list[dict[str, Any]]:
         return await engine.containers("sandtrap.role=sandbox")
     finally:
         await engine.close()
+
+
+def test_a_gone_container_is_404_not_a_refusal(gated: RunningService) -> None:
+    """The engine's own answer for a vanished container, so "already gone" handling applies."""
+    missing = "f" * 64
+
+    async def calls() -> None:
+        engine = Engine(_gate_url(gated))
+        try:
+            with pytest.raises(SandboxGone):
+                await engine.inspect(missing)
+            await engine.remove(missing)  # removing what is gone is not an error
+        finally:
+            await engine.close()
+
+    before = len(_gate_events(gated))
+    asyncio.run(calls())
+    assert len(_gate_events(gated)) == before
 
 
 @pytest.mark.parametrize(

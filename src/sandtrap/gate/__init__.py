@@ -19,7 +19,7 @@ from sandtrap.errors import EngineUnavailable
 from sandtrap.gate.policy import GatePolicy
 from sandtrap.gate.proxy import Gate
 from sandtrap.sandbox.docker import Engine
-from sandtrap.store.jsonl import EventLog
+from sandtrap.store.jsonl import open_event_log
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,7 @@ async def serve_gate(
             sys.stdout.buffer.flush()
         raise
     policy = GatePolicy.from_config(config, api_version)
-    events = EventLog(
-        config.storage.data_dir / "log" / "gate.jsonl",
-        config.sensor,
-        config.storage.log_max_bytes,
-        config.storage.log_backups,
-    )
+    events = open_event_log(config.storage, config.sensor, "gate.jsonl")
     gate = Gate(policy, listen, upstream, events, socket_group)
     listening = ready or asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)

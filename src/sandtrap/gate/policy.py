@@ -41,6 +41,15 @@ class Refused(Exception):
         self.reason = reason
 
 
+class NotFound(Exception):
+    """The container or exec does not exist (any more): answered 404 as the engine would, so the
+    client's "already gone" handling applies; not a policy refusal, so no event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     """What this sensor's sandboxes may look like (from the Config the pool builds them from)."""

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from sandtrap.events import EventSink, GateRefused
 from sandtrap.gate.policy import (
     GatePolicy,
+    NotFound,
     Refused,
     Route,
     check_create,
@@ -186,6 +187,9 @@ class Gate:
         except Refused as exc:
             await self._refuse(writer, request.method, request.target, exc.reason, 403)
             return
+        except NotFound as exc:
+            await self._refuse(writer, request.method, request.target, exc.reason, 404, event=False)
+            return
         except (OSError, TimeoutError) as exc:
             reason = f"engine unreachable: {exc or 'timeout'}"
             await self._refuse(writer, request.method, request.target, reason, 502, event=False)
@@ -230,7 +234,7 @@ class Gate:
             return ref
         status, details = await self._upstream_json(f"containers/{ref}/json")
         if status == 404:
-            raise Refused(f"no such container {ref[:64]!r}")
+            raise NotFound(f"no such container: {ref[:64]}")
         if status != 200 or not isinstance(details, dict):
             raise Refused(f"cannot inspect container {ref[:64]!r} (engine status {status})")
         if not is_ours(self.policy, details):
@@ -247,6 +251,8 @@ class Gate:
         container_id = self._exec_owner.get(exec_id)
         if container_id is None:
             status, details = await self._upstream_json(f"exec/{exec_id}/json")
+            if status == 404:
+                raise NotFound(f"no such exec instance: {exec_id[:64]}")
             if status != 200 or not isinstance(details, dict):
                 raise Refused(f"no such exec instance {exec_id[:64]!r} (engine status {status})")
             container_id = str(details.get("ContainerID", ""))
@@ -367,7 +373,7 @@ class Gate:
         *,
         event: bool = True,
     ) -> None:
-        message = f"sandtrap gate: refused: {reason}"
+        message = reason if status == 404 else f"sandtrap gate: refused: {reason}"
         if event:
             self.refused += 1
             pid, uid = peer_credentials(writer)
@@ -382,7 +388,9 @@ class Gate:
                 )
             )
         payload = json.dumps({"message": message}).encode()
-        phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+        phrase = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 502: "Bad Gateway"}[
+            status
+        ]
         writer.write(
             f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()

@@ -17,8 +17,9 @@ import pyte
 
 log = logging.getLogger(__name__)
 
-# A screen is rebuilt from at most this much of one output chunk when no line is waiting: the
-# tail holds the prompt, and pyte (pure Python) would otherwise spend seconds on a large `cat`.
+# Output while no line is waiting is held back and only its last this-many bytes are fed, when
+# the screen is next read (a key, a resize, the end): the tail holds the prompt, and pyte (pure
+# Python, ~2 MB/s) would otherwise bound a large `cat` through a PTY.
 MAX_FEED_BYTES = 16 * 1024
 MAX_COMMAND_CHARS = 8192
 # When the line's start was not seen (type-ahead), a prompt is recognised by its usual ending.
@@ -53,11 +54,24 @@ class TerminalCommands:
         self._start: tuple[int, int] | None = None  # (absolute row, column)
         self._prompt = ""
         self._last_enter = 0
+        self._deferred = bytearray()  # output not fed yet (no line waiting), trimmed to its tail
         self.broken = False
 
     def _feed(self, data: bytes) -> None:
         if data:
             self._stream.feed(data)
+
+    def _defer(self, data: bytes) -> None:
+        self._deferred += data
+        if len(self._deferred) > 2 * MAX_FEED_BYTES:
+            del self._deferred[:-MAX_FEED_BYTES]
+
+    def _catch_up(self) -> None:
+        """Feed the held-back output (its tail) before the screen is read or changed."""
+        if self._deferred:
+            data = bytes(self._deferred[-MAX_FEED_BYTES:])
+            self._deferred.clear()
+            self._feed(data)
 
     def _failed(self) -> None:
         # pyte is not hardened against every byte sequence (a corrupt screen can make even
@@ -69,6 +83,7 @@ class TerminalCommands:
         if self.broken:
             return
         try:
+            self._catch_up()
             self._screen.resize(max(height, 2), max(width, 2))
         except Exception:
             self._failed()
@@ -100,12 +115,14 @@ class TerminalCommands:
         if not self._pending or self.broken:
             return []
         try:
+            self._catch_up()
             return [line for line in [self._take_line()] if line]
         except Exception:
             self._failed()
             return []
 
     def _input(self, data: bytes) -> None:
+        self._catch_up()
         for byte in data:
             if byte in _ENTER:
                 # \r\n from one key press counts once.
@@ -121,6 +138,8 @@ class TerminalCommands:
 
     def _output(self, data: bytes) -> list[str]:
         lines: list[str] = []
+        if self._pending:
+            self._catch_up()
         while self._pending and not self.broken:
             head, newline, rest = data.partition(b"\n")
             if not newline:
@@ -131,9 +150,10 @@ class TerminalCommands:
             # else: type-ahead; this line feed is the previous command's output, not the echo.
             self._feed(newline)
             data = rest
-        if not self._pending and len(data) > MAX_FEED_BYTES:
-            data = data[-MAX_FEED_BYTES:]
-        self._feed(data)
+        if self._pending:
+            self._feed(data)
+        else:
+            self._defer(data)
         return [line for line in lines if line]
 
     def _take_line(self) -> str:

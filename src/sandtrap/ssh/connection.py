@@ -197,8 +197,13 @@ async def listen(
     persona: Persona,
     server_factory: Callable[[], asyncssh.SSHServer],
     options: dict[str, Any],
+    accept: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol] | None = None,
 ) -> asyncio.Server:
-    """Like `asyncssh.listen()`, but every connection is a `PersonaServerConnection`."""
+    """Like `asyncssh.listen()`, but every connection is a `PersonaServerConnection`.
+
+    `accept` (optional) wraps the connection factory: it gets each TCP connection first and hands
+    it to a `PersonaServerConnection` when it may proceed (ssh/accept.py).
+    """
     loop = asyncio.get_running_loop()
     conn_options = await asyncssh.SSHServerConnectionOptions.construct(
         None, server_factory=server_factory, **options
@@ -207,7 +212,12 @@ async def listen(
     def connection_factory() -> PersonaServerConnection:
         return PersonaServerConnection(loop, conn_options, persona)
 
-    return await loop.create_server(connection_factory, host, port, reuse_address=True)
+    def protocol_factory() -> asyncio.Protocol:
+        if accept is None:
+            return connection_factory()
+        return accept(connection_factory)
+
+    return await loop.create_server(protocol_factory, host, port, reuse_address=True)
 
 
 __all__ = [

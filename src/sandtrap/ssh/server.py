@@ -8,6 +8,7 @@ channel is session.py's; wire-level persona details are ssh/connection.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -21,8 +22,28 @@ from sandtrap import events as ev
 from sandtrap.auth import AuthPolicy, ConnectionAuth
 from sandtrap.config import Config, parse_listen
 from sandtrap.events import EventSink
-from sandtrap.sandbox.base import SandboxProvider
-from sandtrap.session import AllocationFailed, Peer, SandboxLease, SessionTotals, run_channel
+from sandtrap.limits import (
+    MAX_NAME_BYTES,
+    MAX_PASSWORD_BYTES,
+    MAX_USERNAME_BYTES,
+    Admission,
+    AdmissionSettings,
+    ByteBudget,
+    MaxStartups,
+    cap_text,
+    expired,
+)
+from sandtrap.proxy import ChannelGone
+from sandtrap.sandbox.base import STDOUT, SandboxProvider
+from sandtrap.session import (
+    AllocationFailed,
+    ChannelRequest,
+    Peer,
+    SandboxLease,
+    SessionTotals,
+    run_channel,
+)
+from sandtrap.ssh.accept import Address, Gatekeeper
 from sandtrap.ssh.channel import AsyncsshChannelIO, channel_request, create_session
 from sandtrap.ssh.connection import ClientKexInit, listen
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
@@ -38,6 +59,13 @@ CHANNEL_DRAIN_SECONDS = 5.0
 FORWARD_REFUSED_TEXT = "open failed"
 # Jitter on the failed-password delay: pam_unix's delay is not a constant either.
 _DELAY_JITTER = 0.25
+# What bash prints (to stderr, which is the PTY) when TMOUT expires at the prompt (eval.c
+# alrm_catcher), with the PTY's ONLCR; then the shell exits and sshd closes the channel. The
+# idle timeout ends shells this way.
+AUTO_LOGOUT_TEXT = b"\atimed out waiting for input: auto-logout\r\n"
+# Named timeout `logout_close`: after the channels of a timed-out session are closed, how long the
+# client gets to disconnect itself (as it does when its last channel closes) before we drop it.
+LOGOUT_CLOSE_SECONDS = 3.0
 _random = secrets.SystemRandom()
 
 
@@ -57,6 +85,10 @@ class _Connection:
     next_channel: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
     totals: SessionTotals = field(default_factory=SessionTotals)
+    authenticated: bool = False
+    # Set by connection_lost and by a spent byte budget: the supervisor looks again.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ios: dict[int, tuple[ChannelRequest, AsyncsshChannelIO]] = field(default_factory=dict)
 
 
 def _describe(exc: Exception | None) -> str:
@@ -86,11 +118,14 @@ class SandTrapSSHServer(asyncssh.SSHServer):
     # --- connection ------------------------------------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        # Behind a PROXY listener, peername is the client the header named (ssh/accept.py).
         src_ip, src_port = conn.get_extra_info("peername")[:2]
         dst_ip, dst_port = conn.get_extra_info("sockname")[:2]
+        proxy = conn.get_extra_info("proxy_peername")
         peer = Peer(secrets.token_hex(6), src_ip, src_port, dst_port)
         front = self._front
-        self._state = _Connection(
+        limits = front.config.limits
+        state = self._state = _Connection(
             peer=peer,
             conn=conn,
             auth=front.policy.connection(src_ip),
@@ -98,15 +133,32 @@ class SandTrapSSHServer(asyncssh.SSHServer):
                 front.provider, front.events, peer, front.config.pool.allocate_timeout_seconds
             ),
         )
+        state.totals.budget = ByteBudget(limits.max_bytes_in, limits.max_bytes_out)
+        state.totals.on_exceeded = state.wake.set
         log.info("session %s: connection from %s:%d", peer.session_id, src_ip, src_port)
-        self._emit(ev.SessionConnect(**peer.tags(), dst_ip=dst_ip))
-        front.adopt(self._state)
+        self._emit(
+            ev.SessionConnect(
+                **peer.tags(),
+                dst_ip=dst_ip,
+                proxy_ip=proxy[0] if proxy else None,
+                proxy_port=proxy[1] if proxy else None,
+            )
+        )
+        front.adopt(state)
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
         if state.reason is None:
             state.reason = _describe(exc)
         state.closed.set()
+        state.wake.set()
+
+    def _logged_in(self, username: str) -> None:
+        state = self.state
+        state.username = username
+        if not state.authenticated:
+            state.authenticated = True
+            self._front.admission.authenticated()
 
     def client_kex_received(self, client_version: str, kexinit: ClientKexInit) -> None:
         digest, algorithms = hassh(
@@ -143,15 +195,18 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         state = self.state
         decision = self._front.policy.check_password(state.auth, username, password)
         tags = state.peer.tags()
+        # Stored capped (limits.py); the policy above saw them whole.
+        logged_user = cap_text(username, MAX_USERNAME_BYTES)
+        logged_password = cap_text(password, MAX_PASSWORD_BYTES)
         if decision.accepted:
-            state.username = username
+            self._logged_in(username)
             log.info("session %s: password login accepted for %r", state.peer.session_id, username)
             self._emit(
                 ev.AuthSuccess(
                     **tags,
-                    username=username,
+                    username=logged_user,
                     method="password",
-                    password=password,
+                    password=logged_password,
                     reason=decision.reason,
                 )
             )
@@ -159,9 +214,9 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         self._emit(
             ev.AuthFailed(
                 **tags,
-                username=username,
+                username=logged_user,
                 method="password",
-                password=password,
+                password=logged_password,
                 reason=decision.reason,
             )
         )
@@ -177,7 +232,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         fingerprint = key.get_fingerprint("sha256")
         fields: dict[str, Any] = {
             **state.peer.tags(),
-            "username": username,
+            "username": cap_text(username, MAX_USERNAME_BYTES),
             "method": "publickey",
             "key_type": key.get_algorithm(),
             "key_fingerprint": fingerprint,
@@ -189,7 +244,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         # asyncssh asks again when the signed request follows the query; record the success once.
         if (username, fingerprint) not in state.accepted_keys:
             state.accepted_keys.add((username, fingerprint))
-            state.username = username
+            self._logged_in(username)
             self._emit(ev.AuthSuccess(**fields))
         return True
 
@@ -203,6 +258,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             host,
             port,
         )
+        host = None if host is None else cap_text(host, MAX_NAME_BYTES)
         self._emit(
             ev.ForwardRefused(**self.state.peer.tags(), kind=kind, host=host, port=port, **extra)
         )
@@ -231,6 +287,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         if request in ("x11", "agent"):
             self._refused(request, None, None)
         else:
+            detail = None if detail is None else cap_text(detail, MAX_NAME_BYTES)
             self._emit(ev.RequestRefused(**self.state.peer.tags(), request=request, detail=detail))
 
     # --- sessions --------------------------------------------------------------------------------
@@ -249,11 +306,12 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         task = asyncio.current_task()
         if task is not None:
             state.channels.add(task)
+        number = state.next_channel
+        state.next_channel += 1
         try:
-            number = state.next_channel
-            state.next_channel += 1
             request, chan = channel_request(stdin, state.username or "root", number)
             io = AsyncsshChannelIO(stdin, stdout, stderr, chan)
+            state.ios[number] = (request, io)
             await run_channel(
                 request,
                 io,
@@ -274,6 +332,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             log.exception("session %s: channel failed", state.peer.session_id)
             raise
         finally:
+            state.ios.pop(number, None)
             if task is not None:
                 state.channels.discard(task)
 
@@ -302,6 +361,19 @@ class SSHFront:
         self._servers: list[asyncio.Server] = []
         self._supervisors: dict[asyncio.Task[None], _Connection] = {}
         self._addresses: list[tuple[str, int]] = []
+        self._proxy_addresses: list[tuple[str, int]] = []
+        limits = config.limits
+        self.admission = Admission(
+            AdmissionSettings(
+                max_connections=limits.max_connections,
+                max_connections_per_ip=limits.max_connections_per_ip,
+                connections_per_ip_per_minute=limits.connections_per_ip_per_minute,
+                max_startups=MaxStartups.parse(limits.max_startups),
+                memory_max_ips=config.auth.memory_max_ips,
+            ),
+            clock=time.monotonic,
+            draw=lambda: _random.uniform(0.0, 100.0),
+        )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -312,25 +384,84 @@ class SSHFront:
     def ports(self) -> list[int]:
         return [port for _, port in self._addresses]
 
+    @property
+    def proxy_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) bound, one per `ssh.proxy_protocol_listen` entry, in order."""
+        return list(self._proxy_addresses)
+
     def connection_count(self) -> int:
         return len(self._supervisors)
 
     async def start(self, options: dict[str, Any]) -> None:
-        """Listen on every `ssh.listen` address; on failure, close what was opened and raise."""
+        """Listen on every `ssh.listen` and `ssh.proxy_protocol_listen` address; on failure, close
+        what was opened and raise."""
+        ssh = self.config.ssh
         try:
-            for item in self.config.ssh.listen:
-                host, port = parse_listen(item)
-                server = await listen(host, port, self.persona, self._server_factory, options)
-                self._servers.append(server)
-                bound = server.sockets[0].getsockname()
-                self._addresses.append((host, bound[1]))
-                log.info("listening on %s port %d", host, bound[1])
+            for items, bound_list, proxy in (
+                (ssh.listen, self._addresses, False),
+                (ssh.proxy_protocol_listen, self._proxy_addresses, True),
+            ):
+                for item in items:
+                    host, port = parse_listen(item)
+                    server = await listen(
+                        host,
+                        port,
+                        self.persona,
+                        self._server_factory,
+                        options,
+                        accept=self._accepter(proxy),
+                    )
+                    self._servers.append(server)
+                    bound = server.sockets[0].getsockname()
+                    bound_list.append((host, bound[1]))
+                    log.info(
+                        "listening on %s port %d%s", host, bound[1], " (PROXY)" if proxy else ""
+                    )
         except BaseException:
             self.close()
             raise
 
     def _server_factory(self) -> SandTrapSSHServer:
         return SandTrapSSHServer(self)
+
+    def _accepter(self, proxy: bool) -> Any:
+        timeout = self.config.ssh.proxy_protocol_timeout_seconds
+
+        def accept(factory: Any) -> Gatekeeper:
+            return Gatekeeper(self, factory, proxy_protocol=proxy, proxy_timeout=timeout)
+
+        return accept
+
+    # --- admission (ssh/accept.py AcceptHooks) ----------------------------------------------------
+
+    def admit(self, peer: Address, local: Address) -> str | None:
+        refusal = self.admission.admit(peer[0])
+        if refusal is not None:
+            limits = self.config.limits
+            limit = {
+                "rate_limited": limits.connections_per_ip_per_minute,
+                "max_connections": limits.max_connections,
+                "max_connections_per_ip": limits.max_connections_per_ip,
+                "max_startups": MaxStartups.parse(limits.max_startups).full,
+            }[refusal]
+            log.info("refused connection from %s:%d: %s", peer[0], peer[1], refusal)
+            self.events.emit(
+                ev.SessionRefused(
+                    src_ip=peer[0], src_port=peer[1], dst_port=local[1], reason=refusal, limit=limit
+                )
+            )
+        return refusal
+
+    def proxy_refused(self, peer: Address, local: Address, reason: str, received: int) -> None:
+        self.events.emit(
+            ev.ProxyRefused(
+                src_ip=peer[0],
+                src_port=peer[1],
+                dst_port=local[1],
+                reason=reason,
+                bytes_received=received,
+            )
+        )
 
     def adopt(self, state: _Connection) -> None:
         """Start the supervisor of a new connection; the front owns it until it ends."""
@@ -345,9 +476,73 @@ class SSHFront:
 
     async def _supervise(self, state: _Connection) -> None:
         try:
-            await state.closed.wait()
+            await self._watch(state)
         finally:
             await asyncio.shield(self._finish(state))
+
+    async def _watch(self, state: _Connection) -> None:
+        """Wait for the connection to end; end it first when a limit says so (limits.py decides)."""
+        limits = self.config.limits
+        totals = state.totals
+        while not state.closed.is_set():
+            budget = totals.budget
+            if budget is not None and budget.exceeded is not None:
+                await self._end_for_bytes(state, budget)
+                return
+            kind, due = expired(
+                time.monotonic(),
+                state.started,
+                totals.last_activity,
+                limits.session_idle_timeout_seconds,
+                limits.session_max_seconds,
+            )
+            if kind is not None:
+                await self._end_for_time(state, kind)
+                return
+            state.wake.clear()
+            # Named timeouts `session_idle` and `session_max`: wake at the next deadline.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await state.wake.wait()
+
+    async def _end_for_bytes(self, state: _Connection, budget: ByteBudget) -> None:
+        direction = budget.exceeded or "in"
+        limit = budget.max_in if direction == "in" else budget.max_out
+        count = budget.bytes_in if direction == "in" else budget.bytes_out
+        log.info("session %s: %d bytes %s; closing", state.peer.session_id, count, direction)
+        self.events.emit(
+            ev.SessionBytesExceeded(
+                **state.peer.tags(), direction=direction, limit=limit, bytes=count
+            )
+        )
+        state.reason = f"bytes {direction} exceeded"
+        state.conn.abort()
+
+    async def _end_for_time(self, state: _Connection, kind: str) -> None:
+        limits = self.config.limits
+        limit = (
+            limits.session_idle_timeout_seconds if kind == "idle" else limits.session_max_seconds
+        )
+        log.info("session %s: %s timeout; closing", state.peer.session_id, kind)
+        self.events.emit(ev.SessionTimeout(**state.peer.tags(), kind=kind, limit_seconds=limit))
+        state.reason = f"{kind} timeout"
+        if kind == "absolute" or not state.ios:
+            # As when sshd is killed: the client sees "Connection ... closed by remote host."
+            state.conn.abort()
+            return
+        # Idle: interactive shells log out as bash does at TMOUT; other channels close silently
+        # (sshd's ChannelTimeout). The client then disconnects by itself, as at any logout.
+        for request, io in list(state.ios.values()):
+            with contextlib.suppress(ChannelGone, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    if request.kind == "shell" and request.has_pty:
+                        await io.write(AUTO_LOGOUT_TEXT, STDOUT)
+                        await io.finish(0)
+                    else:
+                        await io.finish(None)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LOGOUT_CLOSE_SECONDS):
+                await state.closed.wait()
 
     async def _finish(self, state: _Connection) -> None:
         """After the connection: stop its channels, release its sandbox, record the close."""
@@ -364,6 +559,7 @@ class SSHFront:
                     "session %s: %d channels did not unwind", state.peer.session_id, len(pending)
                 )
         container_id = state.lease.container_id
+        self.admission.closed(state.peer.src_ip, state.authenticated)
         # The provider records the release itself (sandbox.released, diff, artifacts).
         await state.lease.release()
         self.events.emit(

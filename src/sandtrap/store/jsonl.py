@@ -12,11 +12,27 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from sandtrap.config import StorageConfig
 from sandtrap.events import Event, to_json_line
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
+
+
+EVENTS_LOG = "events.jsonl"
+
+
+def event_log_path(storage: StorageConfig, name: str = EVENTS_LOG) -> Path:
+    """Where a JSON-lines log lives: `<data_dir>/log/<name>`."""
+    return storage.data_dir / "log" / name
+
+
+def open_event_log(storage: StorageConfig, sensor: str, name: str = EVENTS_LOG) -> EventLog:
+    """The event log of a data directory, rotated as the configuration says (no I/O yet)."""
+    return EventLog(
+        event_log_path(storage, name), sensor, storage.log_max_bytes, storage.log_backups
+    )
 
 
 class EventLog:

@@ -1,0 +1,281 @@
+"""Limit decisions: pure, synchronous, no I/O, every clock and random source injected.
+
+Owns admission of new connections (per-IP token bucket, sshd-style MaxStartups random early drop,
+concurrent connections globally and per source IP), session deadlines (idle, absolute), byte
+budgets, and the caps on attacker strings we store. Enforcement (closing sockets, writing the
+auto-logout line, events) is left to ssh/ and session.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+# --- caps on attacker strings (docs/events.md "Hostile input") ----------------------------------
+# UTF-8 bytes kept of each attacker string in events. OpenSSH itself never accepts more than
+# a 256 KiB packet; these are far below that and far above anything a real client sends:
+# Linux user names are <= 32 chars, real passwords rarely exceed a few hundred bytes, and
+# ARG_MAX-sized one-liners (droppers with inline base64) are the only long commands worth keeping.
+MAX_USERNAME_BYTES = 1024
+MAX_PASSWORD_BYTES = 4096
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_NAME_BYTES = 256  # subsystem names, terminal types, env names, request details
+MAX_ENV_VALUE_BYTES = 1024
+TRUNCATION_MARK = "[...truncated, {total} bytes]"
+
+# TERM as sshd passes it to the shell: terminfo names are short and use only these characters.
+_TERM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# Debian's sshd_config: AcceptEnv LANG LC_*.
+ACCEPTED_ENV_PREFIXES = ("LC_",)
+ACCEPTED_ENV_NAMES = frozenset({"LANG"})
+
+
+def cap_text(value: str, limit: int) -> str:
+    """`value` cut to at most `limit` UTF-8 bytes (whole characters) plus a truncation mark."""
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) <= limit:
+        return value
+    head = encoded[:limit].decode("utf-8", "ignore")
+    return head + TRUNCATION_MARK.format(total=len(encoded))
+
+
+def is_safe_term(term: str) -> bool:
+    """A terminal type we pass on to the sandbox (terminfo-name charset, at most 64 chars)."""
+    return _TERM_RE.fullmatch(term) is not None
+
+
+def _is_safe_env_value(value: str) -> bool:
+    return (
+        len(value.encode("utf-8", "surrogateescape")) <= MAX_ENV_VALUE_BYTES
+        and value.isprintable()
+        and value.isascii()
+    )
+
+
+def accepted_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Split client env requests into those passed to the shell and the names dropped.
+
+    Only `LANG` and `LC_*` pass (Debian's AcceptEnv), and only with a sane name and a printable
+    ASCII value of at most MAX_ENV_VALUE_BYTES; anything else never reaches the engine.
+    """
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for key, value in env.items():
+        wanted = key in ACCEPTED_ENV_NAMES or key.startswith(ACCEPTED_ENV_PREFIXES)
+        if wanted and _ENV_NAME_RE.fullmatch(key) and _is_safe_env_value(value):
+            kept[key] = value
+        else:
+            dropped.append(key)
+    return kept, dropped
+
+
+# --- admission of new connections --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaxStartups:
+    """sshd's `MaxStartups start:rate:full` for unauthenticated connections."""
+
+    start: int
+    rate: int
+    full: int
+
+    @classmethod
+    def parse(cls, text: str) -> MaxStartups:
+        """`10:30:100` or a single number (drop everything at that many).
+
+        Raises:
+            ValueError: not in sshd's syntax, or start > full, or rate > 100.
+        """
+        parts = text.split(":")
+        if len(parts) == 1 and parts[0].isdigit():
+            n = int(parts[0])
+            return cls(n, 100, n)
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"max_startups must look like 10:30:100, got {text!r}")
+        start, rate, full = (int(p) for p in parts)
+        if not (1 <= start <= full) or not 1 <= rate <= 100:
+            raise ValueError(f"max_startups needs 1 <= start <= full and rate 1-100: {text!r}")
+        return cls(start, rate, full)
+
+    def should_drop(self, unauthenticated: int, draw: float) -> bool:
+        """sshd.c drop_connection(): none below `start`, all at `full`, linear in between.
+
+        `draw` is uniform in [0, 100).
+        """
+        if unauthenticated >= self.full:
+            return True
+        if unauthenticated < self.start:
+            return False
+        span = self.full - self.start
+        p = (100 - self.rate) * (unauthenticated - self.start) / span + self.rate
+        return draw < p
+
+
+class TokenBucket:
+    """Per-key token buckets: `capacity` tokens, refilled at `capacity` per `period` seconds.
+
+    Remembers at most `max_keys` keys (least recently used forgotten first; a forgotten key starts
+    full again, which only ever errs towards admitting).
+    """
+
+    def __init__(self, capacity: int, period: float, max_keys: int) -> None:
+        self._capacity = float(capacity)
+        self._rate = capacity / period
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, now: float) -> bool:
+        """Take one token for `key` at time `now`; False when the bucket is empty."""
+        tokens, then = self._buckets.pop(key, (self._capacity, now))
+        tokens = min(self._capacity, tokens + max(0.0, now - then) * self._rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+RefusalReason = Literal["rate_limited", "max_connections", "max_connections_per_ip", "max_startups"]
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    max_connections: int
+    max_connections_per_ip: int
+    connections_per_ip_per_minute: int
+    max_startups: MaxStartups
+    memory_max_ips: int = 100_000
+
+
+@dataclass(frozen=True)
+class AdmissionStatistics:
+    connections: int
+    unauthenticated: int
+    source_ips: int
+
+
+class Admission:
+    """Who may connect now. `admit` on accept; `authenticated` and `closed` as the connection goes.
+
+    The caller pairs every admitted connection with exactly one `closed` call.
+    """
+
+    def __init__(
+        self, settings: AdmissionSettings, clock: Callable[[], float], draw: Callable[[], float]
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._draw = draw
+        self._bucket = TokenBucket(
+            settings.connections_per_ip_per_minute, 60.0, settings.memory_max_ips
+        )
+        self._per_ip: dict[str, int] = {}
+        self._total = 0
+        self._unauthenticated = 0
+
+    def admit(self, ip: str) -> RefusalReason | None:
+        """None (and the connection is counted) or why it is refused (and nothing is counted)."""
+        s = self._settings
+        if not self._bucket.take(ip, self._clock()):
+            return "rate_limited"
+        if self._total >= s.max_connections:
+            return "max_connections"
+        if self._per_ip.get(ip, 0) >= s.max_connections_per_ip:
+            return "max_connections_per_ip"
+        if s.max_startups.should_drop(self._unauthenticated, self._draw()):
+            return "max_startups"
+        self._total += 1
+        self._unauthenticated += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return None
+
+    def authenticated(self) -> None:
+        """An admitted connection logged in: it no longer counts towards MaxStartups."""
+        self._unauthenticated = max(0, self._unauthenticated - 1)
+
+    def closed(self, ip: str, authenticated: bool) -> None:
+        self._total = max(0, self._total - 1)
+        if not authenticated:
+            self._unauthenticated = max(0, self._unauthenticated - 1)
+        left = self._per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def statistics(self) -> AdmissionStatistics:
+        return AdmissionStatistics(self._total, self._unauthenticated, len(self._per_ip))
+
+
+# --- deadlines and byte budgets ------------------------------------------------------------------
+
+TimeoutKind = Literal["idle", "absolute"]
+
+
+def expired(
+    now: float, started: float, last_activity: float, idle_seconds: float, max_seconds: float
+) -> tuple[TimeoutKind | None, float]:
+    """Which deadline has passed (absolute first), and else when the next one falls due."""
+    absolute_at = started + max_seconds
+    idle_at = last_activity + idle_seconds
+    if now >= absolute_at:
+        return "absolute", absolute_at
+    if now >= idle_at:
+        return "idle", idle_at
+    return None, min(absolute_at, idle_at)
+
+
+Direction = Literal["in", "out"]
+
+
+@dataclass
+class ByteBudget:
+    """Bytes per session in each direction; `add` says when a budget is first exceeded."""
+
+    max_in: int
+    max_out: int
+    bytes_in: int = 0
+    bytes_out: int = 0
+    exceeded: Direction | None = None
+
+    def add(self, direction: Direction, count: int) -> bool:
+        """Count `count` bytes; True exactly once, on the call that first crosses a budget."""
+        if direction == "in":
+            self.bytes_in += count
+            over = self.bytes_in > self.max_in
+        else:
+            self.bytes_out += count
+            over = self.bytes_out > self.max_out
+        if over and self.exceeded is None:
+            self.exceeded = direction
+            return True
+        return False
+
+
+__all__ = [
+    "MAX_COMMAND_BYTES",
+    "MAX_ENV_VALUE_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PASSWORD_BYTES",
+    "MAX_USERNAME_BYTES",
+    "Admission",
+    "AdmissionSettings",
+    "AdmissionStatistics",
+    "ByteBudget",
+    "MaxStartups",
+    "TokenBucket",
+    "accepted_env",
+    "cap_text",
+    "expired",
+    "is_safe_term",
+]
