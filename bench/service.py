@@ -1,21 +1,15 @@
 """SandTrap in a background thread of the harness, on 127.0.0.1 port 0.
 
-The same approach as the real-engine tests (tests/docker/service.py), copied rather than imported:
-`serve()` runs on its own event loop in a daemon thread; `stop()` sets its stop event and joins.
+The thread runner is sandtrap.testing.ThreadedService, shared with the real-engine tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
-
-T = TypeVar("T")
+from sandtrap.testing import ThreadedService
 
 BENCH_USER = "root"
 BENCH_PASSWORD = "benchpass"  # noqa: S105 - a throwaway login for loopback benchmarks
@@ -57,72 +51,11 @@ def bench_config(
     )
 
 
-class RunningService:
-    """Starts `serve()` on its own loop in a thread; `stop()` runs the phased shutdown."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._services: list[Service] = []
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="sandtrap-bench", daemon=True)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            ready = asyncio.Event()
-            waiter = asyncio.create_task(ready.wait())
-            waiter.add_done_callback(lambda _t: self._ready.set())
-            try:
-                await serve(self.config, ready=ready, stop=self._stop, on_ready=self._services)
-            finally:
-                waiter.cancel()
-
-        try:
-            asyncio.run(run())
-        except BaseException as exc:  # reported to the harness thread
-            self.error = exc
-        finally:
-            self._ready.set()
-
-    def start(self, timeout_seconds: float = 180) -> RunningService:
-        self._thread.start()
-        if not self._ready.wait(timeout_seconds) or self.error is not None or not self._services:
-            raise RuntimeError(f"SandTrap did not start: {self.error!r}")
-        return self
-
-    @property
-    def service(self) -> Service:
-        return self._services[0]
-
-    @property
-    def port(self) -> int:
-        return self.service.front.ports[0]
-
-    def call(
-        self, factory: Callable[[], Coroutine[Any, Any, T]], timeout_seconds: float = 120
-    ) -> T:
-        """Run a coroutine on the service's loop and return its result."""
-        if self._loop is None:
-            raise RuntimeError("service not started")
-        future = asyncio.run_coroutine_threadsafe(factory(), self._loop)
-        return future.result(timeout_seconds)
-
-    def wait_warm(self, timeout_seconds: float = 120) -> None:
-        self.call(self.service.pool.wait_warm, timeout_seconds)
+class RunningService(ThreadedService):
+    """The service in a thread (sandtrap.testing), plus what the harness reads from it."""
 
     def busy(self) -> int:
         async def read() -> int:
             return self.service.pool.statistics().busy
 
         return self.call(read)
-
-    def stop(self, timeout_seconds: float = 180) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_seconds)
-        if self._thread.is_alive():
-            raise RuntimeError("SandTrap did not stop")

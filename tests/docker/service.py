@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
+from sandtrap.testing import ThreadedService
 from tests.conftest import IMAGE
 
 SSH_OPTS = [
@@ -45,62 +43,8 @@ def service_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     return parse_config(data)
 
 
-class RunningService:
-    """Starts `serve()` on its own loop in a thread; `stop()` runs the phased shutdown."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._services: list[Service] = []
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="sandtrap-test", daemon=True)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            ready = asyncio.Event()
-            waiter = asyncio.create_task(ready.wait())
-            waiter.add_done_callback(lambda _t: self._ready.set())
-            try:
-                await serve(self.config, ready=ready, stop=self._stop, on_ready=self._services)
-            finally:
-                waiter.cancel()
-
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._ready.set()
-
-    def start(self, timeout: float = 120) -> RunningService:
-        self._thread.start()
-        if not self._ready.wait(timeout) or self.error is not None or not self._services:
-            raise RuntimeError(f"service did not start: {self.error!r}")
-        return self
-
-    @property
-    def service(self) -> Service:
-        return self._services[0]
-
-    @property
-    def port(self) -> int:
-        return self.service.front.ports[0]
-
-    def call(self, coro_factory: Any, timeout: float = 60) -> Any:
-        """Run a coroutine on the service's loop (e.g. to wait for the pool)."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro_factory(), self._loop).result(timeout)
-
-    def stop(self, timeout: float = 120) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError("service did not stop")
+class RunningService(ThreadedService):
+    """The service in a thread, with helpers to read its events and log in with OpenSSH."""
 
     def events(
         self, eventid: str | None = None, session: str | None = None

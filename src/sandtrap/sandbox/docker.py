@@ -146,13 +146,19 @@ class Engine:
         )
 
     async def remove(self, container_id: str) -> None:
-        with contextlib.suppress(SandboxGone):
+        """Remove a container; one that is gone, or already being removed, is not an error."""
+        try:
             await self.request(
                 "DELETE",
                 f"containers/{container_id}",
                 params={"force": "true", "v": "true"},
                 operation="remove",
             )
+        except SandboxGone:
+            pass
+        except EngineError as exc:
+            if exc.status != 409 or "already in progress" not in str(exc):
+                raise
 
     async def rename(self, container_id: str, name: str) -> None:
         await self.request(

@@ -152,6 +152,7 @@ class Pool:
         self._log_hostnames: dict[str, str | None] = {}
         self._generation = 0
         self._create_slots = asyncio.Semaphore(config.pool.create_concurrency)
+        self._pruning = asyncio.Lock()
         self._born: dict[str, int] = {}
 
     # --- pure views ------------------------------------------------------------------------
@@ -232,10 +233,15 @@ class Pool:
                 await self.release(busy.sandbox, info)
 
     async def prune(self) -> list[str]:
-        """Apply the retention policy now; returns the ids removed."""
-        return await enforce_retention(
-            self._engine, self._config.retention, self._events, self._config.sensor
-        )
+        """Apply the retention policy now; returns the ids removed.
+
+        One at a time: sessions that end together would otherwise race to remove the same
+        oldest sandbox.
+        """
+        async with self._pruning:
+            return await enforce_retention(
+                self._engine, self._config.retention, self._events, self._config.sensor
+            )
 
     def _engine_failed(self, operation: str, exc: Exception) -> None:
         self._counters.errors += 1
