@@ -86,3 +86,10 @@ def remove_sensor_containers(sensor: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+def dockerd_pid() -> int | None:
+    """The running dockerd's pid, None when no dockerd runs (the engine-outage tests stop it)."""
+    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
+    pids = out.stdout.split()
+    return int(pids[0]) if pids else None

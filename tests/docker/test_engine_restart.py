@@ -7,23 +7,21 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import asyncssh
 import pytest
 
-from tests.docker.service import RunningService, remove_sensor_containers, service_config
+from tests.docker.service import (
+    RunningService,
+    dockerd_pid,
+    remove_sensor_containers,
+    service_config,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("docker_engine")]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _dockerd_pid() -> int | None:
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
-    pids = out.stdout.split()
-    return int(pids[0]) if pids else None
 
 
 async def _live_session_through_a_restart(port: int) -> bytes:
@@ -37,12 +35,12 @@ async def _live_session_through_a_restart(port: int) -> bytes:
         async with asyncio.timeout(30):
             while b"before-42-cut" not in seen:
                 seen += await process.stdout.read(4096)
-        pid = _dockerd_pid()
+        pid = dockerd_pid()
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(60):
-                while _dockerd_pid() is not None:
+                while dockerd_pid() is not None:
                     await asyncio.sleep(0.2)
                 # The engine took the sandbox down with it: the shell's channel must end.
                 while chunk := await process.stdout.read(4096):
@@ -55,7 +53,7 @@ async def _live_session_through_a_restart(port: int) -> bytes:
 
 
 def test_engine_restart_under_a_live_session(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or _dockerd_pid() is None:
+    if os.geteuid() != 0 or dockerd_pid() is None:
         pytest.skip("needs root and a dockerd this test may restart (as in make test)")
     config = service_config(tmp_path / "var", pool={"size": 1, "health_interval_seconds": 0.5})
     running = RunningService(config).start()

@@ -22,6 +22,7 @@ from sandtrap.sandbox.base import SessionInfo
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
+from tests.docker.service import dockerd_pid, remove_sensor_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -41,17 +42,11 @@ def _docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
-def _remove_sensor(sensor: str) -> None:
-    ids = _docker("ps", "-aq", "--filter", f"label=sandtrap.sensor={sensor}").split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-
-
 @pytest.fixture
 def sensor() -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    _remove_sensor(name)
+    remove_sensor_containers(name)
 
 
 def make_config(sensor: str, tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -303,12 +298,6 @@ async def test_disk_budget_stops_the_sandbox(sensor: str, tmp_path: Path) -> Non
         await pool.release(sandbox, info(9))
 
 
-def _dockerd_pid() -> int | None:
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
-    pids = out.stdout.split()
-    return int(pids[0]) if pids else None
-
-
 @pytest.mark.slow
 async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
     """dockerd stops under a running pool: errors become events, nothing crashes, it recovers."""
@@ -316,7 +305,7 @@ async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
     import signal
 
     root = Path(__file__).resolve().parents[2]
-    if os.geteuid() != 0 or _dockerd_pid() is None:
+    if os.geteuid() != 0 or dockerd_pid() is None:
         pytest.skip("needs root and a dockerd this test may restart (as in make test)")
     sink = Sink()
     config = make_config(sensor, tmp_path, pool={"size": 2, "health_interval_seconds": 0.5})
@@ -324,12 +313,12 @@ async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
         async with asyncio.timeout(60):
             await pool.wait_warm()
         before = {s.id for q in pool._idle.values() for s in q}
-        pid = _dockerd_pid()
+        pid = dockerd_pid()
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(60):
-                while _dockerd_pid() is not None:
+                while dockerd_pid() is not None:
                     await asyncio.sleep(0.2)
                 while pool.statistics().engine_ok:
                     await asyncio.sleep(0.2)
@@ -352,7 +341,7 @@ def alt_image(sensor: str) -> Iterator[str]:
     alt = f"sandtrap/test-alt:{sensor}"
     subprocess.run(["docker", "tag", IMAGE, alt], check=True)
     yield alt
-    _remove_sensor(sensor)
+    remove_sensor_containers(sensor)
     subprocess.run(["docker", "rmi", alt], capture_output=True, check=False)
 
 
