@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit image docker venv bench bench-smoke test-tools clean help
+.PHONY: run test lint typecheck unit image docker test-engine venv bench bench-smoke test-tools clean help
 
 help:
 	@echo "make run    - set up, build the target image if needed, start SandTrap (CONFIG=file.yaml)"
@@ -25,6 +25,11 @@ venv: $(VENV)/.stamp
 
 docker:
 	@QUIET=1 scripts/ensure-docker
+
+# The tests also run sandboxes under gVisor: as root, register Debian's runsc with the engine
+# (installed when missing; a reload, not a restart). Elsewhere the runsc tests skip.
+test-engine: docker
+	@if [ "$$(id -u)" -eq 0 ]; then QUIET=1 scripts/ensure-docker --runsc; fi
 
 # System packages: debootstrap builds the offline Debian base; the tests drive real OpenSSH clients
 # (ssh, scp, sftp through sshpass) and compare the persona with Debian's real sshd; docker-compose
@@ -53,7 +58,7 @@ typecheck: venv
 unit: venv
 	@$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-test: lint typecheck image test-tools
+test: lint typecheck image test-tools test-engine
 	@$(BIN)/pytest --cov --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)
 
 bench: image

@@ -296,6 +296,16 @@ class SandboxDiskExceeded(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SandboxDied(Event):
+    """The sandbox stopped while its session was open (OOM kill, a crash); the session is ended."""
+
+    eventid: ClassVar[str] = "sandbox.died"
+    container_id: str
+    exit_code: int | None
+    oom_killed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class SandboxError(Event):
     """The engine failed an operation; the service carries on and retries where it can."""
 
@@ -359,6 +369,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SandboxDiff,
         SandboxArtifact,
         SandboxDiskExceeded,
+        SandboxDied,
         SandboxError,
         SandboxPruned,
         GateRefused,

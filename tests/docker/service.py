@@ -93,3 +93,15 @@ def dockerd_pid() -> int | None:
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
     pids = out.stdout.split()
     return int(pids[0]) if pids else None
+
+
+def runsc_registered() -> bool:
+    """Whether the engine lists the gVisor runtime (scripts/ensure-docker --runsc)."""
+    out = subprocess.run(
+        ["docker", "info", "--format", "{{json .Runtimes}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    ).stdout
+    return '"runsc"' in out

@@ -45,6 +45,30 @@ def test_the_pools_own_body_passes() -> None:
     check_create(POLICY, good_body())
 
 
+def test_runsc_bodies_get_room_for_gvisors_own_tasks() -> None:
+    config = parse_config(
+        {"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12", "runtime": "runsc"}}
+    )
+    body = container_body(
+        config.sandbox,
+        image="sandtrap/target-debian:12",
+        hostname="web-prod-01",
+        sensor="s1",
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    # 100 processes inside need about 12 host tasks each under gVisor's ptrace platform.
+    assert body["HostConfig"]["PidsLimit"] == 64 + 12 * 100
+    assert body["HostConfig"]["Runtime"] == "runsc"
+    policy = GatePolicy.from_config(config, "v1.41")
+    check_create(policy, body)
+    body["HostConfig"]["PidsLimit"] += 1
+    with pytest.raises(Refused, match="PidsLimit"):
+        check_create(policy, body)
+    # The runc policy does not take a runsc-sized limit.
+    with pytest.raises(Refused, match="PidsLimit"):
+        check_create(POLICY, _with("HostConfig.PidsLimit", 64 + 12 * 100))
+
+
 def _with(path: str, value: Any) -> dict[str, Any]:
     body = copy.deepcopy(good_body())
     *parents, last = path.split(".")

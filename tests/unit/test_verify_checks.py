@@ -143,6 +143,28 @@ def test_each_breach_fails(changes: dict[str, object], check: str) -> None:
     assert all(name.startswith(check) for name in failed), failed
 
 
+def test_userns_device_binds_are_not_host_paths() -> None:
+    # Under userns-remap the runtime binds the host's default devices in and masks /proc files
+    # with /dev/null; any other devtmpfs node (a disk) or a host directory still fails.
+    remapped = [
+        ["/dev/null", "/null", "devtmpfs", "rw"],
+        ["/dev/urandom", "/urandom", "devtmpfs", "rw"],
+        ["/proc/keys", "/null", "devtmpfs", "rw"],
+    ]
+    assert checks.mount_row(remapped, "root", CTX).status == "PASS"
+    disk = [*remapped, ["/dev/sda", "/sda", "devtmpfs", "rw"]]
+    row = checks.mount_row(disk, "root", CTX)
+    assert row.status == "FAIL"
+    assert "/dev/sda" in row.observed
+
+
+def test_userns_row() -> None:
+    assert checks.userns_row(False, 0).status == "INFO"
+    assert checks.userns_row(True, 165536).status == "PASS"
+    assert checks.userns_row(True, 0).status == "FAIL"
+    assert checks.userns_row(True, None).status == "FAIL"
+
+
 def test_gvisor_expectations_are_runtime_aware() -> None:
     ctx = Context("runsc", CTX.cap_add, CTX.targets)
     obs = _observations(
@@ -174,6 +196,10 @@ def test_bomb_rows() -> None:
     assert checks.forkbomb_row(None, 90, 100, "hung", "runsc").status == "FAIL"
     assert checks.membomb_row({"returncode": -9, "reached_mb": 240}, 256).status == "PASS"
     assert checks.membomb_row({"returncode": 0, "reached_mb": 1024}, 256).status == "FAIL"
+    ended = {"sandbox_ended": True, "oom_killed": True, "exit_code": 137}
+    assert checks.membomb_row(ended, 256, "runsc").status == "PASS"
+    assert checks.membomb_row(ended, 256, "runc").status == "FAIL"
+    assert checks.membomb_row({**ended, "oom_killed": False}, 256, "runsc").status == "FAIL"
     assert checks.cpu_row(2.0, 4.0, 0.5, 30).status == "PASS"
     assert checks.cpu_row(4.0, 4.0, 0.5, 0).status == "FAIL"
     assert checks.disk_row({"size_mb": 70}, 2.0, 64).status == "PASS"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode
 
 from sandtrap.config import Config
-from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX
+from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX, host_pids_limit
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -73,7 +73,7 @@ class GatePolicy:
             images=frozenset(item.image for item in sandbox.weighted_images()),
             cap_add=frozenset(sandbox.cap_add),
             runtime=sandbox.runtime,
-            pids_limit=sandbox.pids_limit,
+            pids_limit=host_pids_limit(sandbox),
             memory_bytes=sandbox.memory_mb * 1024 * 1024,
             nano_cpus=int(sandbox.cpus * 1_000_000_000),
             custom_seccomp=sandbox.seccomp_profile != "default",

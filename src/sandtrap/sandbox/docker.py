@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import struct
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -443,6 +444,8 @@ class DockerSandbox:
         # Paths changed by our own preparation, as (size, mtime), so the session diff leaves
         # them out unless the attacker changed them again.
         self.baseline: dict[str, tuple[int, int] | None] = {}
+        # Open execs, so a sandbox found dead can end them (gVisor leaves them hanging).
+        self._streams: weakref.WeakSet[DockerExecStream] = weakref.WeakSet()
 
     @property
     def id(self) -> str:
@@ -493,9 +496,15 @@ class DockerSandbox:
             self._id, argv, user=user, tty=tty, env=env, workdir=workdir
         )
         stream = await self._engine.exec_attach(exec_id, tty)
+        self._streams.add(stream)
         if tty and size:
             await stream.resize(*size)
         return stream
+
+    async def abort(self) -> None:
+        """End every open exec: their readers see end of stream, so their sessions close."""
+        for stream in list(self._streams):
+            await stream.close()
 
 
 def quote_path(path: str) -> str:

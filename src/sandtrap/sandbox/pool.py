@@ -2,8 +2,8 @@
 
 Owns the set of sandbox containers SandTrap runs. Decisions (how many to create, which image,
 what to prune) are pure functions at the top; the `Pool` class does the I/O. Its service-long
-tasks (refill, health) run in a TaskGroup owned by `Pool.run()`; session-scoped disk watchers are
-owned by the pool too and cancelled on release.
+tasks (refill, health) run in a TaskGroup owned by `Pool.run()`; session-scoped watchers (a
+sandbox that dies or outgrows its disk budget) are owned by the pool too, cancelled on release.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, Sand
 from sandtrap.events import (
     EventSink,
     SandboxAllocated,
+    SandboxDied,
     SandboxDiskExceeded,
     SandboxReleased,
 )
@@ -435,7 +436,7 @@ class Pool:
             raise
         if self._tasks is not None:
             busy.watcher = self._tasks.create_task(
-                self._watch_disk(busy), name=f"disk-{info.session_id}"
+                self._watch_busy(busy), name=f"watch-{info.session_id}"
             )
 
     async def _wait_idle(self, info: SessionInfo) -> DockerSandbox:
@@ -499,34 +500,66 @@ class Pool:
             return None
         return entry.sandbox
 
-    async def _watch_disk(self, busy: _Busy) -> None:
-        limit = self._config.sandbox.disk_limit_mb
+    async def _watch_busy(self, busy: _Busy) -> None:
+        """While a sandbox is in use: end its sessions when it dies or outgrows its disk budget."""
         while True:
             await asyncio.sleep(self._config.sandbox.disk_check_interval_seconds)
             try:
                 details = await self._engine.inspect(busy.sandbox.id, size=True)
             except SandboxGone:
+                await busy.sandbox.abort()
                 return
             except SandboxError as exc:
-                self._engine_failed("disk check", exc)
+                self._engine_failed("sandbox check", exc)
                 continue
-            size_mb = float(details.get("SizeRw") or 0) / (1024 * 1024)
-            if size_mb > limit:
-                info = busy.info
-                self._events.emit(
-                    SandboxDiskExceeded(
-                        session=info.session_id,
-                        src_ip=info.src_ip,
-                        container_id=busy.sandbox.id,
-                        size_mb=round(size_mb, 1),
-                        limit_mb=limit,
-                    )
-                )
-                log.warning("sandbox %s over its disk budget; stopping it", busy.sandbox.id[:12])
-                # Stopping the container ends every exec, so the session closes by itself.
-                with contextlib.suppress(SandboxError):
-                    await self._engine.stop(busy.sandbox.id, timeout_seconds=1)
+            state = details.get("State") or {}
+            if not state.get("Running", True):
+                await self._died(busy, state)
                 return
+            if await self._over_disk_budget(busy, details):
+                return
+
+    async def _died(self, busy: _Busy, state: dict[str, Any]) -> None:
+        code = state.get("ExitCode")
+        for info in list(busy.sessions.values()):
+            self._events.emit(
+                SandboxDied(
+                    session=info.session_id,
+                    src_ip=info.src_ip,
+                    container_id=busy.sandbox.id,
+                    exit_code=int(code) if isinstance(code, int) else None,
+                    oom_killed=bool(state.get("OOMKilled")),
+                )
+            )
+        log.warning(
+            "sandbox %s died in use (exit %s, OOM-killed: %s); ending its sessions",
+            busy.sandbox.id[:12],
+            code,
+            bool(state.get("OOMKilled")),
+        )
+        await busy.sandbox.abort()
+
+    async def _over_disk_budget(self, busy: _Busy, details: dict[str, Any]) -> bool:
+        limit = self._config.sandbox.disk_limit_mb
+        size_mb = float(details.get("SizeRw") or 0) / (1024 * 1024)
+        if size_mb <= limit:
+            return False
+        info = busy.info
+        self._events.emit(
+            SandboxDiskExceeded(
+                session=info.session_id,
+                src_ip=info.src_ip,
+                container_id=busy.sandbox.id,
+                size_mb=round(size_mb, 1),
+                limit_mb=limit,
+            )
+        )
+        log.warning("sandbox %s over its disk budget; stopping it", busy.sandbox.id[:12])
+        # Stopping the container ends every exec under runc; abort covers runtimes that do not.
+        with contextlib.suppress(SandboxError):
+            await self._engine.stop(busy.sandbox.id, timeout_seconds=1)
+        await busy.sandbox.abort()
+        return True
 
     # --- release ------------------------------------------------------------------------------
 

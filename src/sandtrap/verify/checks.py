@@ -30,6 +30,9 @@ ENGINE_FILES = frozenset({"/etc/resolv.conf", "/etc/hostname", "/etc/hosts"})
 VIRTUAL_FS = frozenset(
     {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay"}
 )
+# The OCI default character devices. Inside a user namespace the runtime cannot mknod them, so it
+# binds the host's nodes in (from devtmpfs), and masks /proc files with /dev/null the same way.
+DEFAULT_DEVICES = frozenset({"/null", "/zero", "/full", "/random", "/urandom", "/tty"})
 # Host processes whose presence would mean the sandbox sees the host's PID namespace.
 HOST_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "runc", "systemd-journal"})
 
@@ -281,6 +284,8 @@ def mount_row(mounts: list[list[str]], who: str, ctx: Context) -> Row:
             continue  # gVisor serves the container's own root file system through its gofer
         if target == "/" and root == "/":
             continue
+        if fstype == "devtmpfs" and root in DEFAULT_DEVICES:
+            continue  # userns-remap: the host's /dev/null and friends, bound in by the runtime
         host.append(f"{target} ({fstype} {root})")
     return _row(
         "host paths mounted",
@@ -335,21 +340,44 @@ def runtime_row(runtime: Runtime, inspected: str, uname: str) -> Row:
     return _row("sandbox runtime", "host", runtime, f"{inspected} (uname {uname})", ok)
 
 
+def userns_row(engine_remaps: bool, host_uid: int | None) -> Row:
+    """Root in the sandbox as the host sees it: an unprivileged uid under userns-remap.
+
+    Remapping is an opt-in (scripts/ensure-docker --userns, SECURITY.md): without it the row is
+    INFO, with it root must map to a non-zero host uid.
+    """
+    expected = "unprivileged host uid (userns-remap)"
+    observed = "host uid unknown" if host_uid is None else f"host uid {host_uid}"
+    if not engine_remaps:
+        return Row("user namespace remapping", "host", expected, f"{observed}; off", "INFO")
+    observed += "; engine remaps (userns)"
+    return _row("user namespace remapping", "host", expected, observed, bool(host_uid))
+
+
 def forkbomb_row(
-    result: Mapping[str, Any] | None, host_peak: int, pids_limit: int, state: str, runtime: Runtime
+    result: Mapping[str, Any] | None,
+    host_peak: int,
+    pids_limit: int,
+    state: str,
+    runtime: Runtime,
+    host_limit: int | None = None,
 ) -> Row:
-    """`state`: "answers" (still serves), "stopped" (the sandbox died), or "hung"."""
+    """`state`: "answers" (still serves), "stopped" (the sandbox died), or "hung".
+
+    `host_limit` is the pids cgroup limit (`hardening.host_pids_limit`; gVisor's own tasks count).
+    """
     inside = (
         f"peak {result.get('peak_processes')} inside, fork refused: {result.get('fork_refused')}"
         if result is not None
         else "probe did not report"
     )
     observed = f"{inside}; host pids peak {host_peak}; sandbox {state}"
-    held = host_peak <= pids_limit + 2
+    host_limit = pids_limit if host_limit is None else host_limit
+    held = host_peak <= host_limit + 2
     if runtime == "runsc":
-        # The Sentry's host threads count against pids_limit; when it cannot get more, gVisor
-        # may end the whole sandbox. Contained (the host and the service are unaffected).
-        expected = f"host pids <= {pids_limit}; sandbox answers or is ended (gVisor)"
+        # The Sentry's host tasks count against the cgroup; when it cannot get more, gVisor
+        # ends the whole sandbox. Contained (the host and the service are unaffected).
+        expected = f"host pids <= {host_limit}; sandbox answers or is ended (gVisor)"
         return _row("fork bomb", "user", expected, observed, held and state != "hung")
     ok = held and state == "answers" and result is not None
     ok = ok and int(result.get("peak_processes", 0) if result else 0) <= pids_limit + 2
@@ -357,7 +385,18 @@ def forkbomb_row(
     return _row("fork bomb", "user", expected, observed, ok)
 
 
-def membomb_row(result: Mapping[str, Any], memory_mb: int) -> Row:
+def membomb_row(result: Mapping[str, Any], memory_mb: int, runtime: Runtime = "runc") -> Row:
+    """`result` is the probe's report, or `sandbox_ended` when the whole sandbox died meanwhile."""
+    if result.get("sandbox_ended"):
+        # gVisor: the Sentry is the cgroup's only big process, so the host's OOM killer ends the
+        # whole sandbox. Contained (the host and the service are unaffected); under runc the
+        # kernel kills the allocating process and the sandbox lives on, so that is a failure.
+        oom = bool(result.get("oom_killed"))
+        observed = f"whole sandbox ended (exit {result.get('exit_code')}, OOM-killed: {oom})"
+        if runtime == "runsc":
+            expected = f"stopped at or below {memory_mb} MiB, or the sandbox OOM-killed (gVisor)"
+            return _row("memory bomb", "user", expected, observed, oom)
+        return _row("memory bomb", "user", f"stopped at or below {memory_mb} MiB", observed, False)
     code, reached = int(result.get("returncode", 0)), int(result.get("reached_mb", 0))
     # Killed (OOM: SIGKILL, -9) or refused (MemoryError, exit 1) before 4x the limit.
     ok = code != 0 and reached <= memory_mb
@@ -480,5 +519,6 @@ __all__ = [
     "runc_advisories",
     "runtime_row",
     "setuid_row",
+    "userns_row",
     "version_rows",
 ]

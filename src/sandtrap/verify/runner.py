@@ -33,7 +33,8 @@ from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
 from sandtrap.sandbox.base import SessionInfo
 from sandtrap.sandbox.docker import DockerSandbox, Engine
-from sandtrap.sandbox.hardening import sandbox_labels
+from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
+from sandtrap.sandbox.pool import Pool
 from sandtrap.verify import checks
 from sandtrap.verify.checks import Context, Row
 
@@ -136,6 +137,32 @@ async def _probe(
     return result
 
 
+async def _probe_watched(
+    engine: Engine, sandbox_id: str, mode: str, args: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """A probe that may end the whole sandbox (gVisor's OOM kill leaves the exec hanging).
+
+    Raced against the container's state: when the sandbox stops, the report says so instead.
+    """
+    probe = asyncio.create_task(_probe(engine, sandbox_id, mode, args, LOGIN_USER, deadline))
+    try:
+        while True:
+            done, _ = await asyncio.wait({probe}, timeout=0.5)
+            state = (await engine.inspect(sandbox_id)).get("State", {})
+            if not state.get("Running"):
+                return {
+                    "sandbox_ended": True,
+                    "oom_killed": bool(state.get("OOMKilled")),
+                    "exit_code": state.get("ExitCode"),
+                }
+            if done:
+                return probe.result()
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SandboxError):
+            await probe
+
+
 async def _ensure_user(engine: Engine, sandbox: DockerSandbox) -> None:
     """Create the login user as a session does; a sandbox that dies meanwhile is named."""
     try:
@@ -169,7 +196,9 @@ async def _stats(engine: Engine, sandbox_id: str) -> tuple[float, int]:
     return usage, throttled
 
 
-async def _fork_bomb(engine: Engine, sandbox_id: str, pids_limit: int, ctx: Context) -> Row:
+async def _fork_bomb(
+    engine: Engine, sandbox_id: str, pids_limit: int, host_limit: int, ctx: Context
+) -> Row:
     """The bomb inside, the host's view of the sandbox's pids alongside."""
     host_peak = 0
 
@@ -203,7 +232,7 @@ async def _fork_bomb(engine: Engine, sandbox_id: str, pids_limit: int, ctx: Cont
     else:
         state = "hung"
         await engine.stop(sandbox_id, timeout_seconds=1)
-    return checks.forkbomb_row(result, host_peak, pids_limit, state, ctx.runtime)
+    return checks.forkbomb_row(result, host_peak, pids_limit, state, ctx.runtime, host_limit)
 
 
 async def _answers(engine: Engine, sandbox_id: str) -> bool:
@@ -293,6 +322,44 @@ async def runtime_versions(engine: Engine, runtime: str) -> dict[str, str]:
     return found
 
 
+async def _userns_row(engine: Engine, sandbox_id: str) -> Row:
+    """Whether the engine remaps, and the uid the sandbox's PID 1 has on this host."""
+    options = (await engine.info()).get("SecurityOptions") or []
+    remaps = any("name=userns" in str(option) for option in options)
+    pid = int((await engine.inspect(sandbox_id)).get("State", {}).get("Pid") or 0)
+    return checks.userns_row(remaps, _host_uid(pid) if pid else None)
+
+
+def _host_uid(pid: int) -> int | None:
+    """The effective uid of a host process (procfs: instant), None when it cannot be read."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[2])
+    return None
+
+
+async def _allocate(pool: Pool, engine: Engine, info: SessionInfo) -> DockerSandbox:
+    """A sandbox exactly as a session gets one, with the login user created."""
+    sandbox = await pool.allocate(info)
+    if not isinstance(sandbox, DockerSandbox):
+        await pool.release(sandbox, info)
+        raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
+    await _ensure_user(engine, sandbox)
+    return sandbox
+
+
+async def _alive(
+    pool: Pool, engine: Engine, sandbox: DockerSandbox, info: SessionInfo
+) -> tuple[DockerSandbox, SessionInfo]:
+    """The same sandbox while it runs; after a bomb ended it (gVisor may), a fresh one."""
+    if (await engine.inspect(sandbox.id)).get("State", {}).get("Running"):
+        return sandbox, info
+    await pool.release(sandbox, info)
+    fresh = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
+    return await _allocate(pool, engine, fresh), fresh
+
+
 async def _attack(
     service: Service, engine: Engine, listeners: Listeners, report: Callable[[str], None]
 ) -> list[Row]:
@@ -301,11 +368,8 @@ async def _attack(
     ctx = Context(sandbox_config.runtime, tuple(sandbox_config.cap_add), listeners.targets)
     info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
     rows: list[Row] = []
-    sandbox = await pool.allocate(info)
+    sandbox = await _allocate(pool, engine, info)
     try:
-        if not isinstance(sandbox, DockerSandbox):
-            raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
-        await _ensure_user(engine, sandbox)
         args = {"targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)}
         report("probing as root")
         as_root = await _probe(engine, sandbox.id, "root", args, "root", 120)
@@ -313,6 +377,7 @@ async def _attack(
         as_user = await _probe(engine, sandbox.id, "user", args, LOGIN_USER, 180)
         inspected = (await engine.inspect(sandbox.id)).get("HostConfig", {}).get("Runtime", "?")
         rows.append(checks.runtime_row(sandbox_config.runtime, str(inspected), as_root["uname"]))
+        rows.append(await _userns_row(engine, sandbox.id))
         rows += checks.probe_rows(as_user, "user", ctx) + checks.probe_rows(as_root, "root", ctx)
         rows.append(checks.setuid_row(as_user.get("suid_euid"), as_root.get("suid_prepared")))
         rows.append(
@@ -325,10 +390,11 @@ async def _attack(
             )
         )
         report("memory bomb")
-        memory = await _probe(
-            engine, sandbox.id, "membomb", {"memory_mb": sandbox_config.memory_mb}, LOGIN_USER, 120
+        memory = await _probe_watched(
+            engine, sandbox.id, "membomb", {"memory_mb": sandbox_config.memory_mb}, 120
         )
-        rows.append(checks.membomb_row(memory, sandbox_config.memory_mb))
+        rows.append(checks.membomb_row(memory, sandbox_config.memory_mb, ctx.runtime))
+        sandbox, info = await _alive(pool, engine, sandbox, info)
         report("CPU spin")
         workers = min(os.cpu_count() or 1, math.ceil(sandbox_config.cpus) + 1)
         cpu_before, throttled_before = await _stats(engine, sandbox.id)
@@ -341,15 +407,11 @@ async def _attack(
         throttled = throttled_after - throttled_before
         rows.append(checks.cpu_row(cpu_after - cpu_before, wall, sandbox_config.cpus, throttled))
         report("fork bomb")
-        rows.append(await _fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, ctx))
-        if not (await engine.inspect(sandbox.id)).get("State", {}).get("Running"):
-            # gVisor may end a sandbox under a fork bomb: the disk fill gets a fresh one.
-            await pool.release(sandbox, info)
-            info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
-            sandbox = await pool.allocate(info)
-            if not isinstance(sandbox, DockerSandbox):
-                raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
-            await _ensure_user(engine, sandbox)
+        host_limit = host_pids_limit(sandbox_config)
+        rows.append(
+            await _fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, host_limit, ctx)
+        )
+        sandbox, info = await _alive(pool, engine, sandbox, info)
         report("disk fill")
         rows.append(
             await _disk_fill(
