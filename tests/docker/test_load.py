@@ -176,13 +176,17 @@ async def _silent_and_garbage(port: int, count: int, hold: float) -> None:
     async def one(n: int) -> None:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        try:
             if n % 2:
                 writer.write(os.urandom(random.randrange(1, 20_000)))
                 await writer.drain()
             await asyncio.sleep(hold)
-            writer.close()
         except OSError:
-            pass
+            pass  # the service may drop a garbage sender early: that is the point
+        finally:
+            writer.close()
 
     await asyncio.gather(*(one(n) for n in range(count)))
 
@@ -207,13 +211,17 @@ async def _malformed_after_banner(port: int, count: int, concurrency: int) -> No
         async with gate:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return
+            try:
                 await asyncio.wait_for(reader.readline(), 10)
                 writer.write(b"SSH-2.0-OpenSSH_9.2p1\r\n" + _malformed_packet(n))
                 await writer.drain()
                 await asyncio.wait_for(reader.read(65536), 10)
-                writer.close()
             except (OSError, TimeoutError):
                 pass
+            finally:
+                writer.close()
 
     await asyncio.gather(*(one(n) for n in range(count)))
 
