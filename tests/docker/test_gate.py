@@ -261,3 +261,39 @@ def test_health_reports_listener_engine_and_pool(gated: RunningService, tmp_path
                                                          str(tmp_path / "nothing")))  # fmt: skip
     result = CliRunner().invoke(cli, ["health", "--config", str(stopped), "--check", "pool"])
     assert result.exit_code == 1 and "FAIL pool: no status file" in result.output
+
+
+def test_creates_beyond_the_sensors_capacity_are_refused(tmp_path: Path) -> None:
+    """A compromised front cannot create sandboxes without bound (2 x pool.max_sandboxes)."""
+    config = service_config(
+        tmp_path / "var",
+        pool={"size": 1, "max_sandboxes": 1},
+        retention={"max_count": 0},
+        sandbox={"gate": "auto"},
+    )
+    service = RunningService(config).start()
+    try:
+        service.wait_warm(1)  # the pool's own member: 1 of the 2 allowed
+
+        async def create(name: str) -> str:
+            engine = Engine(_gate_url(service))
+            try:
+                return await engine.create(_body(service), name)
+            finally:
+                await engine.close()
+
+        assert asyncio.run(create("sandtrap-pool-capacity-1"))
+        message = _refusal(
+            service,
+            "POST",
+            "containers/create",
+            params={"name": "sandtrap-pool-capacity-2"},
+            body=_body(service),
+        )
+        assert "capacity: 2 sandboxes of this sensor are running or created" in message
+        (event,) = _gate_events(service)
+        assert event["eventid"] == "gate.refused" and "capacity" in event["reason"]
+        assert service.service.pool.statistics().idle == 1  # the pool itself is undisturbed
+    finally:
+        service.stop()
+        remove_sensor_containers(config.sensor)

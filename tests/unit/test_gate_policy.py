@@ -14,6 +14,7 @@ from sandtrap.config import parse_config
 from sandtrap.gate.policy import (
     GatePolicy,
     Refused,
+    check_capacity,
     check_create,
     check_exec,
     check_exec_start,
@@ -260,3 +261,24 @@ def test_ownership_needs_both_labels() -> None:
     assert not is_ours(POLICY, {"Config": {"Labels": {**labels, "sandtrap.sensor": "s2"}}})
     assert not is_ours(POLICY, {"Config": {"Labels": None}})
     assert not is_ours(POLICY, {})
+
+
+def test_capacity_bounds_live_and_total_sandboxes() -> None:
+    config = parse_config(
+        {
+            "sensor": "s1",
+            "sandbox": {"image": "sandtrap/target-debian:12"},
+            "pool": {"size": 2, "max_sandboxes": 3},
+            "retention": {"max_count": 4},
+        }
+    )
+    policy = GatePolicy.from_config(config, "v1.41")
+    assert (policy.max_live, policy.max_total) == (6, 10)
+    running = [{"State": "running"}] * 5
+    check_capacity(policy, running)
+    with pytest.raises(Refused, match="capacity: 6 sandboxes of this sensor are running"):
+        check_capacity(policy, [*running, {"State": "created"}])
+    # Stopped (kept) sandboxes count only against the total.
+    check_capacity(policy, [*running, *[{"State": "exited"}] * 4])
+    with pytest.raises(Refused, match="capacity: 10 sandboxes of this sensor exist"):
+        check_capacity(policy, [*running, *[{"State": "exited"}] * 5])

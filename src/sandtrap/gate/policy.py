@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode
@@ -63,6 +63,9 @@ class GatePolicy:
     memory_bytes: int
     nano_cpus: int
     custom_seccomp: bool
+    # How many of this sensor's sandboxes may exist: running or created, and in all.
+    max_live: int = 1_000_000
+    max_total: int = 1_000_000
 
     @classmethod
     def from_config(cls, config: Config, api_version: str) -> GatePolicy:
@@ -77,6 +80,10 @@ class GatePolicy:
             memory_bytes=sandbox.memory_mb * 1024 * 1024,
             nano_cpus=int(sandbox.cpus * 1_000_000_000),
             custom_seccomp=sandbox.seccomp_profile != "default",
+            # As many as the pool itself makes, with room for sandboxes still stopping while
+            # their replacements are created; stopped ones up to what retention keeps.
+            max_live=2 * config.pool.max_sandboxes,
+            max_total=2 * config.pool.max_sandboxes + config.retention.max_count,
         )
 
     @property
@@ -379,6 +386,29 @@ def _check_host_config(policy: GatePolicy, host: Any) -> None:
                 or type(item.get("Rate")) is not int
             ):
                 raise Refused(f"HostConfig.{key} entries must be {{Path: /dev/..., Rate: int}}")
+
+
+_LIVE_STATES = frozenset({"created", "running", "paused", "restarting"})
+
+
+def check_capacity(policy: GatePolicy, containers: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a create when this sensor already has as many sandboxes as it may.
+
+    `containers` is the engine's `GET /containers/json?all=1` listing, filtered to this sensor's
+    labels. Without this a compromised front could create hardened sandboxes until the host's
+    memory, pids or disk ran out; with it, it is bounded like the pool.
+    """
+    live = sum(1 for item in containers if str(item.get("State", "")) in _LIVE_STATES)
+    if live >= policy.max_live:
+        raise Refused(
+            f"capacity: {live} sandboxes of this sensor are running or created "
+            f"(at most {policy.max_live}: 2 x pool.max_sandboxes)"
+        )
+    if len(containers) >= policy.max_total:
+        raise Refused(
+            f"capacity: {len(containers)} sandboxes of this sensor exist (at most "
+            f"{policy.max_total}: 2 x pool.max_sandboxes + retention.max_count)"
+        )
 
 
 def check_create(policy: GatePolicy, data: Mapping[str, Any]) -> None:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from sandtrap.events import EventSink, GateRefused
 from sandtrap.gate.policy import (
@@ -27,6 +27,7 @@ from sandtrap.gate.policy import (
     NotFound,
     Refused,
     Route,
+    check_capacity,
     check_create,
     check_exec,
     check_exec_start,
@@ -45,6 +46,7 @@ _HEAD_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 _HEAD_TIMEOUT = 30.0
 _CACHE_SIZE = 4096
+_CREATE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class Gate:
         self._owned: OrderedDict[str, None] = OrderedDict()
         self._exec_owner: OrderedDict[str, str] = OrderedDict()
         self._handlers: set[asyncio.Task[Any]] = set()
+        # Creates are counted and forwarded one at a time, so concurrent ones cannot all pass
+        # the capacity check (creates happen at warm time, never on a login's path).
+        self._create_lock = asyncio.Lock()
         self.refused = 0
         self.forwarded = 0
 
@@ -194,8 +199,34 @@ class Gate:
             reason = f"engine unreachable: {exc or 'timeout'}"
             await self._refuse(writer, request.method, request.target, reason, 502, event=False)
             return
-        self.forwarded += 1
-        await self._forward(checked, path, body, reader, writer)
+        if checked.kind != "create":
+            self.forwarded += 1
+            await self._forward(checked, path, body, reader, writer)
+            return
+        async with self._create_lock:
+            try:
+                check_capacity(self.policy, await self._sandboxes())
+            except Refused as exc:
+                await self._refuse(writer, request.method, request.target, exc.reason, 403)
+                return
+            except (OSError, TimeoutError) as exc:
+                reason = f"engine unreachable: {exc or 'timeout'}"
+                await self._refuse(writer, request.method, request.target, reason, 502, event=False)
+                return
+            self.forwarded += 1
+            try:
+                async with asyncio.timeout(_CREATE_TIMEOUT):  # never hold the lock for long
+                    await self._forward(checked, path, body, reader, writer)
+            except TimeoutError:
+                log.warning("gate: a container create took over %.0fs; dropped", _CREATE_TIMEOUT)
+
+    async def _sandboxes(self) -> list[dict[str, Any]]:
+        """This sensor's sandboxes in every state, as the engine lists them."""
+        filters = quote(json.dumps({"label": list(self.policy.labels)}, separators=(",", ":")))
+        status, items = await self._upstream_json(f"containers/json?all=1&filters={filters}")
+        if status != 200 or not isinstance(items, list):
+            raise Refused(f"capacity: cannot list this sensor's sandboxes (engine status {status})")
+        return [item for item in items if isinstance(item, dict)]
 
     async def _authorise(self, checked: Route, body: bytes) -> tuple[str, bytes]:
         """The upstream path (references resolved to full ids) and the re-encoded body."""
