@@ -89,8 +89,11 @@ def test_a_sandbox_killed_under_its_session_ends_the_session(gvisor: RunningServ
                 await asyncio.sleep(0.2)
 
     (died,) = gvisor.events("sandbox.died")
-    assert died["oom_killed"] is True
+    # Killed by the host's OOM killer: the engine flags it, or at least reports the SIGKILL.
+    assert died["oom_killed"] is True or died["exit_code"] == 137, died
     asyncio.run(events())
+    assert proc.returncode == 255  # as for a machine that went away
+    assert not gvisor.events("sandbox.error", session=died["session"])  # reported once, as died
     (released,) = gvisor.events("sandbox.released", session=died["session"])
     assert released["container_id"] == died["container_id"]
     # The recording holds what came before the cut.

@@ -199,7 +199,9 @@ def test_bomb_rows() -> None:
     ended = {"sandbox_ended": True, "oom_killed": True, "exit_code": 137}
     assert checks.membomb_row(ended, 256, "runsc").status == "PASS"
     assert checks.membomb_row(ended, 256, "runc").status == "FAIL"
-    assert checks.membomb_row({**ended, "oom_killed": False}, 256, "runsc").status == "FAIL"
+    unflagged = {**ended, "oom_killed": False}
+    assert checks.membomb_row(unflagged, 256, "runsc").status == "PASS"  # SIGKILL, exit 137
+    assert checks.membomb_row({**unflagged, "exit_code": 2}, 256, "runsc").status == "FAIL"
     assert checks.cpu_row(2.0, 4.0, 0.5, 30).status == "PASS"
     assert checks.cpu_row(4.0, 4.0, 0.5, 0).status == "FAIL"
     assert checks.disk_row({"size_mb": 70}, 2.0, 64).status == "PASS"

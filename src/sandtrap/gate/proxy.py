@@ -169,6 +169,10 @@ class Gate:
             await self._serve_one(reader, writer)
         except (ConnectionError, OSError) as exc:
             log.debug("gate client gone: %s", exc)
+        except asyncio.CancelledError:
+            # Only `run()` cancels handlers (at stop), and nothing awaits this task's result;
+            # ending normally keeps asyncio's stream callback (3.11) from logging the cancel.
+            log.debug("gate client cut at stop")
         finally:
             if task is not None:
                 self._handlers.discard(task)

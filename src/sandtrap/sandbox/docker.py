@@ -330,6 +330,11 @@ class Engine:
         return status, b"".join(out), b"".join(err)
 
 
+# What `wait()` reports for an exec whose sandbox died under it: OpenSSH's status for a lost
+# connection, since to the client it is a machine that went away.
+ABORTED_STATUS = 255
+
+
 class DockerExecStream:
     """An exec's hijacked connection: raw bytes with a TTY, multiplexed frames without."""
 
@@ -348,6 +353,7 @@ class DockerExecStream:
         self._tty = tty
         self._stdin_closed = False
         self._closed = False
+        self._aborted = False
 
     async def read(self) -> Chunk | None:
         try:
@@ -390,6 +396,8 @@ class DockerExecStream:
             await self._engine.exec_resize(self.exec_id, width, height)
 
     async def wait(self) -> int:
+        if self._aborted:
+            return ABORTED_STATUS  # the sandbox died: the engine may not know the exec any more
         # The engine records the exit code a moment after the stream ends.
         for _ in range(50):
             info = await self._engine.exec_inspect(self.exec_id)
@@ -397,6 +405,11 @@ class DockerExecStream:
                 return int(info["ExitCode"])
             await asyncio.sleep(0.02)
         return 255
+
+    async def abort(self) -> None:
+        """End the stream because its sandbox died; `wait()` then reports ABORTED_STATUS."""
+        self._aborted = True
+        await self.close()
 
     async def close(self) -> None:
         if self._closed:
@@ -504,7 +517,7 @@ class DockerSandbox:
     async def abort(self) -> None:
         """End every open exec: their readers see end of stream, so their sessions close."""
         for stream in list(self._streams):
-            await stream.close()
+            await stream.abort()
 
 
 def quote_path(path: str) -> str:

@@ -25,8 +25,6 @@ from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, Sand
 from sandtrap.events import (
     EventSink,
     SandboxAllocated,
-    SandboxDied,
-    SandboxDiskExceeded,
     SandboxReleased,
 )
 from sandtrap.events import (
@@ -49,6 +47,7 @@ from sandtrap.sandbox.hardening import (
     session_name,
 )
 from sandtrap.sandbox.retention import enforce_retention
+from sandtrap.sandbox.watch import InUse, watch_in_use
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +93,6 @@ class _Sticky:
     releasing: asyncio.Event | None = None
 
 
-@dataclass
-class _Busy:
-    """A sandbox in use; in sticky mode several connections of one source IP share it."""
-
-    sandbox: DockerSandbox
-    sessions: dict[str, SessionInfo]
-    allocated_at: float
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def info(self) -> SessionInfo:
-        return next(iter(self.sessions.values()))
-
-
 @dataclass(frozen=True)
 class PoolStatistics:
     idle: int
@@ -140,7 +125,7 @@ class Pool:
         self._events = events
         self._images = config.sandbox.weighted_images()
         self._idle: dict[str, deque[DockerSandbox]] = {i.image: deque() for i in self._images}
-        self._busy: dict[str, _Busy] = {}
+        self._busy: dict[str, InUse] = {}
         self._sticky: dict[str, _Sticky] = {}
         self._counters = _Counters()
         self._wanted = asyncio.Event()
@@ -414,7 +399,7 @@ class Pool:
 
     async def _take_busy(self, sandbox: DockerSandbox, info: SessionInfo, rename: bool) -> None:
         # Counted as busy before the first await, so the max_sandboxes cap never sees it missing.
-        busy = _Busy(sandbox, {info.session_id: info}, time.monotonic())
+        busy = InUse(sandbox, {info.session_id: info}, time.monotonic())
         self._busy[sandbox.id] = busy
         try:
             if rename:
@@ -436,7 +421,14 @@ class Pool:
             raise
         if self._tasks is not None:
             busy.watcher = self._tasks.create_task(
-                self._watch_busy(busy), name=f"watch-{info.session_id}"
+                watch_in_use(
+                    busy,
+                    self._engine,
+                    self._config.sandbox,
+                    self._events,
+                    self._engine_failed,
+                ),
+                name=f"watch-{info.session_id}",
             )
 
     async def _wait_idle(self, info: SessionInfo) -> DockerSandbox:
@@ -499,67 +491,6 @@ class Pool:
             self._sticky.pop(info.src_ip, None)
             return None
         return entry.sandbox
-
-    async def _watch_busy(self, busy: _Busy) -> None:
-        """While a sandbox is in use: end its sessions when it dies or outgrows its disk budget."""
-        while True:
-            await asyncio.sleep(self._config.sandbox.disk_check_interval_seconds)
-            try:
-                details = await self._engine.inspect(busy.sandbox.id, size=True)
-            except SandboxGone:
-                await busy.sandbox.abort()
-                return
-            except SandboxError as exc:
-                self._engine_failed("sandbox check", exc)
-                continue
-            state = details.get("State") or {}
-            if not state.get("Running", True):
-                await self._died(busy, state)
-                return
-            if await self._over_disk_budget(busy, details):
-                return
-
-    async def _died(self, busy: _Busy, state: dict[str, Any]) -> None:
-        code = state.get("ExitCode")
-        for info in list(busy.sessions.values()):
-            self._events.emit(
-                SandboxDied(
-                    session=info.session_id,
-                    src_ip=info.src_ip,
-                    container_id=busy.sandbox.id,
-                    exit_code=int(code) if isinstance(code, int) else None,
-                    oom_killed=bool(state.get("OOMKilled")),
-                )
-            )
-        log.warning(
-            "sandbox %s died in use (exit %s, OOM-killed: %s); ending its sessions",
-            busy.sandbox.id[:12],
-            code,
-            bool(state.get("OOMKilled")),
-        )
-        await busy.sandbox.abort()
-
-    async def _over_disk_budget(self, busy: _Busy, details: dict[str, Any]) -> bool:
-        limit = self._config.sandbox.disk_limit_mb
-        size_mb = float(details.get("SizeRw") or 0) / (1024 * 1024)
-        if size_mb <= limit:
-            return False
-        info = busy.info
-        self._events.emit(
-            SandboxDiskExceeded(
-                session=info.session_id,
-                src_ip=info.src_ip,
-                container_id=busy.sandbox.id,
-                size_mb=round(size_mb, 1),
-                limit_mb=limit,
-            )
-        )
-        log.warning("sandbox %s over its disk budget; stopping it", busy.sandbox.id[:12])
-        # Stopping the container ends every exec under runc; abort covers runtimes that do not.
-        with contextlib.suppress(SandboxError):
-            await self._engine.stop(busy.sandbox.id, timeout_seconds=1)
-        await busy.sandbox.abort()
-        return True
 
     # --- release ------------------------------------------------------------------------------
 

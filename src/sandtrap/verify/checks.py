@@ -394,8 +394,10 @@ def membomb_row(result: Mapping[str, Any], memory_mb: int, runtime: Runtime = "r
         oom = bool(result.get("oom_killed"))
         observed = f"whole sandbox ended (exit {result.get('exit_code')}, OOM-killed: {oom})"
         if runtime == "runsc":
+            # The engine does not always flag the kill as OOM; exit 137 is the SIGKILL itself.
+            killed = oom or result.get("exit_code") == 137
             expected = f"stopped at or below {memory_mb} MiB, or the sandbox OOM-killed (gVisor)"
-            return _row("memory bomb", "user", expected, observed, oom)
+            return _row("memory bomb", "user", expected, observed, killed)
         return _row("memory bomb", "user", f"stopped at or below {memory_mb} MiB", observed, False)
     code, reached = int(result.get("returncode", 0)), int(result.get("reached_mb", 0))
     # Killed (OOM: SIGKILL, -9) or refused (MemoryError, exit 1) before 4x the limit.

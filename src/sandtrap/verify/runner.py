@@ -26,8 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
@@ -35,6 +33,7 @@ from sandtrap.sandbox.base import SessionInfo
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
+from sandtrap.ssh.client import login_and_run
 from sandtrap.verify import checks
 from sandtrap.verify.checks import Context, Row
 
@@ -282,26 +281,14 @@ async def _disk_fill(engine: Engine, sandbox_id: str, data_dir: Path, limit_mb: 
 
 
 async def _login(port: int, password: str) -> Row:
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(30):
-            conn = await asyncssh.connect(
-                "127.0.0.1",
-                port,
-                username=LOGIN_USER,
-                password=password,
-                known_hosts=None,
-                client_keys=None,
-                agent_path=None,
-            )
-            async with conn:
-                result = await conn.run("echo sandtrap-login-ok", check=False)
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        return checks.login_row(None, str(exc) or type(exc).__name__)
-    elapsed = time.monotonic() - started
-    if "sandtrap-login-ok" not in str(result.stdout):
-        return checks.login_row(None, f"unexpected output {str(result.stdout)[:80]!r}")
-    return checks.login_row(elapsed)
+    result = await login_and_run(
+        "127.0.0.1", port, LOGIN_USER, password, "echo sandtrap-login-ok", within_seconds=30
+    )
+    if result.error is not None:
+        return checks.login_row(None, result.error)
+    if "sandtrap-login-ok" not in result.stdout:
+        return checks.login_row(None, f"unexpected output {result.stdout[:80]!r}")
+    return checks.login_row(result.elapsed)
 
 
 async def runtime_versions(engine: Engine, runtime: str) -> dict[str, str]:
