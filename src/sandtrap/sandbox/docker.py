@@ -330,6 +330,56 @@ class Engine:
         return status, b"".join(out), b"".join(err)
 
 
+class FrameError(Exception):
+    """The engine's multiplexed stream broke its framing."""
+
+
+# The engine writes frames of at most 32 KiB; anything far larger is a broken or hostile stream.
+_MAX_FRAME = 1024 * 1024
+# Merged output handed on at once: fewer SSH writes and recording events for bulk output.
+_MERGE_LIMIT = 256 * 1024
+
+
+class FrameBuffer:
+    """Parses the engine's multiplexed exec stream (8-byte header: stream, 0, 0, 0, size BE).
+
+    `take()` returns the frames already received, consecutive ones of the same stream merged up
+    to `_MERGE_LIMIT`, so a bulk transfer costs one chunk per read instead of one per frame.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def take(self) -> Chunk | None:
+        parts: list[bytes] = []
+        merged = 0
+        kind = -1
+        offset = 0
+        buffer = self._buffer
+        with memoryview(buffer) as view:  # one copy per frame; released before the resize
+            while len(buffer) - offset >= 8:
+                stream = buffer[offset]
+                (size,) = struct.unpack_from(">I", buffer, offset + 4)
+                if stream > 2 or size > _MAX_FRAME:
+                    raise FrameError(f"frame header stream={stream} size={size}")
+                if len(buffer) - offset - 8 < size:
+                    break
+                if size and parts and (stream != kind or merged + size > _MERGE_LIMIT):
+                    break
+                if size:
+                    parts.append(bytes(view[offset + 8 : offset + 8 + size]))
+                    merged += size
+                    kind = stream
+                offset += 8 + size
+        del buffer[:offset]
+        if not parts:
+            return None
+        return Chunk(STDERR if kind == 2 else STDOUT, b"".join(parts))
+
+
 # What `wait()` reports for an exec whose sandbox died under it: OpenSSH's status for a lost
 # connection, since to the client it is a machine that went away.
 ABORTED_STATUS = 255
@@ -354,19 +404,21 @@ class DockerExecStream:
         self._stdin_closed = False
         self._closed = False
         self._aborted = False
+        self._frames = FrameBuffer()
 
     async def read(self) -> Chunk | None:
         try:
             if self._tty:
                 data = await self._reader.read(_READ_SIZE)
                 return Chunk(STDOUT, data) if data else None
-            while True:
-                header = await self._reader.readexactly(8)
-                stream, size = header[0], struct.unpack(">I", header[4:])[0]
-                data = await self._reader.readexactly(size) if size else b""
-                if data:
-                    return Chunk(STDERR if stream == 2 else STDOUT, data)
-        except asyncio.IncompleteReadError:
+            while (chunk := self._frames.take()) is None:
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    return None  # a partial frame at the end is dropped with the stream
+                self._frames.feed(data)
+            return chunk
+        except FrameError as exc:
+            log.warning("exec %s: bad stream from the engine: %s", self.exec_id[:12], exc)
             return None
         except (ConnectionError, OSError):
             return None
