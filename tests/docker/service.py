@@ -96,12 +96,18 @@ def dockerd_pid() -> int | None:
 
 
 def runsc_registered() -> bool:
-    """Whether the engine lists the gVisor runtime (scripts/ensure-docker --runsc)."""
-    out = subprocess.run(
-        ["docker", "info", "--format", "{{json .Runtimes}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    ).stdout
+    """Whether the engine lists the gVisor runtime (scripts/ensure-docker --runsc).
+
+    False, not an error, without a docker CLI or an answering engine: it runs at collection.
+    """
+    try:
+        out = subprocess.run(
+            ["docker", "info", "--format", "{{json .Runtimes}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
     return '"runsc"' in out

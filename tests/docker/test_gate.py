@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandtrap.errors import EngineError, SandboxGone
+from sandtrap.errors import EngineError, EngineUnavailable, SandboxGone
 from sandtrap.gate.child import GateChild
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body
@@ -273,7 +273,7 @@ def test_creates_beyond_the_sensors_capacity_are_refused(tmp_path: Path) -> None
     )
     service = RunningService(config).start()
     try:
-        service.wait_warm(1)  # the pool's own member: 1 of the 2 allowed
+        service.wait_warm()  # the pool's own member: 1 of the 2 allowed
 
         async def create(name: str) -> str:
             engine = Engine(_gate_url(service))
@@ -296,4 +296,80 @@ def test_creates_beyond_the_sensors_capacity_are_refused(tmp_path: Path) -> None
         assert service.service.pool.statistics().idle == 1  # the pool itself is undisturbed
     finally:
         service.stop()
+        remove_sensor_containers(config.sensor)
+
+
+async def _slow_creates(listen: Path, delay: float) -> asyncio.Server:
+    """An engine in front of the real one whose answers to container creates come late."""
+
+    async def relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+        if sink.can_write_eof():
+            sink.write_eof()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection("/var/run/docker.sock")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            up_writer.write(head + (await reader.readexactly(length) if length else b""))
+            await up_writer.drain()
+            if b"/containers/create" in head.split(b"\r\n", 1)[0]:
+                await asyncio.sleep(delay)  # the engine creates it meanwhile; the gate gives up
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # cancelled: the server closes at the end of the test
+        finally:
+            up_writer.close()
+            writer.close()
+
+    return await asyncio.start_unix_server(serve, path=str(listen))
+
+
+async def test_a_create_the_gate_gave_up_on_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody would own a sandbox whose create answered after the gate's timeout."""
+    from sandtrap.gate import proxy, serve_gate
+    from sandtrap.sandbox.hardening import pool_name
+
+    monkeypatch.setattr(proxy, "_CREATE_TIMEOUT", 1.0)
+    config = service_config(tmp_path / "var")
+    slow = await _slow_creates(tmp_path / "slow.sock", delay=3)
+    sock = tmp_path / "gate.sock"
+    stop, ready = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(
+        serve_gate(config, sock, f"unix://{tmp_path / 'slow.sock'}", stop=stop, ready=ready)
+    )
+    await asyncio.wait_for(ready.wait(), 30)
+    engine = Engine(f"unix://{sock}")
+    name = pool_name()
+    try:
+        body = container_body(
+            config.sandbox,
+            image=IMAGE,
+            hostname="web-prod-01",
+            sensor=config.sensor,
+            created=datetime.now(UTC),
+        )
+        with pytest.raises((EngineError, EngineUnavailable)):  # the gate hung up on it
+            await engine.create(body, name)
+        await asyncio.sleep(2)  # the gate gave up at 1 s, then removed what the engine made
+        direct = Engine(config.sandbox.docker_url)
+        try:
+            left = await direct.containers(f"sandtrap.sensor={config.sensor}")
+        finally:
+            await direct.close()
+        assert [item["Names"] for item in left] == []
+    finally:
+        await engine.close()
+        stop.set()
+        await serving
+        slow.close()
         remove_sensor_containers(config.sensor)

@@ -30,13 +30,13 @@ def remapped() -> Iterator[str]:
     """The socket URL of a dockerd with userns-remap holding the target image."""
     if os.geteuid() != 0:
         pytest.skip("a second dockerd needs root (make test runs as root in CI)")
-    started = subprocess.run(
-        [str(SCRIPT), "start", IMAGE], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
     try:
+        started = subprocess.run(
+            [str(SCRIPT), "start", IMAGE], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert started.returncode == 0, started.stderr[-2000:]
         yield f"unix://{started.stdout.strip()}"
-    finally:
+    finally:  # also after a failed start: a second dockerd must not outlive the tests
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120, check=False)
 
 
@@ -53,6 +53,9 @@ def _docker(url: str, *args: str) -> str:
 
 def test_sandbox_root_is_unprivileged_on_the_host(remapped: str) -> None:
     assert "name=userns" in _docker(remapped, "info", "--format", "{{json .SecurityOptions}}")
+    # The main engine is still the only process named dockerd (ensure-docker relies on it).
+    main = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
+    assert len(main.stdout.split()) == 1
     cid = _docker(
         remapped,
         "run",

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
+from typing import cast
 
 import pytest
 
 from sandtrap.sandbox.base import STDERR, STDOUT
-from sandtrap.sandbox.docker import FrameBuffer, FrameError
+from sandtrap.sandbox.docker import (
+    ABORTED_STATUS,
+    DockerExecStream,
+    Engine,
+    FrameBuffer,
+    FrameError,
+)
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -56,3 +65,21 @@ def test_a_broken_header_is_an_error_not_a_huge_buffer(header: bytes) -> None:
     frames.feed(header)
     with pytest.raises(FrameError):
         frames.take()
+
+
+async def test_abort_ends_a_stream_whose_engine_stopped_reading() -> None:
+    """A dead sandbox's engine may never read queued input: abort must not wait for it."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    stream = DockerExecStream(cast(Engine, None), "e" * 64, reader, writer, tty=False)
+    try:
+        writer.write(b"x" * 8 * 1024 * 1024)  # far more than the socket buffers: stays queued
+        reading = asyncio.create_task(stream.read())
+        await asyncio.sleep(0.05)
+        stream.abort()
+        async with asyncio.timeout(2):
+            assert await reading is None
+            await stream.close()
+        assert await stream.wait() == ABORTED_STATUS
+    finally:
+        theirs.close()

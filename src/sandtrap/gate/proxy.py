@@ -222,14 +222,30 @@ class Gate:
                 async with asyncio.timeout(_CREATE_TIMEOUT):  # never hold the lock for long
                     await self._forward(checked, path, body, reader, writer)
             except TimeoutError:
-                log.warning("gate: a container create took over %.0fs; dropped", _CREATE_TIMEOUT)
+                name = ((checked.query or {}).get("name") or [""])[0]
+                log.warning("gate: create of %r took over %.0fs; dropped", name, _CREATE_TIMEOUT)
+                await self._remove_late(name)
+
+    async def _remove_late(self, name: str) -> None:
+        """A create the client stopped waiting for may still complete: nobody would own it."""
+        if not name:
+            return
+        try:
+            container_id = await self._owned_container(name)
+            status, _ = await self._upstream_json(
+                f"containers/{container_id}?force=1", method="DELETE"
+            )
+            log.info("gate: removed late sandbox %r (engine status %s)", name, status)
+        except (Refused, NotFound, OSError, TimeoutError) as exc:
+            log.info("gate: late sandbox %r not removed: %s", name, exc)
 
     async def _sandboxes(self) -> list[dict[str, Any]]:
         """This sensor's sandboxes in every state, as the engine lists them."""
         filters = quote(json.dumps({"label": list(self.policy.labels)}, separators=(",", ":")))
         status, items = await self._upstream_json(f"containers/json?all=1&filters={filters}")
         if status != 200 or not isinstance(items, list):
-            raise Refused(f"capacity: cannot list this sensor's sandboxes (engine status {status})")
+            # The engine's trouble, not a policy decision: a 502 without a gate.refused event.
+            raise ConnectionError(f"cannot list this sensor's sandboxes (engine status {status})")
         return [item for item in items if isinstance(item, dict)]
 
     async def _authorise(self, checked: Route, body: bytes) -> tuple[str, bytes]:
@@ -310,12 +326,13 @@ class Gate:
         port = parsed.port or 2375
         return await asyncio.open_connection(parsed.hostname, port, limit=_HEAD_LIMIT)
 
-    async def _upstream_json(self, path: str) -> tuple[int, Any]:
-        """The gate's own GET (HTTP/1.0: no chunking, the engine closes after the body)."""
+    async def _upstream_json(self, path: str, method: str = "GET") -> tuple[int, Any]:
+        """The gate's own request (HTTP/1.0: no chunking, the engine closes after the body)."""
         reader, writer = await self._open_upstream()
         try:
             writer.write(
-                f"GET /{self.policy.api_version}/{path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
+                f"{method} /{self.policy.api_version}/{path} HTTP/1.0\r\n"
+                "Host: docker\r\n\r\n".encode()
             )
             await writer.drain()
             async with asyncio.timeout(60):

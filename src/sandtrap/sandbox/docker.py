@@ -458,10 +458,15 @@ class DockerExecStream:
             await asyncio.sleep(0.02)
         return 255
 
-    async def abort(self) -> None:
-        """End the stream because its sandbox died; `wait()` then reports ABORTED_STATUS."""
+    def abort(self) -> None:
+        """End the stream now because its sandbox died; `wait()` then reports ABORTED_STATUS.
+
+        The transport is dropped, not closed: a dead sandbox's engine may never read the input
+        still queued, and a graceful close would wait for it forever.
+        """
         self._aborted = True
-        await self.close()
+        self._closed = True
+        self._writer.transport.abort()
 
     async def close(self) -> None:
         if self._closed:
@@ -566,10 +571,10 @@ class DockerSandbox:
             await stream.resize(*size)
         return stream
 
-    async def abort(self) -> None:
+    def abort(self) -> None:
         """End every open exec: their readers see end of stream, so their sessions close."""
         for stream in list(self._streams):
-            await stream.abort()
+            stream.abort()
 
 
 def quote_path(path: str) -> str:

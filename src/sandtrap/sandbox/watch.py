@@ -55,7 +55,7 @@ async def watch_in_use(
         try:
             details = await engine.inspect(busy.sandbox.id, size=True)
         except SandboxGone:
-            await busy.sandbox.abort()
+            busy.sandbox.abort()
             return
         except SandboxError as exc:
             failed("sandbox check", exc)
@@ -86,7 +86,7 @@ async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
         code,
         bool(state.get("OOMKilled")),
     )
-    await busy.sandbox.abort()
+    busy.sandbox.abort()
 
 
 async def _over_disk_budget(
@@ -114,5 +114,5 @@ async def _over_disk_budget(
     # Stopping the container ends every exec under runc; abort covers runtimes that do not.
     with contextlib.suppress(SandboxError):
         await engine.stop(busy.sandbox.id, timeout_seconds=1)
-    await busy.sandbox.abort()
+    busy.sandbox.abort()
     return True

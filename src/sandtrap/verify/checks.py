@@ -347,11 +347,15 @@ def userns_row(engine_remaps: bool, host_uid: int | None) -> Row:
     INFO, with it root must map to a non-zero host uid.
     """
     expected = "unprivileged host uid (userns-remap)"
-    observed = "host uid unknown" if host_uid is None else f"host uid {host_uid}"
+    if host_uid is None:
+        observed = "the sandbox's host process is not visible here (remote engine?); engine "
+        observed += "remaps" if engine_remaps else "does not remap"
+        return Row("user namespace remapping", "host", expected, observed, "INFO")
+    observed = f"host uid {host_uid}"
     if not engine_remaps:
         return Row("user namespace remapping", "host", expected, f"{observed}; off", "INFO")
     observed += "; engine remaps (userns)"
-    return _row("user namespace remapping", "host", expected, observed, bool(host_uid))
+    return _row("user namespace remapping", "host", expected, observed, host_uid != 0)
 
 
 def forkbomb_row(

@@ -314,37 +314,55 @@ async def _userns_row(engine: Engine, sandbox_id: str) -> Row:
     options = (await engine.info()).get("SecurityOptions") or []
     remaps = any("name=userns" in str(option) for option in options)
     pid = int((await engine.inspect(sandbox_id)).get("State", {}).get("Pid") or 0)
-    return checks.userns_row(remaps, _host_uid(pid) if pid else None)
+    return checks.userns_row(remaps, _host_uid(pid, sandbox_id) if pid else None)
 
 
-def _host_uid(pid: int) -> int | None:
-    """The effective uid of a host process (procfs: instant), None when it cannot be read."""
+def _host_uid(pid: int, container_id: str) -> int | None:
+    """The effective uid of the sandbox's PID 1 as this host sees it (procfs: instant).
+
+    None when the pid is not that container's here (a remote engine, the verifier in another
+    PID namespace): the engine's pid then names some unrelated process, or none.
+    """
     with contextlib.suppress(OSError, ValueError, IndexError):
+        if container_id not in Path(f"/proc/{pid}/cgroup").read_text(encoding="ascii"):
+            return None
         for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
             if line.startswith("Uid:"):
                 return int(line.split()[2])
     return None
 
 
-async def _allocate(pool: Pool, engine: Engine, info: SessionInfo) -> DockerSandbox:
-    """A sandbox exactly as a session gets one, with the login user created."""
-    sandbox = await pool.allocate(info)
-    if not isinstance(sandbox, DockerSandbox):
-        await pool.release(sandbox, info)
-        raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
-    await _ensure_user(engine, sandbox)
-    return sandbox
+class _Lease:
+    """The verifier's sandbox, taken from the pool exactly as a session takes one.
 
+    Held from the moment the pool hands it out, so `release()` (idempotent) covers a failure
+    anywhere after; after a bomb ended it (gVisor may), `renew_if_dead()` takes a fresh one.
+    """
 
-async def _alive(
-    pool: Pool, engine: Engine, sandbox: DockerSandbox, info: SessionInfo
-) -> tuple[DockerSandbox, SessionInfo]:
-    """The same sandbox while it runs; after a bomb ended it (gVisor may), a fresh one."""
-    if (await engine.inspect(sandbox.id)).get("State", {}).get("Running"):
-        return sandbox, info
-    await pool.release(sandbox, info)
-    fresh = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
-    return await _allocate(pool, engine, fresh), fresh
+    def __init__(self, pool: Pool, engine: Engine) -> None:
+        self._pool = pool
+        self._engine = engine
+        self._held: tuple[DockerSandbox, SessionInfo] | None = None
+
+    async def take(self) -> DockerSandbox:
+        info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
+        sandbox = await self._pool.allocate(info)
+        self._held = (sandbox, info)
+        if not isinstance(sandbox, DockerSandbox):
+            raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
+        await _ensure_user(self._engine, sandbox)
+        return sandbox
+
+    async def renew_if_dead(self, sandbox: DockerSandbox) -> DockerSandbox:
+        if (await self._engine.inspect(sandbox.id)).get("State", {}).get("Running"):
+            return sandbox
+        await self.release()
+        return await self.take()
+
+    async def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self._pool.release(*held)
 
 
 async def _attack(
@@ -353,10 +371,10 @@ async def _attack(
     config, pool = service.config, service.pool
     sandbox_config = config.sandbox
     ctx = Context(sandbox_config.runtime, tuple(sandbox_config.cap_add), listeners.targets)
-    info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
     rows: list[Row] = []
-    sandbox = await _allocate(pool, engine, info)
+    lease = _Lease(pool, engine)
     try:
+        sandbox = await lease.take()
         args = {"targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)}
         report("probing as root")
         as_root = await _probe(engine, sandbox.id, "root", args, "root", 120)
@@ -381,7 +399,7 @@ async def _attack(
             engine, sandbox.id, "membomb", {"memory_mb": sandbox_config.memory_mb}, 120
         )
         rows.append(checks.membomb_row(memory, sandbox_config.memory_mb, ctx.runtime))
-        sandbox, info = await _alive(pool, engine, sandbox, info)
+        sandbox = await lease.renew_if_dead(sandbox)
         report("CPU spin")
         workers = min(os.cpu_count() or 1, math.ceil(sandbox_config.cpus) + 1)
         cpu_before, throttled_before = await _stats(engine, sandbox.id)
@@ -398,7 +416,7 @@ async def _attack(
         rows.append(
             await _fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, host_limit, ctx)
         )
-        sandbox, info = await _alive(pool, engine, sandbox, info)
+        sandbox = await lease.renew_if_dead(sandbox)
         report("disk fill")
         rows.append(
             await _disk_fill(
@@ -406,7 +424,7 @@ async def _attack(
             )
         )
     finally:
-        await asyncio.shield(pool.release(sandbox, info))
+        await asyncio.shield(lease.release())
     return rows
 
 
