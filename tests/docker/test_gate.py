@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sandtrap.config import Config
 from sandtrap.errors import EngineError, EngineUnavailable, SandboxGone
 from sandtrap.gate.child import GateChild
 from sandtrap.sandbox.docker import Engine
@@ -59,16 +60,21 @@ def _gate_events(service: RunningService) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _body(service: RunningService, **host: Any) -> dict[str, Any]:
+def _config_body(config: Config, **host: Any) -> dict[str, Any]:
+    """The pool's own create body for this config's sensor, with HostConfig overrides."""
     body = container_body(
-        service.config.sandbox,
+        config.sandbox,
         image=IMAGE,
         hostname="web-prod-01",
-        sensor=service.config.sensor,
+        sensor=config.sensor,
         created=datetime.now(UTC),
     )
     body["HostConfig"].update(host)
     return body
+
+
+def _body(service: RunningService, **host: Any) -> dict[str, Any]:
+    return _config_body(service.config, **host)
 
 
 def test_the_service_reaches_the_engine_only_through_the_gate(gated: RunningService) -> None:
@@ -207,13 +213,7 @@ async def test_gate_in_process_relays_exec_bytes_and_half_close(tmp_path: Path) 
     container_id = ""
     try:
         await engine.version()
-        body = container_body(
-            config.sandbox,
-            image=IMAGE,
-            hostname="web-prod-01",
-            sensor=config.sensor,
-            created=datetime.now(UTC),
-        )
+        body = _config_body(config)
         container_id = await engine.create(body, pool_name())
         await engine.start(container_id)
         payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
@@ -351,13 +351,7 @@ async def test_a_create_the_gate_gave_up_on_is_removed(
     engine = Engine(f"unix://{sock}")
     name = pool_name()
     try:
-        body = container_body(
-            config.sandbox,
-            image=IMAGE,
-            hostname="web-prod-01",
-            sensor=config.sensor,
-            created=datetime.now(UTC),
-        )
+        body = _config_body(config)
         with pytest.raises((EngineError, EngineUnavailable)):  # the gate hung up on it
             await engine.create(body, name)
         await asyncio.sleep(2)  # the gate gave up at 1 s, then removed what the engine made
