@@ -13,16 +13,10 @@ import time
 from dataclasses import dataclass
 
 from bench.resources import stop_process
+from sandtrap.testing import OPENSSH_CLIENT_OPTIONS
 
 SSH_OPTIONS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "PubkeyAuthentication=no",
+    *OPENSSH_CLIENT_OPTIONS,
     "-o",
     "PreferredAuthentications=password",
     "-o",

@@ -17,6 +17,19 @@ from sandtrap.config import Config
 
 T = TypeVar("T")
 
+# An OpenSSH client that logs in to a throwaway honeypot on loopback: no host key checks, no
+# key files tried, no chatter (tests and benchmarks add their own options after these).
+OPENSSH_CLIENT_OPTIONS = (
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "PubkeyAuthentication=no",
+)
+
 
 class ThreadedService:
     """`start()` returns once the listeners are open (or raises); `stop()` waits for shutdown."""

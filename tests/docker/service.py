@@ -9,19 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.config import Config, parse_config
-from sandtrap.testing import ThreadedService
+from sandtrap.testing import OPENSSH_CLIENT_OPTIONS, ThreadedService
 from tests.conftest import IMAGE
 
-SSH_OPTS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "PubkeyAuthentication=no",
-]
+SSH_OPTS = OPENSSH_CLIENT_OPTIONS
 
 
 def service_config(data_dir: Path, **sections: dict[str, Any]) -> Config:

@@ -25,6 +25,7 @@ import asyncssh
 import pytest
 import yaml
 
+from sandtrap.testing import OPENSSH_CLIENT_OPTIONS
 from tests.conftest import IMAGE
 from tests.docker.service import remove_sensor_containers
 
@@ -128,16 +129,7 @@ async def _login(port: int, password: str = "123456") -> asyncssh.SSHClientConne
     )
 
 
-SSH_OPTS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "PubkeyAuthentication=no",
-]
+SSH_OPTS = OPENSSH_CLIENT_OPTIONS
 
 
 async def _timed_shell(port: int) -> float:

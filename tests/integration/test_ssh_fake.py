@@ -24,17 +24,9 @@ from sandtrap.sandbox.fake import FakeProvider
 from sandtrap.session import LOGIN_SHELL
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
+from sandtrap.testing import OPENSSH_CLIENT_OPTIONS
 
-SSH_OPTS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "PubkeyAuthentication=no",
-]
+SSH_OPTS = OPENSSH_CLIENT_OPTIONS
 
 
 class Sink:
