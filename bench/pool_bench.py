@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.resources import Run
 from bench.stats import Figure, Row, Summary
 from sandtrap.config import Config, parse_config
-from sandtrap.sandbox.base import SessionInfo
+from sandtrap.events import Peer
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import blkio_device_for, container_body
 from sandtrap.sandbox.pool import Pool
@@ -58,10 +58,8 @@ def _config(run: Run, data_dir: Path, image: str, size: int) -> Config:
     )
 
 
-def _session() -> SessionInfo:
-    return SessionInfo(
-        session_id=secrets.token_hex(8), src_ip="127.0.0.1", src_port=40000, username="root"
-    )
+def _session() -> Peer:
+    return Peer(session_id=secrets.token_hex(8), src_ip="127.0.0.1", src_port=40000, dst_port=22)
 
 
 @contextlib.asynccontextmanager

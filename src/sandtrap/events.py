@@ -22,23 +22,57 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of one SSH connection: the one identity every layer uses.
+
+    `session_id` names the connection everywhere (events, cast files, container names); the
+    addresses are the client's as the listener saw it (or as a PROXY header named it).
+    """
+
+    session_id: str
+    src_ip: str
+    src_port: int
+    dst_port: int
+
+
+# Keys every record carries, in this order, after timestamp, eventid and sensor (None where an
+# event has no session or no source).
+COMMON_KEYS = ("session", "src_ip", "src_port", "dst_port")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """Fields every event carries; `sensor` is added when the event is written."""
+    """The base of every event: sensor-wide events (engine, retention, gate) use it directly.
+
+    `sensor` is added when the event is written.
+    """
 
     eventid: ClassVar[str] = ""
-    session: str | None = None
-    src_ip: str | None = None
-    src_port: int | None = None
-    dst_port: int | None = None
     timestamp: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEvent(Event):
+    """An event of one connection: `peer` fills session, src_ip, src_port and dst_port."""
+
+    peer: Peer
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceEvent(Event):
+    """An event about a source that never became a session (refused before any SSH data)."""
+
+    src_ip: str
+    src_port: int
+    dst_port: int
 
 
 # --- connection and authentication -------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionConnect(Event):
+class SessionConnect(SessionEvent):
     """A TCP connection reached the SSH listener (before any SSH data)."""
 
     eventid: ClassVar[str] = "session.connect"
@@ -49,7 +83,7 @@ class SessionConnect(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionRefused(Event):
+class SessionRefused(SourceEvent):
     """A new connection was refused by a limit before any SSH data (the client sees what a loaded
     sshd sends: `Exceeded MaxStartups`, or a bare close when rate limited)."""
 
@@ -59,7 +93,7 @@ class SessionRefused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProxyRefused(Event):
+class ProxyRefused(SourceEvent):
     """A connection on a PROXY protocol listener sent no valid header in time; it was closed.
 
     `src_ip`/`src_port` are the socket's peer (the balancer, or whoever reached the listener).
@@ -71,7 +105,7 @@ class ProxyRefused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientKex(Event):
+class ClientKex(SessionEvent):
     """The client's identification string and KEXINIT: its HASSH fingerprint and algorithm lists."""
 
     eventid: ClassVar[str] = "session.client.kex"
@@ -85,7 +119,7 @@ class ClientKex(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthFailed(Event):
+class AuthFailed(SessionEvent):
     """An authentication attempt that was refused."""
 
     eventid: ClassVar[str] = "auth.failed"
@@ -98,7 +132,7 @@ class AuthFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuthSuccess(Event):
+class AuthSuccess(SessionEvent):
     """An authentication attempt that was accepted; `reason` says which rule accepted it."""
 
     eventid: ClassVar[str] = "auth.success"
@@ -111,7 +145,7 @@ class AuthSuccess(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ForwardRefused(Event):
+class ForwardRefused(SessionEvent):
     """A forwarding request (local, remote, agent, X11) that was refused; nothing was relayed."""
 
     eventid: ClassVar[str] = "session.forward.refused"
@@ -123,7 +157,7 @@ class ForwardRefused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RequestRefused(Event):
+class RequestRefused(SessionEvent):
     """A channel or session request that was refused (unknown subsystem, env, ...)."""
 
     eventid: ClassVar[str] = "session.request.refused"
@@ -135,7 +169,7 @@ class RequestRefused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionShell(Event):
+class SessionShell(SessionEvent):
     """An interactive shell started (with a PTY when `term` is set)."""
 
     eventid: ClassVar[str] = "session.shell"
@@ -147,7 +181,7 @@ class SessionShell(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionExec(Event):
+class SessionExec(SessionEvent):
     """A command requested with `ssh host 'command'` (also scp), exactly as sent."""
 
     eventid: ClassVar[str] = "session.exec"
@@ -158,7 +192,7 @@ class SessionExec(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionCommand(Event):
+class SessionCommand(SessionEvent):
     """A line entered in an interactive shell, as the shell had it when Enter was pressed."""
 
     eventid: ClassVar[str] = "session.command"
@@ -167,7 +201,7 @@ class SessionCommand(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionSubsystem(Event):
+class SessionSubsystem(SessionEvent):
     """A subsystem request (sftp)."""
 
     eventid: ClassVar[str] = "session.subsystem"
@@ -176,7 +210,7 @@ class SessionSubsystem(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionResize(Event):
+class SessionResize(SessionEvent):
     """The client's terminal changed size."""
 
     eventid: ClassVar[str] = "session.resize"
@@ -186,7 +220,7 @@ class SessionResize(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChannelClosed(Event):
+class ChannelClosed(SessionEvent):
     """A shell, exec or subsystem channel ended."""
 
     eventid: ClassVar[str] = "session.channel.closed"
@@ -198,7 +232,7 @@ class ChannelClosed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionClosed(Event):
+class SessionClosed(SessionEvent):
     """The SSH connection ended; `reason` is why."""
 
     eventid: ClassVar[str] = "session.closed"
@@ -212,7 +246,7 @@ class SessionClosed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionTimeout(Event):
+class SessionTimeout(SessionEvent):
     """The connection was ended by the idle or the absolute session timeout."""
 
     eventid: ClassVar[str] = "session.timeout"
@@ -221,7 +255,7 @@ class SessionTimeout(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SessionBytesExceeded(Event):
+class SessionBytesExceeded(SessionEvent):
     """The connection moved more bytes in one direction than allowed; it was ended."""
 
     eventid: ClassVar[str] = "session.bytes_exceeded"
@@ -234,7 +268,7 @@ class SessionBytesExceeded(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxAllocated(Event):
+class SandboxAllocated(SessionEvent):
     """A sandbox was handed to a session."""
 
     eventid: ClassVar[str] = "sandbox.allocated"
@@ -246,7 +280,7 @@ class SandboxAllocated(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxAllocationFailed(Event):
+class SandboxAllocationFailed(SessionEvent):
     """No sandbox could be had for a session; the connection is closed."""
 
     eventid: ClassVar[str] = "sandbox.allocation_failed"
@@ -254,7 +288,7 @@ class SandboxAllocationFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxReleased(Event):
+class SandboxReleased(SessionEvent):
     """A session's sandbox was stopped and kept for forensics."""
 
     eventid: ClassVar[str] = "sandbox.released"
@@ -263,7 +297,7 @@ class SandboxReleased(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxDiff(Event):
+class SandboxDiff(SessionEvent):
     """What changed in the sandbox's filesystem during the session (`docker diff`)."""
 
     eventid: ClassVar[str] = "sandbox.diff"
@@ -274,7 +308,7 @@ class SandboxDiff(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxArtifact(Event):
+class SandboxArtifact(SessionEvent):
     """A file created or changed in the sandbox, copied to var/artifacts/<sha256>."""
 
     eventid: ClassVar[str] = "sandbox.artifact"
@@ -286,7 +320,7 @@ class SandboxArtifact(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxDiskExceeded(Event):
+class SandboxDiskExceeded(SessionEvent):
     """The sandbox's writable layer outgrew its budget; its session is ended."""
 
     eventid: ClassVar[str] = "sandbox.disk_exceeded"
@@ -296,7 +330,7 @@ class SandboxDiskExceeded(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxDied(Event):
+class SandboxDied(SessionEvent):
     """The sandbox stopped while its session was open (OOM kill, a crash); the session is ended."""
 
     eventid: ClassVar[str] = "sandbox.died"
@@ -306,10 +340,14 @@ class SandboxDied(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SandboxError(Event):
-    """The engine failed an operation; the service carries on and retries where it can."""
+class SandboxFailure(Event):
+    """The engine failed an operation; the service carries on and retries where it can.
+
+    `peer` is the session whose operation failed, None for the pool's own work (refill, health).
+    """
 
     eventid: ClassVar[str] = "sandbox.error"
+    peer: Peer | None
     operation: str
     error: str
     container_id: str | None = None
@@ -370,7 +408,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SandboxArtifact,
         SandboxDiskExceeded,
         SandboxDied,
-        SandboxError,
+        SandboxFailure,
         SandboxPruned,
         GateRefused,
     )
@@ -384,11 +422,31 @@ def to_record(event: Event, sensor: str) -> dict[str, Any]:
         "eventid": event.eventid,
         "sensor": sensor,
     }
+    record.update(dict.fromkeys(COMMON_KEYS))
+    peer = getattr(event, "peer", None)
+    if isinstance(peer, Peer):
+        record.update(
+            session=peer.session_id,
+            src_ip=peer.src_ip,
+            src_port=peer.src_port,
+            dst_port=peer.dst_port,
+        )
     for item in dataclasses.fields(event):
-        if item.name == "timestamp":
-            continue
-        record[item.name] = getattr(event, item.name)
+        if item.name not in ("timestamp", "peer"):
+            record[item.name] = getattr(event, item.name)
     return record
+
+
+def record_keys(event_type: type[Event]) -> list[str]:
+    """The keys of an event type's records, in the order `to_record` writes them."""
+    own = [item.name for item in dataclasses.fields(event_type)]
+    return [
+        "timestamp",
+        "eventid",
+        "sensor",
+        *COMMON_KEYS,
+        *(name for name in own if name not in ("timestamp", "peer")),
+    ]
 
 
 def to_json_line(event: Event, sensor: str) -> str:

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from sandtrap import events as ev
 from sandtrap.errors import PoolExhausted, SandboxError
-from sandtrap.events import EventSink
+from sandtrap.events import EventSink, Peer
 from sandtrap.limits import (
     MAX_COMMAND_BYTES,
     MAX_NAME_BYTES,
@@ -31,7 +31,7 @@ from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
 from sandtrap.recording.recorder import ChannelRecorder, recording_path
-from sandtrap.sandbox.base import Sandbox, SandboxProvider, SessionInfo
+from sandtrap.sandbox.base import Sandbox, SandboxProvider
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,6 @@ LOGIN_SHELL = (
     "[ -r /etc/motd ] && cat /etc/motd; exec -a -bash /bin/bash",
 )
 COMMAND_SHELL = ("/bin/bash", "-c")
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end of a connection; its fields go on every event."""
-
-    session_id: str
-    src_ip: str
-    src_port: int
-    dst_port: int
-
-    def tags(self) -> dict[str, Any]:
-        return {
-            "session": self.session_id,
-            "src_ip": self.src_ip,
-            "src_port": self.src_port,
-            "dst_port": self.dst_port,
-        }
 
 
 @dataclass(frozen=True)
@@ -193,7 +175,7 @@ def _recorder_for(
         recording_path(recordings, peer.session_id, request.channel, ev.utcnow()),
         header,
         events=events,
-        tags=peer.tags(),
+        peer=peer,
         channel=request.channel,
         record_input=request.kind == "shell",
         commands=commands,
@@ -224,7 +206,6 @@ class SandboxLease:
         self._allocate_timeout = allocate_timeout_seconds
         self._lock = asyncio.Lock()
         self._sandbox: Sandbox | None = None
-        self._info: SessionInfo | None = None
         self._home: str | None = None
         self._released = False
         self._failed: str | None = None
@@ -250,17 +231,16 @@ class SandboxLease:
 
     async def _allocate(self, username: str) -> None:
         peer = self._peer
-        info = SessionInfo(peer.session_id, peer.src_ip, peer.src_port, username)
         try:
             # Named timeout `allocate`: the pool enforces it too; this bounds any provider.
             async with asyncio.timeout(self._allocate_timeout):
-                sandbox = await self._provider.allocate(info)
+                sandbox = await self._provider.allocate(peer)
         except (PoolExhausted, TimeoutError) as exc:
             self._fail(f"pool exhausted: {exc}" if str(exc) else "pool exhausted")
         except SandboxError as exc:
             self._fail(f"sandbox error: {exc}")
         # The provider records the allocation itself (sandbox.allocated).
-        self._sandbox, self._info = sandbox, info
+        self._sandbox = sandbox
         try:
             self._home = await sandbox.ensure_user(username)
         except SandboxError as exc:
@@ -268,7 +248,7 @@ class SandboxLease:
 
     def _fail(self, reason: str) -> None:
         self._failed = reason
-        self._events.emit(ev.SandboxAllocationFailed(**self._peer.tags(), reason=reason))
+        self._events.emit(ev.SandboxAllocationFailed(peer=self._peer, reason=reason))
         raise AllocationFailed(reason)
 
     async def release(self) -> None:
@@ -276,22 +256,23 @@ class SandboxLease:
         if self._released:
             return
         self._released = True
-        sandbox, info = self._sandbox, self._info
-        if sandbox is None or info is None:
+        sandbox = self._sandbox
+        if sandbox is None:
             return
         try:
-            await asyncio.shield(self._provider.release(sandbox, info))
+            await asyncio.shield(self._provider.release(sandbox, self._peer))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("releasing sandbox %s of session %s failed", sandbox.id, info.session_id)
+            log.exception(
+                "releasing sandbox %s of session %s failed", sandbox.id, self._peer.session_id
+            )
 
 
 def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -> ev.Event:
-    tags = peer.tags()
     if request.kind == "exec":
         return ev.SessionExec(
-            **tags,
+            peer=peer,
             channel=request.channel,
             input=cap_text(request.command or "", MAX_COMMAND_BYTES),
             pty=request.has_pty,
@@ -299,11 +280,13 @@ def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -
         )
     if request.kind == "subsystem":
         return ev.SessionSubsystem(
-            **tags, channel=request.channel, name=cap_text(request.subsystem or "", MAX_NAME_BYTES)
+            peer=peer,
+            channel=request.channel,
+            name=cap_text(request.subsystem or "", MAX_NAME_BYTES),
         )
     size = request.size or (None, None)
     return ev.SessionShell(
-        **tags,
+        peer=peer,
         channel=request.channel,
         term=None if request.term is None else cap_text(request.term, MAX_NAME_BYTES),
         width=size[0],
@@ -338,7 +321,7 @@ async def run_channel(
     path = str(recorder.path) if recorder is not None and recorder.path is not None else None
     events.emit(_request_event(request, peer, path))
     for kind, detail in refused_settings(request):
-        events.emit(ev.RequestRefused(**peer.tags(), request=kind, detail=detail))
+        events.emit(ev.RequestRefused(peer=peer, request=kind, detail=detail))
     started = time.monotonic()
     sandbox, home = await lease.acquire(request.username)
     plan = plan_exec(request, sftp_server)
@@ -348,7 +331,7 @@ async def run_channel(
     def resized(size: Resize) -> None:
         events.emit(
             ev.SessionResize(
-                **peer.tags(), channel=request.channel, width=size.width, height=size.height
+                peer=peer, channel=request.channel, width=size.width, height=size.height
             )
         )
 
@@ -377,8 +360,8 @@ async def run_channel(
             group.exceptions[0],
         )
         events.emit(
-            ev.SandboxError(
-                **peer.tags(),
+            ev.SandboxFailure(
+                peer=peer,
                 operation="exec",
                 error=str(group.exceptions[0]),
                 container_id=sandbox.id,
@@ -386,7 +369,7 @@ async def run_channel(
         )
     events.emit(
         ev.ChannelClosed(
-            **peer.tags(),
+            peer=peer,
             channel=request.channel,
             exit_status=status,
             bytes_in=bytes_in,
@@ -401,7 +384,6 @@ __all__ = [
     "AllocationFailed",
     "ChannelRequest",
     "ExecPlan",
-    "Peer",
     "SandboxLease",
     "SessionTotals",
     "plan_exec",

@@ -17,8 +17,7 @@ import pytest
 
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import PoolExhausted
-from sandtrap.events import Event
-from sandtrap.sandbox.base import SessionInfo
+from sandtrap.events import Event, Peer
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
@@ -81,8 +80,8 @@ async def running_pool(config: Config, sink: Sink) -> AsyncIterator[Pool]:
             await engine.close()
 
 
-def info(n: int = 1, ip: str = "203.0.113.10") -> SessionInfo:
-    return SessionInfo(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, username="root")
+def info(n: int = 1, ip: str = "203.0.113.10") -> Peer:
+    return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
 
 
 async def sh(sandbox: DockerSandbox, script: str, user: str = "root") -> tuple[int, str]:

@@ -116,7 +116,8 @@ async def test_concurrent_connections_per_ip_refused_like_maxstartups(start: Sta
     assert await _read_all(reader) == MAX_STARTUPS_TEXT
     writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
-    assert (refused.reason, refused.limit, refused.session) == ("max_connections_per_ip", 2, None)
+    assert (refused.reason, refused.limit) == ("max_connections_per_ip", 2)
+    assert not isinstance(refused, ev.SessionEvent)
     first.close()
     await first.wait_closed()
     await h.sink.wait_for(ev.SessionClosed)
@@ -225,9 +226,10 @@ async def test_proxy_protocol_names_the_real_client(start: Start, version: int) 
             assert (await conn.run("echo ok")).stdout == "ok\n"
     await h.sink.wait_for(ev.SessionClosed)
     (connect,) = h.sink.of(ev.SessionConnect)
-    assert (connect.src_ip, connect.src_port) == ("203.0.113.7", 51234)
+    assert (connect.peer.src_ip, connect.peer.src_port) == ("203.0.113.7", 51234)
     assert (connect.proxy_ip, connect.proxy_port) == ("127.0.0.1", tunnel.local_port)
-    assert {(e.src_ip, e.src_port) for e in h.sink.events if e.session} == {("203.0.113.7", 51234)}
+    peers = {e.peer for e in h.sink.events if isinstance(e, ev.SessionEvent)}
+    assert {(p.src_ip, p.src_port) for p in peers} == {("203.0.113.7", 51234)}
     # The ordinary listener is unaffected.
     async with await h.connect() as direct:
         assert (await direct.run("echo ok")).stdout == "ok\n"

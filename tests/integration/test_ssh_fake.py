@@ -155,10 +155,10 @@ async def test_openssh_exec_keeps_streams_apart_and_exit_status(start: Start) ->
     assert kex.client_version.startswith("SSH-2.0-OpenSSH_")
     assert re.fullmatch(r"[0-9a-f]{32}", kex.hassh)
     # Every event carries the same connection identity.
-    sessions = {event.session for event in h.sink.events}
+    sessions = {ev.to_record(event, "s")["session"] for event in h.sink.events}
     assert len(sessions) == 1
     assert re.fullmatch(r"[0-9a-f]{12}", sessions.pop() or "")
-    assert {event.dst_port for event in h.sink.events} == {h.port}
+    assert {ev.to_record(event, "s")["dst_port"] for event in h.sink.events} == {h.port}
     sandbox = h.provider.allocated[0][0]
     assert sandbox.execs[0].argv == ("/bin/bash", "-c", "echo out; echo err >&2; cat; exit 3")
     assert sandbox.execs[0].tty is False
@@ -436,7 +436,7 @@ async def test_listens_on_ipv4_and_ipv6(start: Start) -> None:
     ) as conn:
         assert (await conn.run("echo six")).stdout == "six\n"
     await h.sink.wait_for(ev.SessionClosed)
-    assert h.sink.of(ev.SessionConnect)[0].src_ip == "::1"
+    assert h.sink.of(ev.SessionConnect)[0].peer.src_ip == "::1"
 
 
 async def test_shutdown_closes_open_connections_and_releases(start: Start) -> None:

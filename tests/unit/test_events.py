@@ -6,16 +6,23 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sandtrap.events import CATALOGUE, AuthFailed, SessionConnect, to_json_line, to_record
+from sandtrap.events import (
+    CATALOGUE,
+    AuthFailed,
+    Peer,
+    SessionConnect,
+    record_keys,
+    to_json_line,
+    to_record,
+)
 from sandtrap.store.jsonl import EventLog
+
+PEER = Peer("abc123abc123", "203.0.113.7", 50000, 22)
 
 
 def test_record_has_common_fields_first() -> None:
     event = SessionConnect(
-        session="abc123abc123",
-        src_ip="203.0.113.7",
-        src_port=50000,
-        dst_port=22,
+        peer=PEER,
         timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
     )
     record = to_record(event, "sensor-1")
@@ -27,7 +34,9 @@ def test_record_has_common_fields_first() -> None:
 
 def test_hostile_strings_stay_on_one_line() -> None:
     nasty = 'root\n{"eventid":"fake"}\r\x1b[2J\u2028\u0085\x00\udcff'
-    line = to_json_line(AuthFailed(username=nasty, method="password", password=nasty), "s")
+    line = to_json_line(
+        AuthFailed(peer=PEER, username=nasty, method="password", password=nasty), "s"
+    )
     assert line.endswith("\n") and line.count("\n") == 1
     assert line.isascii()
     assert "\x1b" not in line and "\u2028" not in line
@@ -47,7 +56,7 @@ def test_event_log_appends_and_rotates(tmp_path: Path) -> None:
     seen = []
     log.subscribe(seen.append)
     for i in range(12):
-        log.emit(SessionConnect(session=f"{i:012x}", src_ip="127.0.0.1"))
+        log.emit(SessionConnect(peer=Peer(f"{i:012x}", "127.0.0.1", 1, 22)))
     log.close()
     assert len(seen) == 12
     files = sorted(p.name for p in path.parent.iterdir())
@@ -65,7 +74,7 @@ def test_event_log_survives_unwritable_path(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     log = EventLog(blocker / "events.jsonl", "s", max_bytes=1000, backups=1)
-    log.emit(SessionConnect(session="x"))
+    log.emit(SessionConnect(peer=PEER))
     assert log.write_errors == 1
 
 
@@ -76,13 +85,12 @@ def test_listener_failure_does_not_break_emit(tmp_path: Path) -> None:
         raise RuntimeError("boom")
 
     log.subscribe(broken)
-    log.emit(SessionConnect(session="x"))
+    log.emit(SessionConnect(peer=PEER))
     log.close()
     assert log.written == 1
 
 
 def test_docs_list_exactly_the_catalogue() -> None:
-    import dataclasses
     import re
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
@@ -91,5 +99,5 @@ def test_docs_list_exactly_the_catalogue() -> None:
     sections = re.split(r"^## ", docs, flags=re.MULTILINE)
     for section in sections[1:]:
         eventid = section.split("`")[1]
-        for item in dataclasses.fields(CATALOGUE[eventid]):
-            assert f'"{item.name}"' in section, (eventid, item.name)
+        for key in record_keys(CATALOGUE[eventid]):
+            assert f'"{key}"' in section, (eventid, key)

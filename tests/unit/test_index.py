@@ -31,11 +31,11 @@ SID = "0123456789ab"
 
 
 def _story() -> list[ev.Event]:
-    tags = {"session": SID, "src_ip": "203.0.113.9", "src_port": 4000, "dst_port": 22}
+    peer = ev.Peer(SID, "203.0.113.9", 4000, 22)
     return [
-        ev.SessionConnect(**tags, dst_ip="192.0.2.1"),
+        ev.SessionConnect(peer=peer, dst_ip="192.0.2.1"),
         ev.ClientKex(
-            **tags,
+            peer=peer,
             client_version="SSH-2.0-Go",
             hassh="h",
             hassh_algorithms="a",
@@ -44,22 +44,24 @@ def _story() -> list[ev.Event]:
             mac_algs=[],
             comp_algs=[],
         ),
-        ev.AuthFailed(**tags, username="admin", method="password", password="admin"),
-        ev.AuthSuccess(**tags, username="root", method="password", password="123456"),
-        ev.SandboxAllocated(**tags, container_id="c" * 64, hostname="web", image="i", wait_ms=1),
-        ev.SessionShell(**tags, channel=0, term="xterm", width=80, height=24, recording="r.cast"),
-        ev.SessionCommand(**tags, channel=0, input="uname -a"),
-        ev.SessionCommand(**tags, channel=0, input="wget http://x/\x1b[31m"),
-        ev.ChannelClosed(**tags, channel=0, exit_status=0, bytes_in=9, bytes_out=99, duration=1),
-        ev.SessionExec(**tags, channel=1, input="uname -a"),
+        ev.AuthFailed(peer=peer, username="admin", method="password", password="admin"),
+        ev.AuthSuccess(peer=peer, username="root", method="password", password="123456"),
+        ev.SandboxAllocated(peer=peer, container_id="c" * 64, hostname="web", image="i", wait_ms=1),
+        ev.SessionShell(
+            peer=peer, channel=0, term="xterm", width=80, height=24, recording="r.cast"
+        ),
+        ev.SessionCommand(peer=peer, channel=0, input="uname -a"),
+        ev.SessionCommand(peer=peer, channel=0, input="wget http://x/\x1b[31m"),
+        ev.ChannelClosed(peer=peer, channel=0, exit_status=0, bytes_in=9, bytes_out=99, duration=1),
+        ev.SessionExec(peer=peer, channel=1, input="uname -a"),
         ev.SandboxDiff(
-            **tags, container_id="c" * 64, changes=[{"path": "/tmp/x", "kind": "added"}], total=1
+            peer=peer, container_id="c" * 64, changes=[{"path": "/tmp/x", "kind": "added"}], total=1
         ),
         ev.SandboxArtifact(
-            **tags, container_id="c" * 64, path="/tmp/x", size=1, sha256="f" * 64, artifact="a"
+            peer=peer, container_id="c" * 64, path="/tmp/x", size=1, sha256="f" * 64, artifact="a"
         ),
         ev.SessionClosed(
-            **tags,
+            peer=peer,
             duration=3.5,
             reason="closed",
             username="root",

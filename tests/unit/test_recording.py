@@ -8,7 +8,7 @@ import os
 import random
 from pathlib import Path
 
-from sandtrap.events import Event
+from sandtrap.events import Event, Peer
 from sandtrap.recording import recorder as recorder_module
 from sandtrap.recording.asciicast import CastEncoder, Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
@@ -157,7 +157,7 @@ async def test_recorder_flushes_periodically_and_emits_commands(tmp_path: Path) 
             path,
             Header(80, 24, 0, "t", {}),
             events=Sink(),
-            tags={"session": "s"},
+            peer=Peer("s", "127.0.0.1", 1, 22),
             channel=0,
             record_input=True,
             commands=TerminalCommands(80, 24),

@@ -15,7 +15,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from sandtrap import events as ev
 from sandtrap.events import EventSink
@@ -55,7 +54,7 @@ class ChannelRecorder:
         header: Header,
         *,
         events: EventSink,
-        tags: dict[str, Any],
+        peer: ev.Peer,
         channel: int,
         record_input: bool,
         commands: TerminalCommands | LineCommands | None,
@@ -63,7 +62,7 @@ class ChannelRecorder:
         self.path = path
         self._header = header
         self._events = events
-        self._tags = tags
+        self._peer = peer
         self._channel = channel
         self._record_input = record_input
         self._commands = commands
@@ -149,7 +148,7 @@ class ChannelRecorder:
     def _emit_commands(self, lines: list[str]) -> None:
         for line in lines:
             self.commands_seen += 1
-            self._events.emit(ev.SessionCommand(**self._tags, channel=self._channel, input=line))
+            self._events.emit(ev.SessionCommand(peer=self._peer, channel=self._channel, input=line))
 
     def _append(self, line: str | None) -> None:
         if line is None or self._failed or self._truncated:

@@ -10,18 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sandtrap.events import Peer
+
 STDOUT = 1
 STDERR = 2
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """Who a sandbox is for: used for labels, sticky mode and events."""
-
-    session_id: str
-    src_ip: str
-    src_port: int
-    username: str
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ class Sandbox(Protocol):
 class SandboxProvider(Protocol):
     """Hands out sandboxes to sessions and takes them back (the pool)."""
 
-    async def allocate(self, info: SessionInfo) -> Sandbox:
+    async def allocate(self, peer: Peer) -> Sandbox:
         """A running sandbox for this session.
 
         Raises:
@@ -106,7 +98,7 @@ class SandboxProvider(Protocol):
         """
         ...
 
-    async def release(self, sandbox: Sandbox, info: SessionInfo) -> None:
+    async def release(self, sandbox: Sandbox, peer: Peer) -> None:
         """The session is over: stop (never remove) the sandbox and record what changed in it.
 
         Never raises for engine failures (they are logged and become events); safe to call from a

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sandtrap.errors import SandboxError
-from sandtrap.sandbox.base import STDERR, STDOUT, Chunk, Sandbox, SessionInfo
+from sandtrap.events import Peer
+from sandtrap.sandbox.base import STDERR, STDOUT, Chunk, Sandbox
 
 _EOF = None
 
@@ -245,26 +246,26 @@ class FakeProvider:
     def __init__(self, fail: SandboxError | None = None, delay: float = 0.0) -> None:
         self.fail = fail
         self.delay = delay
-        self.allocated: list[tuple[FakeSandbox, SessionInfo]] = []
-        self.released: list[tuple[FakeSandbox, SessionInfo]] = []
+        self.allocated: list[tuple[FakeSandbox, Peer]] = []
+        self.released: list[tuple[FakeSandbox, Peer]] = []
         self._count = 0
 
-    async def allocate(self, info: SessionInfo) -> FakeSandbox:
+    async def allocate(self, peer: Peer) -> FakeSandbox:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
         self._count += 1
         sandbox = FakeSandbox(f"fake{self._count:012x}")
-        self.allocated.append((sandbox, info))
+        self.allocated.append((sandbox, peer))
         return sandbox
 
-    async def release(self, sandbox: Sandbox, info: SessionInfo) -> None:
+    async def release(self, sandbox: Sandbox, peer: Peer) -> None:
         if not isinstance(sandbox, FakeSandbox):
             raise TypeError(f"not a fake sandbox: {sandbox!r}")
         for stream in sandbox.streams:
             await stream.close()
-        self.released.append((sandbox, info))
+        self.released.append((sandbox, peer))
 
 
 __all__ = ["ExecRecord", "FakeExecStream", "FakeProvider", "FakeSandbox"]

@@ -16,8 +16,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from sandtrap.events import EventSink, SandboxArtifact, SandboxDiff
-from sandtrap.sandbox.base import SessionInfo
+from sandtrap.events import EventSink, Peer, SandboxArtifact, SandboxDiff
 from sandtrap.sandbox.docker import DockerSandbox, Engine, stat_key
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def store_artifact(directory: Path, content: bytes) -> tuple[str, Path]:
 async def capture_changes(
     engine: Engine,
     sandbox: DockerSandbox,
-    info: SessionInfo,
+    peer: Peer,
     events: EventSink,
     artifacts_dir: Path,
     max_bytes: int,
@@ -86,9 +85,7 @@ async def capture_changes(
         changes.append({"path": path, "kind": kind})
     events.emit(
         SandboxDiff(
-            session=info.session_id,
-            src_ip=info.src_ip,
-            src_port=info.src_port,
+            peer=peer,
             container_id=sandbox.id,
             changes=changes[:MAX_DIFF_ENTRIES],
             total=len(changes),
@@ -112,9 +109,7 @@ async def capture_changes(
         copied += 1
         events.emit(
             SandboxArtifact(
-                session=info.session_id,
-                src_ip=info.src_ip,
-                src_port=info.src_port,
+                peer=peer,
                 container_id=sandbox.id,
                 path=change["path"],
                 size=len(content),

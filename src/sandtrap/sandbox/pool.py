@@ -24,13 +24,11 @@ from sandtrap.config import Config, WeightedImage
 from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, SandboxGone
 from sandtrap.events import (
     EventSink,
+    Peer,
     SandboxAllocated,
+    SandboxFailure,
     SandboxReleased,
 )
-from sandtrap.events import (
-    SandboxError as SandboxErrorEvent,
-)
-from sandtrap.sandbox.base import SessionInfo
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.forensics import capture_changes
 from sandtrap.sandbox.hardening import (
@@ -215,8 +213,8 @@ class Pool:
                 with contextlib.suppress(SandboxError):
                     await self._engine.remove(sandbox.id)
         for busy in list(self._busy.values()):
-            for info in list(busy.sessions.values()):
-                await self.release(busy.sandbox, info)
+            for peer in list(busy.sessions.values()):
+                await self.release(busy.sandbox, peer)
 
     async def prune(self) -> list[str]:
         """Apply the retention policy now; returns the ids removed.
@@ -239,7 +237,7 @@ class Pool:
         message = str(exc)
         if message != self._counters.last_error:
             log.error("%s failed: %s", operation, message)
-            self._events.emit(SandboxErrorEvent(operation=operation, error=message[:500]))
+            self._events.emit(SandboxFailure(peer=None, operation=operation, error=message[:500]))
         self._counters.last_error = message
 
     # --- refill ------------------------------------------------------------------------------
@@ -361,33 +359,31 @@ class Pool:
         choice = self._rng.choices(ready, weights=[item.weight for item in ready])[0]
         return self._idle[choice.image].popleft()
 
-    async def allocate(self, info: SessionInfo) -> DockerSandbox:
+    async def allocate(self, peer: Peer) -> DockerSandbox:
         started = time.monotonic()
         sandbox = None
         if self._config.pool.sticky:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
-                    sandbox = await self._sticky_sandbox(info)
+                    sandbox = await self._sticky_sandbox(peer)
             except TimeoutError:
                 log.warning(
-                    "sticky sandbox for %s still being released; using a fresh one", info.src_ip
+                    "sticky sandbox for %s still being released; using a fresh one", peer.src_ip
                 )
         sticky = sandbox is not None
         if sandbox is not None and sandbox.id in self._busy:
             # The IP's sandbox is in use by another of its connections: one machine, shared.
-            self._busy[sandbox.id].sessions[info.session_id] = info
+            self._busy[sandbox.id].sessions[peer.session_id] = peer
         else:
             if sandbox is None:
-                sandbox = await self._wait_idle(info)
-            await self._take_busy(sandbox, info, rename=not sticky)
+                sandbox = await self._wait_idle(peer)
+            await self._take_busy(sandbox, peer, rename=not sticky)
         if self._config.pool.sticky:
-            self._sticky[info.src_ip] = _Sticky(sandbox)
+            self._sticky[peer.src_ip] = _Sticky(sandbox)
         self._wanted.set()
         self._events.emit(
             SandboxAllocated(
-                session=info.session_id,
-                src_ip=info.src_ip,
-                src_port=info.src_port,
+                peer=peer,
                 container_id=sandbox.id,
                 hostname=sandbox.hostname,
                 image=sandbox.image,
@@ -397,20 +393,20 @@ class Pool:
         )
         return sandbox
 
-    async def _take_busy(self, sandbox: DockerSandbox, info: SessionInfo, rename: bool) -> None:
+    async def _take_busy(self, sandbox: DockerSandbox, peer: Peer, rename: bool) -> None:
         # Counted as busy before the first await, so the max_sandboxes cap never sees it missing.
-        busy = InUse(sandbox, {info.session_id: info}, time.monotonic())
+        busy = InUse(sandbox, {peer.session_id: peer}, time.monotonic())
         self._busy[sandbox.id] = busy
         try:
             if rename:
-                name = session_name(info.session_id, info.src_ip)
+                name = session_name(peer.session_id, peer.src_ip)
                 await self._engine.rename(sandbox.id, name)
                 sandbox.name = name
         except SandboxError:
             # A sandbox we cannot rename still works; reconciliation would treat it as a pool
             # member, so record the failure and carry on with it.
             log.warning(
-                "could not rename sandbox %s for session %s", sandbox.id[:12], info.session_id
+                "could not rename sandbox %s for session %s", sandbox.id[:12], peer.session_id
             )
         except BaseException:
             # Cancelled mid-allocation: nobody will release it, so it must not outlive us.
@@ -428,10 +424,10 @@ class Pool:
                     self._events,
                     self._engine_failed,
                 ),
-                name=f"watch-{info.session_id}",
+                name=f"watch-{peer.session_id}",
             )
 
-    async def _wait_idle(self, info: SessionInfo) -> DockerSandbox:
+    async def _wait_idle(self, peer: Peer) -> DockerSandbox:
         self._wanted.set()
         try:
             async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
@@ -445,7 +441,7 @@ class Pool:
         except TimeoutError:
             raise PoolExhausted(
                 f"no sandbox within {self._config.pool.allocate_timeout_seconds}s "
-                f"for session {info.session_id}"
+                f"for session {peer.session_id}"
             ) from None
         return sandbox
 
@@ -467,9 +463,9 @@ class Pool:
         self._wanted.set()
         return False
 
-    async def _sticky_sandbox(self, info: SessionInfo) -> DockerSandbox | None:
+    async def _sticky_sandbox(self, peer: Peer) -> DockerSandbox | None:
         """The source IP's own sandbox: shared while in use, restarted once it was stopped."""
-        entry = self._sticky.get(info.src_ip)
+        entry = self._sticky.get(peer.src_ip)
         if entry is None:
             return None
         if entry.releasing is not None:
@@ -478,7 +474,7 @@ class Pool:
             return entry.sandbox
         ttl = self._config.pool.sticky_ttl_seconds
         if entry.released_at is not None and time.monotonic() - entry.released_at > ttl:
-            del self._sticky[info.src_ip]
+            del self._sticky[peer.src_ip]
             return None
         if self._room() <= 0:
             return None
@@ -487,30 +483,30 @@ class Pool:
             if not state.get("Running"):
                 await self._engine.start(entry.sandbox.id)
         except SandboxError as exc:
-            log.info("sticky sandbox for %s unusable (%s); using a fresh one", info.src_ip, exc)
-            self._sticky.pop(info.src_ip, None)
+            log.info("sticky sandbox for %s unusable (%s); using a fresh one", peer.src_ip, exc)
+            self._sticky.pop(peer.src_ip, None)
             return None
         return entry.sandbox
 
     # --- release ------------------------------------------------------------------------------
 
-    async def release(self, sandbox: Any, info: SessionInfo) -> None:
+    async def release(self, sandbox: Any, peer: Peer) -> None:
         busy = self._busy.get(sandbox.id)
         if busy is not None:
-            busy.sessions.pop(info.session_id, None)
+            busy.sessions.pop(peer.session_id, None)
             if busy.sessions:
                 return  # another connection of the same source IP still uses it
             del self._busy[sandbox.id]
             self._born.pop(sandbox.id, None)
             if busy.watcher is not None:
                 busy.watcher.cancel()
-        entry = self._sticky.get(info.src_ip)
+        entry = self._sticky.get(peer.src_ip)
         if entry is not None and entry.sandbox.id != sandbox.id:
             entry = None
         if entry is not None:
             entry.releasing = asyncio.Event()
         try:
-            await self._stop_and_record(sandbox, info)
+            await self._stop_and_record(sandbox, peer)
         finally:
             if entry is not None and entry.releasing is not None:
                 entry.released_at = time.monotonic()
@@ -522,7 +518,7 @@ class Pool:
         except SandboxError as exc:
             self._engine_failed("prune", exc)
 
-    async def _stop_and_record(self, sandbox: Any, info: SessionInfo) -> None:
+    async def _stop_and_record(self, sandbox: Any, peer: Peer) -> None:
         stopped = False
         try:
             await self._engine.stop(sandbox.id, timeout_seconds=1)
@@ -533,9 +529,7 @@ class Pool:
             self._engine_failed("stop", exc)
         self._events.emit(
             SandboxReleased(
-                session=info.session_id,
-                src_ip=info.src_ip,
-                src_port=info.src_port,
+                peer=peer,
                 container_id=sandbox.id,
                 stopped=stopped,
             )
@@ -545,7 +539,7 @@ class Pool:
                 await capture_changes(
                     self._engine,
                     sandbox,
-                    info,
+                    peer,
                     self._events,
                     self._artifacts,
                     self._config.sandbox.artifact_max_bytes,

@@ -18,8 +18,7 @@ from typing import Any
 
 from sandtrap.config import SandboxConfig
 from sandtrap.errors import SandboxError, SandboxGone
-from sandtrap.events import EventSink, SandboxDied, SandboxDiskExceeded
-from sandtrap.sandbox.base import SessionInfo
+from sandtrap.events import EventSink, Peer, SandboxDied, SandboxDiskExceeded
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,12 @@ class InUse:
     """A sandbox in use; in sticky mode several connections of one source IP share it."""
 
     sandbox: DockerSandbox
-    sessions: dict[str, SessionInfo]
+    sessions: dict[str, Peer]
     allocated_at: float
     watcher: asyncio.Task[None] | None = None
 
     @property
-    def info(self) -> SessionInfo:
+    def peer(self) -> Peer:
         return next(iter(self.sessions.values()))
 
 
@@ -70,11 +69,10 @@ async def watch_in_use(
 
 async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
     code = state.get("ExitCode")
-    for info in list(busy.sessions.values()):
+    for peer in list(busy.sessions.values()):
         events.emit(
             SandboxDied(
-                session=info.session_id,
-                src_ip=info.src_ip,
+                peer=peer,
                 container_id=busy.sandbox.id,
                 exit_code=int(code) if isinstance(code, int) else None,
                 oom_killed=bool(state.get("OOMKilled")),
@@ -100,11 +98,9 @@ async def _over_disk_budget(
     size_mb = float(details.get("SizeRw") or 0) / (1024 * 1024)
     if size_mb <= limit:
         return False
-    info = busy.info
     events.emit(
         SandboxDiskExceeded(
-            session=info.session_id,
-            src_ip=info.src_ip,
+            peer=busy.peer,
             container_id=busy.sandbox.id,
             size_mb=round(size_mb, 1),
             limit_mb=limit,

@@ -21,7 +21,7 @@ from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
 from sandtrap import events as ev
 from sandtrap.auth import AuthPolicy, ConnectionAuth
 from sandtrap.config import Config, parse_listen
-from sandtrap.events import EventSink
+from sandtrap.events import EventSink, Peer
 from sandtrap.limits import (
     MAX_NAME_BYTES,
     MAX_PASSWORD_BYTES,
@@ -38,7 +38,6 @@ from sandtrap.sandbox.base import STDOUT, SandboxProvider
 from sandtrap.session import (
     AllocationFailed,
     ChannelRequest,
-    Peer,
     SandboxLease,
     SessionTotals,
     run_channel,
@@ -138,7 +137,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         log.info("session %s: connection from %s:%d", peer.session_id, src_ip, src_port)
         self._emit(
             ev.SessionConnect(
-                **peer.tags(),
+                peer=peer,
                 dst_ip=dst_ip,
                 proxy_ip=proxy[0] if proxy else None,
                 proxy_port=proxy[1] if proxy else None,
@@ -166,7 +165,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         )
         self._emit(
             ev.ClientKex(
-                **self.state.peer.tags(),
+                peer=self.state.peer,
                 client_version=client_version,
                 hassh=digest,
                 hassh_algorithms=algorithms,
@@ -194,7 +193,6 @@ class SandTrapSSHServer(asyncssh.SSHServer):
     async def validate_password(self, username: str, password: str) -> bool:
         state = self.state
         decision = self._front.policy.check_password(state.auth, username, password)
-        tags = state.peer.tags()
         # Stored capped (limits.py); the policy above saw them whole.
         logged_user = cap_text(username, MAX_USERNAME_BYTES)
         logged_password = cap_text(password, MAX_PASSWORD_BYTES)
@@ -203,7 +201,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             log.info("session %s: password login accepted for %r", state.peer.session_id, username)
             self._emit(
                 ev.AuthSuccess(
-                    **tags,
+                    peer=state.peer,
                     username=logged_user,
                     method="password",
                     password=logged_password,
@@ -213,7 +211,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             return True
         self._emit(
             ev.AuthFailed(
-                **tags,
+                peer=state.peer,
                 username=logged_user,
                 method="password",
                 password=logged_password,
@@ -230,22 +228,23 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         state = self.state
         decision = self._front.policy.check_public_key(state.auth, username)
         fingerprint = key.get_fingerprint("sha256")
-        fields: dict[str, Any] = {
-            **state.peer.tags(),
-            "username": cap_text(username, MAX_USERNAME_BYTES),
-            "method": "publickey",
-            "key_type": key.get_algorithm(),
-            "key_fingerprint": fingerprint,
-            "reason": decision.reason,
-        }
+        event_type = ev.AuthSuccess if decision.accepted else ev.AuthFailed
+        event = event_type(
+            peer=state.peer,
+            username=cap_text(username, MAX_USERNAME_BYTES),
+            method="publickey",
+            key_type=key.get_algorithm(),
+            key_fingerprint=fingerprint,
+            reason=decision.reason,
+        )
         if not decision.accepted:
-            self._emit(ev.AuthFailed(**fields))
+            self._emit(event)
             return False
         # asyncssh asks again when the signed request follows the query; record the success once.
         if (username, fingerprint) not in state.accepted_keys:
             state.accepted_keys.add((username, fingerprint))
             self._logged_in(username)
-            self._emit(ev.AuthSuccess(**fields))
+            self._emit(event)
         return True
 
     # --- refusals (AllowTcpForwarding no, AllowStreamLocalForwarding no) -------------------------
@@ -260,7 +259,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         )
         host = None if host is None else cap_text(host, MAX_NAME_BYTES)
         self._emit(
-            ev.ForwardRefused(**self.state.peer.tags(), kind=kind, host=host, port=port, **extra)
+            ev.ForwardRefused(peer=self.state.peer, kind=kind, host=host, port=port, **extra)
         )
 
     def connection_requested(
@@ -288,7 +287,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             self._refused(request, None, None)
         else:
             detail = None if detail is None else cap_text(detail, MAX_NAME_BYTES)
-            self._emit(ev.RequestRefused(**self.state.peer.tags(), request=request, detail=detail))
+            self._emit(ev.RequestRefused(peer=self.state.peer, request=request, detail=detail))
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -511,9 +510,7 @@ class SSHFront:
         count = budget.bytes_in if direction == "in" else budget.bytes_out
         log.info("session %s: %d bytes %s; closing", state.peer.session_id, count, direction)
         self.events.emit(
-            ev.SessionBytesExceeded(
-                **state.peer.tags(), direction=direction, limit=limit, bytes=count
-            )
+            ev.SessionBytesExceeded(peer=state.peer, direction=direction, limit=limit, bytes=count)
         )
         state.reason = f"bytes {direction} exceeded"
         state.conn.abort()
@@ -524,7 +521,7 @@ class SSHFront:
             limits.session_idle_timeout_seconds if kind == "idle" else limits.session_max_seconds
         )
         log.info("session %s: %s timeout; closing", state.peer.session_id, kind)
-        self.events.emit(ev.SessionTimeout(**state.peer.tags(), kind=kind, limit_seconds=limit))
+        self.events.emit(ev.SessionTimeout(peer=state.peer, kind=kind, limit_seconds=limit))
         state.reason = f"{kind} timeout"
         if kind == "absolute" or not state.ios:
             # As when sshd is killed: the client sees "Connection ... closed by remote host."
@@ -564,7 +561,7 @@ class SSHFront:
         await state.lease.release()
         self.events.emit(
             ev.SessionClosed(
-                **state.peer.tags(),
+                peer=state.peer,
                 duration=round(time.monotonic() - state.started, 3),
                 reason=state.reason or "closed",
                 username=state.username,

@@ -29,7 +29,7 @@ from typing import Any
 from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
-from sandtrap.sandbox.base import SessionInfo
+from sandtrap.events import Peer
 from sandtrap.sandbox.docker import DockerSandbox, Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
@@ -342,10 +342,10 @@ class _Lease:
     def __init__(self, pool: Pool, engine: Engine) -> None:
         self._pool = pool
         self._engine = engine
-        self._held: tuple[DockerSandbox, SessionInfo] | None = None
+        self._held: tuple[DockerSandbox, Peer] | None = None
 
     async def take(self) -> DockerSandbox:
-        info = SessionInfo(secrets.token_hex(8), "127.0.0.1", 0, LOGIN_USER)
+        info = Peer(secrets.token_hex(8), "127.0.0.1", 0, 0)
         sandbox = await self._pool.allocate(info)
         self._held = (sandbox, info)
         if not isinstance(sandbox, DockerSandbox):
