@@ -4,12 +4,13 @@
     SandTrapError
     ├── ConfigError            bad configuration file or values (exit code 2)
     ├── ImageError             a target image cannot be found or built
-    └── SandboxError           anything about sandboxes and the engine behind them
-        ├── EngineUnavailable  the Docker engine does not answer (retry later)
-        ├── EngineError        the engine answered with an error (bad request, out of disk, ...)
-        ├── ImageMissing       the configured target image is not present
-        ├── SandboxGone        the container died or was removed under us
-        └── PoolExhausted      no sandbox could be had within the allocation timeout
+    ├── SandboxError           anything about sandboxes and the engine behind them
+    │   ├── EngineUnavailable  the Docker engine does not answer (retry later)
+    │   ├── EngineError        the engine answered with an error (bad request, out of disk, ...)
+    │   ├── ImageMissing       the configured target image is not present
+    │   ├── SandboxGone        the container died or was removed under us
+    │   └── PoolExhausted      no sandbox could be had within the allocation timeout
+    └── AllocationFailed       a connection got no sandbox (any of the above); the front closes it
 """
 
 from __future__ import annotations
@@ -57,3 +58,8 @@ class SandboxGone(SandboxError):
 
 class PoolExhausted(SandboxError):
     """No sandbox became available within the allocation timeout."""
+
+
+class AllocationFailed(SandTrapError):
+    """A connection could not get its sandbox (the pool was exhausted or the engine failed); the
+    SSH front closes the connection as a loaded sshd does."""

@@ -46,6 +46,8 @@ class Persona:
     too_many_auth_failures_text: str = "Too many authentication failures"
     invalid_ident_text: str = "Invalid SSH identification string."
     version_mismatch_text: str = "Protocol major versions differ."
+    # sshd's reply to a refused direct-tcpip open (serverloop.c: errmsg NULL -> "open failed").
+    forward_refused_text: str = "open failed"
     # What runs for `subsystem sftp` (sshd_config `Subsystem sftp`).
     sftp_server: str = "/usr/lib/openssh/sftp-server"
 

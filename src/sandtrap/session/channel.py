@@ -1,8 +1,8 @@
-"""Sessions: one sandbox per SSH connection, and one linear coroutine per channel.
+"""One session channel from request to close: what runs, its recording, its events.
 
-Owns what runs for a shell, exec or subsystem request, the connection's sandbox lease (allocated on
-first use, shared by all channels, released once), and the channel events. Moving bytes is left to
-proxy.py; SSH protocol details to ssh/. Knows the Sandbox protocol, not Docker.
+Owns what sshd would run for a shell, exec or subsystem request (`plan_exec`), the channel's
+recorder and events, and `run_channel`. Moving bytes is left to proxy.py; the sandbox lease and
+the connection's limits to the rest of session/; SSH protocol details to ssh/.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from sandtrap import events as ev
-from sandtrap.errors import PoolExhausted, SandboxError
+from sandtrap.errors import SandboxError
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import (
     MAX_COMMAND_BYTES,
     MAX_NAME_BYTES,
-    ByteBudget,
     accepted_env,
     cap_text,
     is_safe_term,
@@ -31,7 +30,8 @@ from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
 from sandtrap.recording.recorder import ChannelRecorder, recording_path
-from sandtrap.sandbox.base import Sandbox, SandboxProvider
+from sandtrap.session.lease import SandboxLease
+from sandtrap.session.totals import SessionTotals
 
 log = logging.getLogger(__name__)
 
@@ -99,39 +99,6 @@ def refused_settings(request: ChannelRequest) -> list[tuple[str, str]]:
     return refused
 
 
-@dataclass
-class SessionTotals:
-    """What all channels of one connection moved; updated live, so a cancelled channel counts.
-
-    `last_activity` (monotonic) is when a byte last passed either way (the idle timeout's clock);
-    `budget` (optional) caps bytes per direction and `on_exceeded` is called once when it is spent.
-    """
-
-    bytes_in: int = 0
-    bytes_out: int = 0
-    exit_status: int | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-    budget: ByteBudget | None = None
-    on_exceeded: Callable[[], None] | None = None
-
-    def count_in(self, count: int) -> None:
-        self.bytes_in += count
-        self._count("in", count)
-
-    def count_out(self, count: int) -> None:
-        self.bytes_out += count
-        self._count("out", count)
-
-    def _count(self, direction: Literal["in", "out"], count: int) -> None:
-        self.last_activity = time.monotonic()
-        if (
-            self.budget is not None
-            and self.budget.add(direction, count)
-            and self.on_exceeded is not None
-        ):
-            self.on_exceeded()
-
-
 class _Tap:
     """The pump's tap: session totals plus the channel's recorder."""
 
@@ -180,93 +147,6 @@ def _recorder_for(
         record_input=request.kind == "shell",
         commands=commands,
     )
-
-
-class AllocationFailed(Exception):
-    """No sandbox for this connection; the SSH front closes it."""
-
-
-class SandboxLease:
-    """The connection's sandbox: allocated at the first channel, shared, released exactly once.
-
-    `acquire()` is safe to call from several channels at once. `release()` is idempotent, shielded
-    from cancellation, and never raises.
-    """
-
-    def __init__(
-        self,
-        provider: SandboxProvider,
-        events: EventSink,
-        peer: Peer,
-        allocate_timeout_seconds: float,
-    ) -> None:
-        self._provider = provider
-        self._events = events
-        self._peer = peer
-        self._allocate_timeout = allocate_timeout_seconds
-        self._lock = asyncio.Lock()
-        self._sandbox: Sandbox | None = None
-        self._home: str | None = None
-        self._released = False
-        self._failed: str | None = None
-
-    @property
-    def container_id(self) -> str | None:
-        return self._sandbox.id if self._sandbox is not None else None
-
-    async def acquire(self, username: str) -> tuple[Sandbox, str]:
-        """The sandbox and the login user's home in it.
-
-        Raises:
-            AllocationFailed: the pool had none within the allocation timeout, or the engine failed.
-        """
-        async with self._lock:
-            if self._failed is not None or self._released:
-                raise AllocationFailed(self._failed or "released")
-            if self._sandbox is None:
-                await self._allocate(username)
-            if self._sandbox is None or self._home is None:
-                raise AllocationFailed("no sandbox")
-            return self._sandbox, self._home
-
-    async def _allocate(self, username: str) -> None:
-        peer = self._peer
-        try:
-            # Named timeout `allocate`: the pool enforces it too; this bounds any provider.
-            async with asyncio.timeout(self._allocate_timeout):
-                sandbox = await self._provider.allocate(peer)
-        except (PoolExhausted, TimeoutError) as exc:
-            self._fail(f"pool exhausted: {exc}" if str(exc) else "pool exhausted")
-        except SandboxError as exc:
-            self._fail(f"sandbox error: {exc}")
-        # The provider records the allocation itself (sandbox.allocated).
-        self._sandbox = sandbox
-        try:
-            self._home = await sandbox.ensure_user(username)
-        except SandboxError as exc:
-            self._fail(f"ensure_user failed: {exc}")
-
-    def _fail(self, reason: str) -> None:
-        self._failed = reason
-        self._events.emit(ev.SandboxAllocationFailed(peer=self._peer, reason=reason))
-        raise AllocationFailed(reason)
-
-    async def release(self) -> None:
-        """Give the sandbox back (stopped and kept by the provider); no-op without one."""
-        if self._released:
-            return
-        self._released = True
-        sandbox = self._sandbox
-        if sandbox is None:
-            return
-        try:
-            await asyncio.shield(self._provider.release(sandbox, self._peer))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception(
-                "releasing sandbox %s of session %s failed", sandbox.id, self._peer.session_id
-            )
 
 
 def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -> ev.Event:
@@ -381,11 +261,10 @@ async def run_channel(
 
 
 __all__ = [
-    "AllocationFailed",
+    "COMMAND_SHELL",
+    "LOGIN_SHELL",
     "ChannelRequest",
     "ExecPlan",
-    "SandboxLease",
-    "SessionTotals",
     "plan_exec",
     "refused_settings",
     "run_channel",
