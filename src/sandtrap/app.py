@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import re
 import signal
 import tarfile
 from dataclasses import dataclass
@@ -21,36 +20,15 @@ from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.persona import banner_from_package, package_version, persona_for
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body, pool_name
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh import SSHFront, start_ssh_server
-from sandtrap.ssh.persona import persona_for
 from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog, open_event_log
 
 log = logging.getLogger(__name__)
-
-_DPKG_VERSION = re.compile(r"^\d+:(?P<upstream>[\w.]+)-(?P<revision>[\w.+~]+)$")
-
-
-def banner_from_package(version: str, vendor: str = "Debian") -> str | None:
-    """`1:9.2p1-2+deb12u7` -> `OpenSSH_9.2p1 Debian-2+deb12u7` (what Debian's sshd sends)."""
-    match = _DPKG_VERSION.match(version.strip())
-    if match is None:
-        return None
-    return f"OpenSSH_{match['upstream']} {vendor}-{match['revision']}"
-
-
-def package_version(dpkg_status: str, package: str) -> str | None:
-    """The Version of an installed package from the text of /var/lib/dpkg/status."""
-    for stanza in dpkg_status.split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
-        )
-        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
-            return fields.get("Version")
-    return None
 
 
 async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:

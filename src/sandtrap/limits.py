@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,9 +29,6 @@ TRUNCATION_MARK = "[...truncated, {total} bytes]"
 # TERM as sshd passes it to the shell: terminfo names are short and use only these characters.
 _TERM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-# Debian's sshd_config: AcceptEnv LANG LC_*.
-ACCEPTED_ENV_PREFIXES = ("LC_",)
-ACCEPTED_ENV_NAMES = frozenset({"LANG"})
 
 
 def cap_text(value: str, limit: int) -> str:
@@ -56,16 +53,19 @@ def _is_safe_env_value(value: str) -> bool:
     )
 
 
-def accepted_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def accepted_env(env: Mapping[str, str], accept: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Split client env requests into those passed to the shell and the names dropped.
 
-    Only `LANG` and `LC_*` pass (Debian's AcceptEnv), and only with a sane name and a printable
-    ASCII value of at most MAX_ENV_VALUE_BYTES; anything else never reaches the engine.
+    `accept` holds sshd_config AcceptEnv patterns (a name, or a prefix ending in `*`); only
+    matching names pass, and only with a sane name and a printable ASCII value of at most
+    MAX_ENV_VALUE_BYTES; anything else never reaches the engine.
     """
+    names = {pattern for pattern in accept if not pattern.endswith("*")}
+    prefixes = tuple(pattern[:-1] for pattern in accept if pattern.endswith("*"))
     kept: dict[str, str] = {}
     dropped: list[str] = []
     for key, value in env.items():
-        wanted = key in ACCEPTED_ENV_NAMES or key.startswith(ACCEPTED_ENV_PREFIXES)
+        wanted = key in names or key.startswith(prefixes)
         if wanted and _ENV_NAME_RE.fullmatch(key) and _is_safe_env_value(value):
             kept[key] = value
         else:

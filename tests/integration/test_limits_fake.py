@@ -11,7 +11,7 @@ import asyncssh
 import pytest
 
 from sandtrap import events as ev
-from sandtrap.ssh.accept import MAX_STARTUPS_TEXT
+from sandtrap.persona import DEBIAN12
 from sandtrap.ssh.proxyproto import V2_SIGNATURE
 from tests.integration.test_ssh_fake import Start
 
@@ -113,7 +113,7 @@ async def test_concurrent_connections_per_ip_refused_like_maxstartups(start: Sta
     h = await start(limits={"max_connections_per_ip": 2})
     first, second = await h.connect(), await h.connect()
     reader, writer = await _raw(h.port)
-    assert await _read_all(reader) == MAX_STARTUPS_TEXT
+    assert await _read_all(reader) == DEBIAN12.max_startups_text
     writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
     assert (refused.reason, refused.limit) == ("max_connections_per_ip", 2)
@@ -133,7 +133,7 @@ async def test_global_cap_and_max_startups(start: Start) -> None:
     for reader, _ in idle:
         assert (await reader.readline()).startswith(b"SSH-2.0-OpenSSH_")
     reader, writer = await _raw(h.port)
-    assert await _read_all(reader) == MAX_STARTUPS_TEXT
+    assert await _read_all(reader) == DEBIAN12.max_startups_text
     writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
     assert refused.reason == "max_startups"

@@ -20,8 +20,8 @@ import pytest
 from sandtrap import events as ev
 from sandtrap.config import Config
 from sandtrap.errors import PoolExhausted
+from sandtrap.persona import DEBIAN12
 from sandtrap.sandbox.fake import FakeProvider
-from sandtrap.session import LOGIN_SHELL
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.testing import OPENSSH_CLIENT_OPTIONS
@@ -202,7 +202,7 @@ async def test_shell_with_pty_resize_and_exit_status(start: Start) -> None:
     (resize,) = h.sink.of(ev.SessionResize)
     assert (resize.width, resize.height) == (120, 40)
     record = h.provider.allocated[0][0].execs[0]
-    assert record.argv == LOGIN_SHELL
+    assert record.argv == DEBIAN12.login_shell
     assert record.tty
     assert record.workdir == "/root"
     assert record.resizes == [(120, 40)]

@@ -173,7 +173,8 @@ def test_env_only_accepted_names_with_sane_values() -> None:
             "LC_BIG": "x" * 2000,
             "LC_=": "x",
             "LC_U": "é",
-        }
+        },
+        ("LANG", "LC_*"),
     )
     assert kept == {"LANG": "C.UTF-8", "LC_ALL": "en_US.UTF-8"}
     assert sorted(dropped) == ["LC_=", "LC_BIG", "LC_BIN", "LC_U", "LC_X", "LD_PRELOAD"]

@@ -13,6 +13,7 @@ from asyncssh import kex as asyncssh_kex
 from asyncssh import kex_dh
 
 from sandtrap.config import SSHConfig
+from sandtrap.persona import DEBIAN12, banner_from_package, package_version, persona_for
 from sandtrap.ssh.connection import parse_kexinit
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.ssh.kexalgs import (
@@ -25,13 +26,7 @@ from sandtrap.ssh.kexalgs import (
     load_moduli,
     parse_moduli,
 )
-from sandtrap.ssh.persona import (
-    DEBIAN12,
-    hassh,
-    persona_for,
-    server_options,
-    unsupported_algorithms,
-)
+from sandtrap.ssh.persona import hassh, server_options, unsupported_algorithms
 
 
 def test_debian12_identification() -> None:
@@ -213,3 +208,27 @@ def test_dh_public_value_check() -> None:
     assert is_valid_dh_public(3, prime)
     for value in (0, 1, 2, 4, prime - 1, prime):
         assert not is_valid_dh_public(value, prime), value
+
+
+def test_banner_from_debian_package_version() -> None:
+    assert banner_from_package("1:9.2p1-2+deb12u7") == "OpenSSH_9.2p1 Debian-2+deb12u7"
+    assert (
+        banner_from_package("1:8.9p1-3ubuntu0.10", "Ubuntu") == "OpenSSH_8.9p1 Ubuntu-3ubuntu0.10"
+    )
+    assert banner_from_package("9.2p1") is None
+
+
+def test_package_version_reads_installed_stanzas_only() -> None:
+    status = (
+        "Package: openssh-server\nStatus: deinstall ok config-files\nVersion: 1:8.0p1-1\n\n"
+        "Package: openssh-client\nStatus: install ok installed\nVersion: 1:9.2p1-2+deb12u7\n"
+        "Description: secure shell\n multi-line: text\n"
+    )
+    assert package_version(status, "openssh-client") == "1:9.2p1-2+deb12u7"
+    assert package_version(status, "openssh-server") is None
+
+
+def test_login_runs_the_motd_then_a_login_bash() -> None:
+    assert DEBIAN12.login_shell[:2] == ("/bin/bash", "-c")
+    assert DEBIAN12.login_shell[2].endswith("exec -a -bash /bin/bash")
+    assert DEBIAN12.accept_env == ("LANG", "LC_*")

@@ -18,12 +18,13 @@ from sandtrap import events as ev
 from sandtrap.config import LimitsConfig
 from sandtrap.errors import PoolExhausted
 from sandtrap.events import Peer
+from sandtrap.persona import DEBIAN12
 from sandtrap.proxy import ChannelGone, Resize
 from sandtrap.sandbox.fake import FakeProvider
 from sandtrap.session import ChannelRequest, Session, SessionSettings
 
 PEER = Peer("0123456789ab", "203.0.113.9", 40000, 22)
-LOGOUT = b"\atimed out waiting for input: auto-logout\r\n"
+LOGOUT = DEBIAN12.idle_logout_text
 # Each test must end well within this: nothing here waits on a wall clock.
 DEADLINE = 2.0
 
@@ -124,8 +125,7 @@ async def running(
     settings = SessionSettings(
         limits=LimitsConfig(**limits),
         allocate_timeout_seconds=1.0,
-        sftp_server="/usr/lib/openssh/sftp-server",
-        logout_text=LOGOUT,
+        persona=DEBIAN12,
         recordings=None,
     )
     session = Session(

@@ -124,7 +124,7 @@ class FakeExecStream:
         # Cancelled (by close()): no EOF is queued; nobody reads any more.
         argv = self.record.argv
         if argv[-1].endswith("exec -a -bash /bin/bash"):
-            status = await self._shell()  # the login wrapper of session.LOGIN_SHELL
+            status = await self._shell()  # the login wrapper of Persona.login_shell
         elif argv[-2:-1] == ("-c",):
             status = await self._command(argv[-1])
         elif argv[0].endswith("sftp-server"):

@@ -6,8 +6,6 @@ imports asyncssh or the Docker backend: ssh/ drives a `Session`, the pool is a `
 """
 
 from sandtrap.session.channel import (
-    COMMAND_SHELL,
-    LOGIN_SHELL,
     ChannelRequest,
     ExecPlan,
     plan_exec,
@@ -19,8 +17,6 @@ from sandtrap.session.lease import SandboxLease
 from sandtrap.session.totals import SessionTotals
 
 __all__ = [
-    "COMMAND_SHELL",
-    "LOGIN_SHELL",
     "ChannelRequest",
     "ExecPlan",
     "Link",

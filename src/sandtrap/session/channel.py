@@ -26,6 +26,7 @@ from sandtrap.limits import (
     cap_text,
     is_safe_term,
 )
+from sandtrap.persona import Persona
 from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
@@ -34,17 +35,6 @@ from sandtrap.session.lease import SandboxLease
 from sandtrap.session.totals import SessionTotals
 
 log = logging.getLogger(__name__)
-
-# sshd runs the user's shell: as a login shell for `shell`, with -c for `exec` (session.c). For a
-# login, Debian's pam_motd first prints the dynamic motd (update-motd.d) and /etc/motd; the shell
-# then runs as "-bash", the name sshd gives a login shell, which is what `ps` shows on a server.
-LOGIN_SHELL = (
-    "/bin/bash",
-    "-c",
-    "run-parts --lsbsysinit /etc/update-motd.d 2>/dev/null; "
-    "[ -r /etc/motd ] && cat /etc/motd; exec -a -bash /bin/bash",
-)
-COMMAND_SHELL = ("/bin/bash", "-c")
 
 
 @dataclass(frozen=True)
@@ -72,7 +62,7 @@ class ExecPlan:
     env: dict[str, str]
 
 
-def plan_exec(request: ChannelRequest, sftp_server: str) -> ExecPlan:
+def plan_exec(request: ChannelRequest, persona: Persona) -> ExecPlan:
     """What sshd would run for `request` (pure).
 
     Attacker strings reach the engine only as argv/env entries of a JSON body, never a host shell;
@@ -80,20 +70,23 @@ def plan_exec(request: ChannelRequest, sftp_server: str) -> ExecPlan:
     terminfo-name characters (others are left out, the shell then runs without TERM). sshd hands
     the command to execve as a C string, so it ends at the first NUL here too.
     """
-    env, _ = accepted_env(request.env)
+    env, _ = accepted_env(request.env, persona.accept_env)
     if request.term is not None and is_safe_term(request.term):
         env["TERM"] = request.term
     if request.kind == "subsystem":
-        return ExecPlan((sftp_server,), tty=False, env=env)
+        return ExecPlan((persona.sftp_server,), tty=False, env=env)
     if request.kind == "exec":
         command = (request.command or "").split("\x00", 1)[0]
-        return ExecPlan((*COMMAND_SHELL, command), tty=request.has_pty, env=env)
-    return ExecPlan(LOGIN_SHELL, tty=request.has_pty, env=env)
+        return ExecPlan((*persona.command_shell, command), tty=request.has_pty, env=env)
+    return ExecPlan(persona.login_shell, tty=request.has_pty, env=env)
 
 
-def refused_settings(request: ChannelRequest) -> list[tuple[str, str]]:
+def refused_settings(request: ChannelRequest, persona: Persona) -> list[tuple[str, str]]:
     """(request, detail) for each part of `request` that plan_exec leaves out (for events)."""
-    refused = [("env", cap_text(name, MAX_NAME_BYTES)) for name in accepted_env(request.env)[1]]
+    refused = [
+        ("env", cap_text(name, MAX_NAME_BYTES))
+        for name in accepted_env(request.env, persona.accept_env)[1]
+    ]
     if request.term is not None and not is_safe_term(request.term):
         refused.append(("pty-req", cap_text(request.term, MAX_NAME_BYTES)))
     return refused
@@ -181,7 +174,7 @@ async def run_channel(
     lease: SandboxLease,
     events: EventSink,
     peer: Peer,
-    sftp_server: str,
+    persona: Persona,
     *,
     recordings: Path | None = None,
     totals: SessionTotals | None = None,
@@ -200,11 +193,11 @@ async def run_channel(
     recorder = _recorder_for(request, peer, events, recordings)
     path = str(recorder.path) if recorder is not None and recorder.path is not None else None
     events.emit(_request_event(request, peer, path))
-    for kind, detail in refused_settings(request):
+    for kind, detail in refused_settings(request, persona):
         events.emit(ev.RequestRefused(peer=peer, request=kind, detail=detail))
     started = time.monotonic()
     sandbox, home = await lease.acquire(request.username)
-    plan = plan_exec(request, sftp_server)
+    plan = plan_exec(request, persona)
     status: int | None = None
     bytes_in = bytes_out = 0
 
@@ -261,8 +254,6 @@ async def run_channel(
 
 
 __all__ = [
-    "COMMAND_SHELL",
-    "LOGIN_SHELL",
     "ChannelRequest",
     "ExecPlan",
     "plan_exec",

@@ -22,6 +22,7 @@ from sandtrap.config import LimitsConfig
 from sandtrap.errors import AllocationFailed
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import ByteBudget, TimeoutKind, expired
+from sandtrap.persona import Persona
 from sandtrap.proxy import ChannelGone, ChannelIO
 from sandtrap.sandbox.base import STDOUT, SandboxProvider
 from sandtrap.session.channel import ChannelRequest, run_channel
@@ -51,16 +52,15 @@ class Link(Protocol):
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """What shapes every session of a front; built once from the configuration and the persona.
+    """What shapes every session of a front; built once from the configuration.
 
-    `logout_text` is what the shell prints when the idle timeout logs it out; `recordings` is the
+    `persona` says what runs for each request and how the idle logout looks; `recordings` is the
     root of the cast files (None: no recording).
     """
 
     limits: LimitsConfig
     allocate_timeout_seconds: float
-    sftp_server: str
-    logout_text: bytes
+    persona: Persona
     recordings: Path | None
 
 
@@ -171,7 +171,7 @@ class Session:
                 self.lease,
                 self._events,
                 self.peer,
-                settings.sftp_server,
+                settings.persona,
                 recordings=settings.recordings,
                 totals=self.totals,
             )
@@ -264,7 +264,7 @@ class Session:
             with contextlib.suppress(ChannelGone, TimeoutError):
                 async with asyncio.timeout(LOGOUT_WRITE_SECONDS):
                     if request.kind == "shell" and request.has_pty:
-                        await io.write(self._settings.logout_text, STDOUT)
+                        await io.write(self._settings.persona.idle_logout_text, STDOUT)
                         await io.finish(0)
                     else:
                         await io.finish(None)

@@ -17,9 +17,6 @@ from sandtrap.ssh.proxyproto import MAX_HEADER_BYTES, ProxyHeaderError, parse_pr
 
 log = logging.getLogger(__name__)
 
-# What OpenSSH's sshd writes before closing a connection dropped by MaxStartups (sshd.c).
-MAX_STARTUPS_TEXT = b"Exceeded MaxStartups\r\n"
-
 Address = tuple[str, int]
 
 
@@ -109,8 +106,10 @@ class Gatekeeper(asyncio.Protocol):
         *,
         proxy_protocol: bool = False,
         proxy_timeout: float = 5.0,
+        refusal_text: bytes = b"",
     ) -> None:
         self._hooks = hooks
+        self._refusal_text = refusal_text
         self._factory = connection_factory
         self._proxy_protocol = proxy_protocol
         self._proxy_timeout = proxy_timeout
@@ -187,8 +186,9 @@ class Gatekeeper(asyncio.Protocol):
         self._done = True
         refusal = self._hooks.admit(peer, self._local)
         if refusal is not None:
-            if refusal != "rate_limited":
-                transport.write(MAX_STARTUPS_TEXT)
+            if refusal != "rate_limited" and self._refusal_text:
+                # As sshd at MaxStartups (the persona's text); a rate limit closes silently.
+                transport.write(self._refusal_text)
             transport.close()
             return
         connection = self._factory()
@@ -201,4 +201,4 @@ class Gatekeeper(asyncio.Protocol):
             connection.data_received(rest)
 
 
-__all__ = ["MAX_STARTUPS_TEXT", "AcceptHooks", "AddressedTransport", "Gatekeeper"]
+__all__ = ["AcceptHooks", "AddressedTransport", "Gatekeeper"]

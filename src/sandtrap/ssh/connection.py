@@ -25,7 +25,7 @@ from asyncssh.constants import (
 )
 from asyncssh.packet import SSHPacket, String, UInt32
 
-from sandtrap.ssh.persona import Persona
+from sandtrap.persona import Persona
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Jitter on the failed-password delay: pam_unix's delay is not a constant either.
-_DELAY_JITTER = 0.25
 _random = secrets.SystemRandom()
 
 
@@ -159,7 +157,8 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         delay = self._front.config.ssh.auth_failure_delay_seconds
         if delay:
             # Named delay `auth_failure`: Debian's PAM answers a bad password after ~2 s.
-            await asyncio.sleep(_random.uniform(delay, delay * (1 + _DELAY_JITTER)))
+            jitter = self._front.persona.auth_failure_jitter
+            await asyncio.sleep(_random.uniform(delay, delay * (1 + jitter)))
         return False
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:

@@ -19,6 +19,7 @@ from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config, parse_listen
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import Admission, AdmissionSettings, MaxStartups
+from sandtrap.persona import Persona, persona_for
 from sandtrap.sandbox.base import SandboxProvider
 from sandtrap.session import Link, Session, SessionSettings
 from sandtrap.ssh.accept import Address, Gatekeeper
@@ -26,14 +27,10 @@ from sandtrap.ssh.connection import listen
 from sandtrap.ssh.hooks import SandTrapSSHServer
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.ssh.kexalgs import enable_openssh_gex, enable_sntrup761, load_moduli
-from sandtrap.ssh.persona import Persona, persona_for, server_options
+from sandtrap.ssh.persona import server_options
 
 log = logging.getLogger(__name__)
 
-# What bash prints (to stderr, which is the PTY) when TMOUT expires at the prompt (eval.c
-# alrm_catcher), with the PTY's ONLCR; then the shell exits and sshd closes the channel. The
-# idle timeout ends shells this way.
-AUTO_LOGOUT_TEXT = b"\atimed out waiting for input: auto-logout\r\n"
 _random = secrets.SystemRandom()
 
 
@@ -65,8 +62,7 @@ class SSHFront:
         self._session_settings = SessionSettings(
             limits=config.limits,
             allocate_timeout_seconds=config.pool.allocate_timeout_seconds,
-            sftp_server=persona.sftp_server,
-            logout_text=AUTO_LOGOUT_TEXT,
+            persona=persona,
             recordings=config.storage.data_dir / "recordings",
         )
         limits = config.limits
@@ -135,7 +131,13 @@ class SSHFront:
         timeout = self.config.ssh.proxy_protocol_timeout_seconds
 
         def accept(factory: Any) -> Gatekeeper:
-            return Gatekeeper(self, factory, proxy_protocol=proxy, proxy_timeout=timeout)
+            return Gatekeeper(
+                self,
+                factory,
+                proxy_protocol=proxy,
+                proxy_timeout=timeout,
+                refusal_text=self.persona.max_startups_text,
+            )
 
         return accept
 
