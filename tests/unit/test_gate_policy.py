@@ -11,19 +11,15 @@ from urllib.parse import quote
 import pytest
 
 from sandtrap.config import parse_config
-from sandtrap.gate.policy import (
-    GatePolicy,
-    Refused,
+from sandtrap.gate.bodies import (
     check_capacity,
     check_create,
     check_exec,
     check_exec_start,
     encode_body,
-    force_label_filter,
-    is_ours,
     parse_body,
-    route,
 )
+from sandtrap.gate.policy import GatePolicy, Refused, force_label_filter, is_ours, route
 from sandtrap.sandbox.hardening import container_body
 
 CONFIG = parse_config({"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12"}})

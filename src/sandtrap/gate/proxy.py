@@ -13,30 +13,30 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import struct
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
 from sandtrap.events import EventSink, GateRefused
+from sandtrap.gate.bodies import (
+    check_capacity,
+    check_create,
+    check_exec,
+    check_exec_start,
+    encode_body,
+    parse_body,
+)
+from sandtrap.gate.http import BadRequest, peer_credentials, read_request
 from sandtrap.gate.policy import (
     GatePolicy,
     NotFound,
     Refused,
     Route,
-    check_capacity,
-    check_create,
-    check_exec,
-    check_exec_start,
     container_path,
-    encode_body,
     encode_query,
     is_full_id,
     is_ours,
-    parse_body,
     route,
 )
 
@@ -47,61 +47,6 @@ _READ_SIZE = 64 * 1024
 _HEAD_TIMEOUT = 30.0
 _CACHE_SIZE = 4096
 _CREATE_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class BadRequest(Exception):
-    """The client did not speak the HTTP/1.1 subset the gate accepts."""
-
-
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """One request head and its Content-Length body; None when the client closed first."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise BadRequest("truncated request head") from None
-    except asyncio.LimitOverrunError:
-        raise BadRequest("request head too large") from None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(f"bad request line {lines[0][:100]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        key = name.strip().lower()
-        if not sep or key in headers or name != name.strip():
-            raise BadRequest(f"bad or repeated header {name[:40]!r}")
-        headers[key] = value.strip()
-    if "transfer-encoding" in headers:
-        raise BadRequest("chunked request bodies are not accepted")
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit() or int(length_text) > 4 * 1024 * 1024:
-        raise BadRequest("bad Content-Length")
-    body = await reader.readexactly(int(length_text)) if int(length_text) else b""
-    return Request(parts[0], parts[1], headers, body)
-
-
-def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
-    """(pid, uid) of the process at the other end of a Unix socket, when the kernel says."""
-    sock = writer.get_extra_info("socket")
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (OSError, AttributeError):
-        return None, None
-    pid, uid, _gid = struct.unpack("3i", raw)
-    return pid, uid
 
 
 class Gate:
