@@ -18,7 +18,8 @@ import pytest
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import PoolExhausted
 from sandtrap.events import Event, Peer
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
 from tests.docker.service import dockerd_pid, remove_sensor_containers
@@ -84,7 +85,7 @@ def info(n: int = 1, ip: str = "203.0.113.10") -> Peer:
     return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
 
 
-async def sh(sandbox: DockerSandbox, script: str, user: str = "root") -> tuple[int, str]:
+async def sh(sandbox: ContainerSandbox, script: str, user: str = "root") -> tuple[int, str]:
     stream = await sandbox.exec(["/bin/sh", "-c", script], user=user, tty=False)
     out = []
     try:

@@ -1,7 +1,7 @@
 """Hardening and naming of sandbox containers: pure functions from config to Engine API bodies.
 
 Owns what every sandbox container looks like (limits, capabilities, labels, names, host names).
-Talking to the engine is left to `sandbox/docker.py`.
+Talking to the engine is left to the `ContainerEngine` (sandbox/engine.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from sandtrap.config import HOSTNAME_RE, SandboxConfig
 from sandtrap.errors import ConfigError
 from sandtrap.events import rfc3339
+from sandtrap.sandbox.engine import ContainerEngine
 
 LABEL_ROLE = "sandtrap.role"
 LABEL_CREATED = "sandtrap.created"
@@ -231,7 +232,7 @@ def parse_prepared(output: str) -> Prepared:
 
 
 async def prepare(
-    engine: Any, container_id: str, hostname: str, log_hostname: str | None
+    engine: ContainerEngine, container_id: str, hostname: str, log_hostname: str | None
 ) -> Prepared:
     """Make a new sandbox look like a server that has always had its host name.
 

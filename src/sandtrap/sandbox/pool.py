@@ -29,7 +29,8 @@ from sandtrap.events import (
     SandboxFailure,
     SandboxReleased,
 )
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.forensics import capture_changes
 from sandtrap.sandbox.hardening import (
     LABEL_LOG_HOSTNAME,
@@ -86,7 +87,7 @@ def plan_refill(
 class _Sticky:
     """A source IP's own sandbox in sticky mode: in use, being released, or stopped and kept."""
 
-    sandbox: DockerSandbox
+    sandbox: ContainerSandbox
     released_at: float | None = None
     releasing: asyncio.Event | None = None
 
@@ -117,12 +118,12 @@ class Pool:
     pool members and stops session sandboxes.
     """
 
-    def __init__(self, config: Config, engine: Engine, events: EventSink) -> None:
+    def __init__(self, config: Config, engine: ContainerEngine, events: EventSink) -> None:
         self._config = config
         self._engine = engine
         self._events = events
         self._images = config.sandbox.weighted_images()
-        self._idle: dict[str, deque[DockerSandbox]] = {i.image: deque() for i in self._images}
+        self._idle: dict[str, deque[ContainerSandbox]] = {i.image: deque() for i in self._images}
         self._busy: dict[str, InUse] = {}
         self._sticky: dict[str, _Sticky] = {}
         self._counters = _Counters()
@@ -299,7 +300,7 @@ class Pool:
             prepared = await prepare(
                 self._engine, container_id, hostname, self._log_hostnames.get(image)
             )
-            sandbox = DockerSandbox(self._engine, container_id, hostname, image)
+            sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)
             self._born[container_id] = self._generation
@@ -352,14 +353,14 @@ class Pool:
 
     # --- allocation ---------------------------------------------------------------------------
 
-    def _take_idle(self) -> DockerSandbox | None:
+    def _take_idle(self) -> ContainerSandbox | None:
         ready = [item for item in self._images if self._idle[item.image]]
         if not ready:
             return None
         choice = self._rng.choices(ready, weights=[item.weight for item in ready])[0]
         return self._idle[choice.image].popleft()
 
-    async def allocate(self, peer: Peer) -> DockerSandbox:
+    async def allocate(self, peer: Peer) -> ContainerSandbox:
         started = time.monotonic()
         sandbox = None
         if self._config.pool.sticky:
@@ -393,7 +394,7 @@ class Pool:
         )
         return sandbox
 
-    async def _take_busy(self, sandbox: DockerSandbox, peer: Peer, rename: bool) -> None:
+    async def _take_busy(self, sandbox: ContainerSandbox, peer: Peer, rename: bool) -> None:
         # Counted as busy before the first await, so the max_sandboxes cap never sees it missing.
         busy = InUse(sandbox, {peer.session_id: peer}, time.monotonic())
         self._busy[sandbox.id] = busy
@@ -427,7 +428,7 @@ class Pool:
                 name=f"watch-{peer.session_id}",
             )
 
-    async def _wait_idle(self, peer: Peer) -> DockerSandbox:
+    async def _wait_idle(self, peer: Peer) -> ContainerSandbox:
         self._wanted.set()
         try:
             async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
@@ -445,7 +446,7 @@ class Pool:
             ) from None
         return sandbox
 
-    async def _still_alive(self, sandbox: DockerSandbox) -> bool:
+    async def _still_alive(self, sandbox: ContainerSandbox) -> bool:
         """True unless the member predates an engine outage and did not survive it."""
         if self._born.get(sandbox.id, self._generation) == self._generation:
             return True
@@ -463,7 +464,7 @@ class Pool:
         self._wanted.set()
         return False
 
-    async def _sticky_sandbox(self, peer: Peer) -> DockerSandbox | None:
+    async def _sticky_sandbox(self, peer: Peer) -> ContainerSandbox | None:
         """The source IP's own sandbox: shared while in use, restarted once it was stopped."""
         entry = self._sticky.get(peer.src_ip)
         if entry is None:
@@ -534,7 +535,7 @@ class Pool:
                 stopped=stopped,
             )
         )
-        if isinstance(sandbox, DockerSandbox):
+        if isinstance(sandbox, ContainerSandbox):
             try:
                 await capture_changes(
                     self._engine,

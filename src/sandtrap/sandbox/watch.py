@@ -19,7 +19,8 @@ from typing import Any
 from sandtrap.config import SandboxConfig
 from sandtrap.errors import SandboxError, SandboxGone
 from sandtrap.events import EventSink, Peer, SandboxDied, SandboxDiskExceeded
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class InUse:
     """A sandbox in use; in sticky mode several connections of one source IP share it."""
 
-    sandbox: DockerSandbox
+    sandbox: ContainerSandbox
     sessions: dict[str, Peer]
     allocated_at: float
     watcher: asyncio.Task[None] | None = None
@@ -40,7 +41,7 @@ class InUse:
 
 async def watch_in_use(
     busy: InUse,
-    engine: Engine,
+    engine: ContainerEngine,
     config: SandboxConfig,
     events: EventSink,
     failed: Callable[[str, Exception], None],
@@ -90,7 +91,7 @@ async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
 async def _over_disk_budget(
     busy: InUse,
     details: dict[str, Any],
-    engine: Engine,
+    engine: ContainerEngine,
     config: SandboxConfig,
     events: EventSink,
 ) -> bool:
