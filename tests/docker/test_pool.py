@@ -312,7 +312,7 @@ async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
     async with running_pool(config, sink) as pool:
         async with asyncio.timeout(60):
             await pool.wait_warm()
-        before = {s.id for q in pool._idle.values() for s in q}
+        before = {s.id for s in pool._state.idle_members()}
         pid = dockerd_pid()
         assert pid is not None
         os.kill(pid, signal.SIGTERM)

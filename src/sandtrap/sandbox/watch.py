@@ -13,34 +13,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sandtrap.config import SandboxConfig
 from sandtrap.errors import SandboxError, SandboxGone
-from sandtrap.events import EventSink, Peer, SandboxDied, SandboxDiskExceeded
+from sandtrap.events import EventSink, SandboxDied, SandboxDiskExceeded
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.poolstate import InUse
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class InUse:
-    """A sandbox in use; in sticky mode several connections of one source IP share it."""
-
-    sandbox: ContainerSandbox
-    sessions: dict[str, Peer]
-    allocated_at: float
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def peer(self) -> Peer:
-        return next(iter(self.sessions.values()))
-
-
 async def watch_in_use(
-    busy: InUse,
+    busy: InUse[ContainerSandbox],
     engine: ContainerEngine,
     config: SandboxConfig,
     events: EventSink,
@@ -68,7 +54,7 @@ async def watch_in_use(
             return
 
 
-async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
+async def _died(busy: InUse[ContainerSandbox], state: dict[str, Any], events: EventSink) -> None:
     code = state.get("ExitCode")
     for peer in list(busy.sessions.values()):
         events.emit(
@@ -89,7 +75,7 @@ async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
 
 
 async def _over_disk_budget(
-    busy: InUse,
+    busy: InUse[ContainerSandbox],
     details: dict[str, Any],
     engine: ContainerEngine,
     config: SandboxConfig,
