@@ -15,7 +15,7 @@ from sandtrap.sandbox.hardening import is_valid_username
 
 # $1 is a validated user name. useradd's own files, the new home (with the skeleton) and the
 # directories whose entries change; the first output line is the passwd entry.
-_ENSURE_USER_SCRIPT = r"""
+ENSURE_USER_SCRIPT = r"""
 getent passwd "$1" >/dev/null || useradd --create-home --shell /bin/bash -- "$1" || exit 1
 getent passwd "$1"
 home=$(getent passwd "$1" | cut -d: -f6)
@@ -67,7 +67,7 @@ class ContainerSandbox:
         # One exec: create the account when missing, then report the passwd entry and the size and
         # mtime of every path useradd touches, so the session diff can leave our doing out.
         status, out, err = await self._engine.run(
-            self._id, ["/bin/sh", "-c", _ENSURE_USER_SCRIPT, "sh", username]
+            self._id, ["/bin/sh", "-c", ENSURE_USER_SCRIPT, "sh", username]
         )
         if status != 0:
             raise EngineError(f"cannot create user {username!r}: {err[-200:]!r}")

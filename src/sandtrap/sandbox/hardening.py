@@ -185,7 +185,7 @@ def container_body(
 # Run as root in a fresh container before anyone logs in. Arguments are validated host names, passed
 # as positional parameters, never spliced into the script. It prints what it changed, as
 # "S<tab>path<tab>size<tab>mtime" lines, and the accounts, as "U<tab>passwd entry" lines.
-_PREPARE_SCRIPT = r"""
+PREPARE_SCRIPT = r"""
 new=$1 old=$2
 rm -f /.dockerenv
 # Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
@@ -243,7 +243,7 @@ async def prepare(
     if not HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"bad host name {hostname!r}")
     _, out, _ = await engine.run(
-        container_id, ["/bin/sh", "-c", _PREPARE_SCRIPT, "sh", hostname, old]
+        container_id, ["/bin/sh", "-c", PREPARE_SCRIPT, "sh", hostname, old]
     )
     return parse_prepared(out.decode("utf-8", "replace"))
 
