@@ -46,12 +46,12 @@ class FakeContainer:
     oom_killed: bool = False
     finished_at: str = "0001-01-01T00:00:00Z"
     size_rw: int = 0
-    users: dict[str, str] = field(default_factory=lambda: {"root": "/root"})
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    files: dict[str, bytes] = field(default_factory=dict)
-    execs: list[ExecRecord] = field(default_factory=list)
-    streams: list[FakeExecStream] = field(default_factory=list)
-    runs: list[tuple[str, ...]] = field(default_factory=list)
+    users: dict[str, str] = field(repr=False, default_factory=lambda: {"root": "/root"})
+    changes: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    files: dict[str, bytes] = field(repr=False, default_factory=dict)
+    execs: list[ExecRecord] = field(repr=False, default_factory=list)
+    streams: list[FakeExecStream] = field(repr=False, default_factory=list)
+    runs: list[tuple[str, ...]] = field(repr=False, default_factory=list)
 
     @property
     def running(self) -> bool:

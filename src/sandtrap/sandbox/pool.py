@@ -26,14 +26,14 @@ from sandtrap.sandbox.hardening import (
     HostnamePicker,
     blkio_device_for,
     container_body,
-    parse_session_name,
     pool_name,
     prepare,
     session_name,
 )
 from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
-from sandtrap.sandbox.poolstate import PoolState, PoolStatistics, StickyAction, plan_refill
+from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.retention import enforce_retention
+from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,18 @@ class Pool:
     pool members and stops session sandboxes.
     """
 
-    def __init__(self, config: Config, engine: ContainerEngine, events: EventSink) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: ContainerEngine,
+        events: EventSink,
+        *,
+        retry_delays: tuple[float, float] = (_BACKOFF_START, _BACKOFF_MAX),
+    ) -> None:
+        """`retry_delays`: the first and the longest wait before retrying a failing engine
+        (doubling in between); tests on the fake engine shorten them."""
         self._config = config
+        self._retry_delays = retry_delays
         self._engine = engine
         self._events = events
         self._images = config.sandbox.weighted_images()
@@ -109,7 +119,7 @@ class Pool:
             self._wanted.set()
 
     async def _reconcile_with_retry(self) -> None:
-        delay = _BACKOFF_START
+        delay = self._retry_delays[0]
         while True:
             try:
                 await self.reconcile()
@@ -118,7 +128,7 @@ class Pool:
             except SandboxError as exc:
                 self._engine_failed("reconcile", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                delay = min(delay * 2, self._retry_delays[1])
 
     async def reconcile(self) -> None:
         """Start-up: remove pool members of earlier runs, stop and keep their session sandboxes."""
@@ -154,7 +164,7 @@ class Pool:
     # --- refill ------------------------------------------------------------------------------
 
     async def _refill_loop(self) -> None:
-        delay = _BACKOFF_START
+        delay = self._retry_delays[0]
         while True:
             await self._wanted.wait()
             self._wanted.clear()
@@ -171,9 +181,9 @@ class Pool:
                 self._engine_failed("create", failure)
             if failures:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                delay = min(delay * 2, self._retry_delays[1])
             else:
-                delay = _BACKOFF_START
+                delay = self._retry_delays[0]
                 self._state.engine_answered(clear_error=True)
             self._wanted.set()
 
@@ -244,7 +254,9 @@ class Pool:
         if self._config.pool.sticky:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
-                    sandbox = await self._sticky_sandbox(peer)
+                    sandbox = await sticky_sandbox(
+                        self._engine, self._state, self._releasing, peer.src_ip
+                    )
             except TimeoutError:
                 log.warning(
                     "sticky sandbox for %s still being released; using a fresh one", peer.src_ip
@@ -341,29 +353,6 @@ class Pool:
         self._wanted.set()
         return False
 
-    async def _sticky_sandbox(self, peer: Peer) -> ContainerSandbox | None:
-        """The source IP's own sandbox: shared while in use, restarted once it was stopped."""
-        entry = self._state.sticky_entry(peer.src_ip)
-        if entry is None:
-            return None
-        released = self._releasing.get(entry.sandbox.id)
-        if entry.releasing and released is not None:
-            await released.wait()
-        action = self._state.sticky_action(peer.src_ip, entry)
-        if action is StickyAction.SHARE:
-            return entry.sandbox
-        if action is StickyAction.FRESH:
-            return None
-        try:
-            state = (await self._engine.inspect(entry.sandbox.id)).get("State", {})
-            if not state.get("Running"):
-                await self._engine.start(entry.sandbox.id)
-        except SandboxError as exc:
-            log.info("sticky sandbox for %s unusable (%s); using a fresh one", peer.src_ip, exc)
-            self._state.forget_sticky(peer.src_ip)
-            return None
-        return entry.sandbox
-
     # --- release ------------------------------------------------------------------------------
 
     async def release(self, sandbox: Sandbox, peer: Peer) -> None:
@@ -398,4 +387,4 @@ class Pool:
             self._engine_failed("prune", exc)
 
 
-__all__ = ["Pool", "PoolStatistics", "parse_session_name", "plan_refill"]
+__all__ = ["Pool", "PoolStatistics"]
