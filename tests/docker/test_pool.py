@@ -1,4 +1,8 @@
-"""The sandbox pool against the real engine: hardening, warm-up, allocation, release, forensics."""
+"""The sandbox pool against the real engine: hardening, warm-up, allocation, release, forensics.
+
+What the fake engine can also show (warm-up, timeouts, sharing, outages, retention) is the battery
+in tests/pool_battery.py, run here against the real engine by the `backend` fixture below.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +22,21 @@ from typing import Any
 import pytest
 
 from sandtrap.config import Config, parse_config
-from sandtrap.errors import PoolExhausted
 from sandtrap.events import Event, Peer
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
 from tests.docker.service import dockerd_pid, remove_sensor_containers
+from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected here
+    Backend,
+    test_max_sandboxes_and_allocation_timeout,
+    test_outage_members_are_rechecked_and_refill_resumes,
+    test_release_stops_and_keeps_the_sandbox,
+    test_restart_reconciles_and_retention_prunes,
+    test_sticky_sources_share_and_get_their_sandbox_back,
+    test_warms_up_to_its_size_and_refills_behind_an_allocation,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -46,6 +61,45 @@ def sensor() -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     remove_sensor_containers(name)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def _dockerd_restart() -> AsyncIterator[None]:
+    """dockerd stops (taking its containers down) inside the block and is started again after."""
+    pid = dockerd_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(60):
+            while dockerd_pid() is not None:
+                await asyncio.sleep(0.2)
+        yield
+    finally:
+        restart = await asyncio.create_subprocess_exec(str(ROOT / "scripts" / "ensure-docker"))
+        assert await asyncio.wait_for(restart.wait(), 120) == 0
+
+
+@pytest.fixture
+async def backend(sensor: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    engine = Engine("unix:///var/run/docker.sock")
+    may_restart = os.geteuid() == 0 and dockerd_pid() is not None
+    try:
+        yield Backend(
+            engine=engine,
+            sensor=sensor,
+            image=IMAGE,
+            tmp_path=tmp_path,
+            patience=90,
+            allocate_timeout=1.5,
+            health_interval=0.5,
+            retry_delays=(0.5, 30.0),
+            outage=_dockerd_restart if may_restart else None,
+        )
+    finally:
+        await engine.close()
 
 
 def make_config(sensor: str, tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -84,7 +138,7 @@ def info(n: int = 1, ip: str = "203.0.113.10") -> Peer:
     return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
 
 
-async def sh(sandbox: DockerSandbox, script: str, user: str = "root") -> tuple[int, str]:
+async def sh(sandbox: ContainerSandbox, script: str, user: str = "root") -> tuple[int, str]:
     stream = await sandbox.exec(["/bin/sh", "-c", script], user=user, tty=False)
     out = []
     try:
@@ -189,76 +243,6 @@ async def test_release_keeps_container_and_captures_files(sensor: str, tmp_path:
     assert sink.of("sandbox.released")[0].stopped is True
 
 
-async def test_max_sandboxes_and_allocation_timeout(sensor: str, tmp_path: Path) -> None:
-    config = make_config(
-        sensor, tmp_path, pool={"size": 1, "max_sandboxes": 2, "allocate_timeout_seconds": 1.5}
-    )
-    async with running_pool(config, Sink()) as pool:
-        await asyncio.wait_for(pool.wait_warm(), 60)
-        first = await pool.allocate(info(1))
-        # The cap leaves room for exactly one more: the refill behind the first allocation.
-        await asyncio.wait_for(pool.wait_warm(), 60)
-        second = await pool.allocate(info(2))
-        assert first.id != second.id
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(PoolExhausted):
-            await pool.allocate(info(3))
-        assert loop.time() - started >= 1.4
-        running = _docker("ps", "-q", "--filter", f"label=sandtrap.sensor={sensor}").split()
-        assert len(running) == 2
-        # Releasing one makes room again.
-        await pool.release(first, info(1))
-        await asyncio.wait_for(pool.wait_warm(), 60)
-        third = await pool.allocate(info(3))
-        assert third.id not in (first.id, second.id)
-
-
-async def test_restart_reconciles_and_retention_prunes(sensor: str, tmp_path: Path) -> None:
-    sink = Sink()
-    config = make_config(sensor, tmp_path, pool={"size": 2})
-    engine = Engine(config.sandbox.docker_url)
-    pool = Pool(config, engine, sink)
-    task = asyncio.create_task(pool.run())
-    await asyncio.wait_for(pool.wait_warm(), 60)
-    kept = []
-    for n in (1, 2, 3):
-        sandbox = await pool.allocate(info(n))
-        kept.append(sandbox.id)
-        if n < 3:
-            await pool.release(sandbox, info(n))
-    await asyncio.wait_for(pool.wait_warm(), 60)
-    # Simulate a crash: the task dies without shutdown(); pool members and one live session remain.
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await engine.close()
-    names = _docker(
-        "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=sandtrap.sensor={sensor}"
-    )
-    assert any(name.startswith("sandtrap-pool-") for name in names.split())
-
-    sink2 = Sink()
-    small = make_config(sensor, tmp_path, pool={"size": 0}, retention={"max_count": 2})
-    async with running_pool(small, sink2) as pool2:
-        assert pool2.statistics().idle == 0
-    left = _docker(
-        "ps",
-        "-a",
-        "--format",
-        "{{.ID}} {{.Names}} {{.State}}",
-        "--filter",
-        f"label=sandtrap.sensor={sensor}",
-    ).splitlines()
-    assert not [line for line in left if "sandtrap-pool-" in line]
-    kept_now = {line.split()[0] for line in left}
-    # Three session sandboxes existed; max_count=2 removed the oldest, the other two stay stopped.
-    assert len(left) == 2
-    assert all(line.endswith("exited") for line in left)
-    assert not any(cid.startswith(kept[0][:12]) for cid in kept_now)
-    assert [e.reason for e in sink2.of("sandbox.pruned")] == ["max_count"]
-
-
 async def test_sticky_mode_returns_the_same_sandbox(sensor: str, tmp_path: Path) -> None:
     config = make_config(sensor, tmp_path, pool={"size": 1, "sticky": True})
     async with running_pool(config, Sink()) as pool:
@@ -295,43 +279,6 @@ async def test_disk_budget_stops_the_sandbox(sensor: str, tmp_path: Path) -> Non
             while json.loads(_docker("inspect", sandbox.id))[0]["State"]["Running"]:
                 await asyncio.sleep(0.2)
         await pool.release(sandbox, info(9))
-
-
-@pytest.mark.slow
-async def test_engine_outage_is_survived(sensor: str, tmp_path: Path) -> None:
-    """dockerd stops under a running pool: errors become events, nothing crashes, it recovers."""
-    import os
-    import signal
-
-    root = Path(__file__).resolve().parents[2]
-    if os.geteuid() != 0 or dockerd_pid() is None:
-        pytest.skip("needs root and a dockerd this test may restart (as in make test)")
-    sink = Sink()
-    config = make_config(sensor, tmp_path, pool={"size": 2, "health_interval_seconds": 0.5})
-    async with running_pool(config, sink) as pool:
-        async with asyncio.timeout(60):
-            await pool.wait_warm()
-        before = {s.id for q in pool._idle.values() for s in q}
-        pid = dockerd_pid()
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(60):
-                while dockerd_pid() is not None:
-                    await asyncio.sleep(0.2)
-                while pool.statistics().engine_ok:
-                    await asyncio.sleep(0.2)
-        finally:
-            restart = await asyncio.create_subprocess_exec(str(root / "scripts" / "ensure-docker"))
-            assert await asyncio.wait_for(restart.wait(), 120) == 0
-        assert sink.of("sandbox.error")
-        # The old members died with the engine; the pool replaces them and serves again.
-        sandbox = await asyncio.wait_for(pool.allocate(info(5)), 90)
-        assert sandbox.id not in before
-        code, out = await sh(sandbox, "echo alive")
-        assert (code, out) == (0, "alive\n")
-        await pool.release(sandbox, info(5))
-    assert any(e.operation in ("health", "create", "disk check") for e in sink.of("sandbox.error"))
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from typing import cast
 import pytest
 
 from sandtrap.sandbox.base import STDERR, STDOUT
-from sandtrap.sandbox.docker import (
+from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.docker_exec import (
     ABORTED_STATUS,
     DockerExecStream,
-    Engine,
     FrameBuffer,
     FrameError,
 )

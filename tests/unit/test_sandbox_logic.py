@@ -19,7 +19,7 @@ from sandtrap.sandbox.hardening import (
     pool_name,
     session_name,
 )
-from sandtrap.sandbox.pool import plan_refill
+from sandtrap.sandbox.poolstate import plan_refill
 from sandtrap.sandbox.retention import Kept, plan_prune
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

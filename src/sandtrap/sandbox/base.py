@@ -1,7 +1,8 @@
 """The seam between sessions and containers: the Sandbox, ExecStream and SandboxProvider protocols.
 
-Session and proxy code speak only these terms; `sandbox/docker.py` implements them on the Docker
-engine and `sandbox/fake.py` in memory for fast tests of SSH and session logic.
+Session and proxy code speak only these terms; `sandbox/container.py` implements Sandbox over any
+`ContainerEngine` (Docker or fake), `sandbox/pool.py` the provider, and `sandbox/fake.py` both in
+memory without a pool for fast tests of SSH and session logic.
 """
 
 from __future__ import annotations

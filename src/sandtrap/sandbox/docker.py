@@ -1,9 +1,8 @@
-"""Sandboxes on the Docker engine: the one place that speaks the Engine API.
+"""The Docker engine: the one place that speaks the Engine API (implements `ContainerEngine`).
 
-Owns the aiodocker client, translation of engine errors into `sandtrap.errors` (nothing above
-`sandbox/` sees aiodocker or aiohttp exceptions), and exec streams. Exec I/O uses our own hijacked
-HTTP connection so stdin can be half-closed (EOF to the process) while output keeps flowing.
-Pool policy lives in `sandbox/pool.py`.
+Owns the aiodocker client and the translation of engine errors into `sandtrap.errors` (nothing
+above `sandbox/` sees aiodocker or aiohttp exceptions). Exec I/O uses our own hijacked HTTP
+connection (`sandbox/docker_exec.py`); pool policy lives in `sandbox/pool.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import base64
 import contextlib
 import json
 import logging
-import struct
-import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -23,12 +20,10 @@ import aiodocker
 import aiohttp
 
 from sandtrap.errors import EngineError, EngineUnavailable, ImageMissing, SandboxGone
-from sandtrap.sandbox.base import STDERR, STDOUT, Chunk
-from sandtrap.sandbox.hardening import is_valid_username, parse_engine_time
+from sandtrap.sandbox.base import STDERR
+from sandtrap.sandbox.docker_exec import READ_SIZE, DockerExecStream
 
 log = logging.getLogger(__name__)
-
-_READ_SIZE = 64 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -221,7 +216,7 @@ class Engine:
             ):
                 chunks: list[bytes] = []
                 total = 0
-                async for chunk in resp.content.iter_chunked(_READ_SIZE):
+                async for chunk in resp.content.iter_chunked(READ_SIZE):
                     total += len(chunk)
                     if total > limit:
                         return None
@@ -308,6 +303,30 @@ class Engine:
                 return await asyncio.open_connection(parsed.hostname, parsed.port or 2375)
         raise EngineUnavailable(f"unsupported docker_url scheme {parsed.scheme!r}")
 
+    async def exec(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        *,
+        user: str,
+        tty: bool,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> DockerExecStream:
+        """Create, start and (with a TTY and `size`) resize an exec; returns its stream."""
+        exec_id = await self.exec_create(
+            container_id, argv, user=user, tty=tty, env=env, workdir=workdir
+        )
+        stream = await self.exec_attach(exec_id, tty)
+        if tty and size:
+            try:
+                await stream.resize(*size)
+            except BaseException:
+                await stream.close()
+                raise
+        return stream
+
     async def run(
         self, container_id: str, argv: Sequence[str], *, user: str = "root", stdin: bytes = b""
     ) -> tuple[int, bytes, bytes]:
@@ -328,253 +347,6 @@ class Engine:
         finally:
             await stream.close()
         return status, b"".join(out), b"".join(err)
-
-
-class FrameError(Exception):
-    """The engine's multiplexed stream broke its framing."""
-
-
-# The engine writes frames of at most 32 KiB; anything far larger is a broken or hostile stream.
-_MAX_FRAME = 1024 * 1024
-# Merged output handed on at once: fewer SSH writes and recording events for bulk output.
-_MERGE_LIMIT = 256 * 1024
-
-
-class FrameBuffer:
-    """Parses the engine's multiplexed exec stream (8-byte header: stream, 0, 0, 0, size BE).
-
-    `take()` returns the frames already received, consecutive ones of the same stream merged up
-    to `_MERGE_LIMIT`, so a bulk transfer costs one chunk per read instead of one per frame.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-
-    def take(self) -> Chunk | None:
-        parts: list[bytes] = []
-        merged = 0
-        kind = -1
-        offset = 0
-        buffer = self._buffer
-        with memoryview(buffer) as view:  # one copy per frame; released before the resize
-            while len(buffer) - offset >= 8:
-                stream = buffer[offset]
-                (size,) = struct.unpack_from(">I", buffer, offset + 4)
-                if stream > 2 or size > _MAX_FRAME:
-                    raise FrameError(f"frame header stream={stream} size={size}")
-                if len(buffer) - offset - 8 < size:
-                    break
-                if size and parts and (stream != kind or merged + size > _MERGE_LIMIT):
-                    break
-                if size:
-                    parts.append(bytes(view[offset + 8 : offset + 8 + size]))
-                    merged += size
-                    kind = stream
-                offset += 8 + size
-        del buffer[:offset]
-        if not parts:
-            return None
-        return Chunk(STDERR if kind == 2 else STDOUT, b"".join(parts))
-
-
-# What `wait()` reports for an exec whose sandbox died under it: OpenSSH's status for a lost
-# connection, since to the client it is a machine that went away.
-ABORTED_STATUS = 255
-
-
-class DockerExecStream:
-    """An exec's hijacked connection: raw bytes with a TTY, multiplexed frames without."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        exec_id: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        tty: bool,
-    ) -> None:
-        self._engine = engine
-        self.exec_id = exec_id
-        self._reader = reader
-        self._writer = writer
-        self._tty = tty
-        self._stdin_closed = False
-        self._closed = False
-        self._aborted = False
-        self._frames = FrameBuffer()
-
-    async def read(self) -> Chunk | None:
-        try:
-            if self._tty:
-                data = await self._reader.read(_READ_SIZE)
-                return Chunk(STDOUT, data) if data else None
-            while (chunk := self._frames.take()) is None:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    return None  # a partial frame at the end is dropped with the stream
-                self._frames.feed(data)
-            return chunk
-        except FrameError as exc:
-            log.warning("exec %s: bad stream from the engine: %s", self.exec_id[:12], exc)
-            return None
-        except (ConnectionError, OSError):
-            return None
-
-    async def write(self, data: bytes) -> None:
-        if self._stdin_closed or self._closed:
-            return
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
-            log.debug("exec %s stdin closed by the engine: %s", self.exec_id[:12], exc)
-            self._stdin_closed = True
-
-    async def close_stdin(self) -> None:
-        if self._stdin_closed or self._closed:
-            return
-        self._stdin_closed = True
-        with contextlib.suppress(OSError, RuntimeError):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-
-    async def resize(self, width: int, height: int) -> None:
-        if not self._tty:
-            return
-        with contextlib.suppress(EngineError, SandboxGone):
-            await self._engine.exec_resize(self.exec_id, width, height)
-
-    async def wait(self) -> int:
-        if self._aborted:
-            return ABORTED_STATUS  # the sandbox died: the engine may not know the exec any more
-        # The engine records the exit code a moment after the stream ends.
-        for _ in range(50):
-            info = await self._engine.exec_inspect(self.exec_id)
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                return int(info["ExitCode"])
-            await asyncio.sleep(0.02)
-        return 255
-
-    def abort(self) -> None:
-        """End the stream now because its sandbox died; `wait()` then reports ABORTED_STATUS.
-
-        The transport is dropped, not closed: a dead sandbox's engine may never read the input
-        still queued, and a graceful close would wait for it forever.
-        """
-        self._aborted = True
-        self._closed = True
-        self._writer.transport.abort()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._writer.close()
-        with contextlib.suppress(OSError, ConnectionError):
-            await self._writer.wait_closed()
-
-
-# $1 is a validated user name. useradd's own files, the new home (with the skeleton) and the
-# directories whose entries change; the first output line is the passwd entry.
-_ENSURE_USER_SCRIPT = r"""
-getent passwd "$1" >/dev/null || useradd --create-home --shell /bin/bash -- "$1" || exit 1
-getent passwd "$1"
-home=$(getent passwd "$1" | cut -d: -f6)
-for f in /etc/passwd /etc/shadow /etc/group /etc/gshadow /etc/subuid /etc/subgid; do
-  set -- "$@" "$f" "$f-"
-done
-find "$@" /etc /home /var/mail /var/log/lastlog /var/log/faillog -maxdepth 0 \
-  -printf '%p\t%s\t%T@\n' 2>/dev/null
-[ -d "$home" ] && [ "$home" != / ] && find "$home" -xdev -printf '%p\t%s\t%T@\n' 2>/dev/null
-exit 0
-"""
-
-
-def stat_key(stat: dict[str, Any] | None) -> tuple[int, int] | None:
-    """(size, mtime in whole seconds) of an archive-API stat; None for a missing path."""
-    if stat is None:
-        return None
-    moment = parse_engine_time(str(stat.get("mtime", "")))
-    return int(stat.get("size", 0)), int(moment.timestamp()) if moment else 0
-
-
-class DockerSandbox:
-    """One sandbox container (see `sandbox/base.py` for the protocol)."""
-
-    def __init__(self, engine: Engine, container_id: str, hostname: str, image: str) -> None:
-        self._engine = engine
-        self._id = container_id
-        self._hostname = hostname
-        self._image = image
-        self.name = ""
-        self.users: dict[str, str] = {}
-        # Paths changed by our own preparation, as (size, mtime), so the session diff leaves
-        # them out unless the attacker changed them again.
-        self.baseline: dict[str, tuple[int, int] | None] = {}
-        # Open execs, so a sandbox found dead can end them (gVisor leaves them hanging).
-        self._streams: weakref.WeakSet[DockerExecStream] = weakref.WeakSet()
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def hostname(self) -> str:
-        return self._hostname
-
-    @property
-    def image(self) -> str:
-        return self._image
-
-    async def ensure_user(self, username: str) -> str:
-        if username in self.users:
-            return self.users[username]
-        if not is_valid_username(username):
-            raise EngineError(f"login name {username!r} is not a valid user name")
-        # One exec: create the account when missing, then report the passwd entry and the size and
-        # mtime of every path useradd touches, so the session diff can leave our doing out.
-        status, out, err = await self._engine.run(
-            self._id, ["/bin/sh", "-c", _ENSURE_USER_SCRIPT, "sh", username]
-        )
-        if status != 0:
-            raise EngineError(f"cannot create user {username!r}: {err[-200:]!r}")
-        entry, _, listing = out.decode("utf-8", "replace").partition("\n")
-        fields = entry.strip().split(":")
-        home = fields[5] if len(fields) > 5 and fields[5] else "/"
-        for line in listing.splitlines():
-            path, tab, rest = line.partition("\t")
-            size, _, mtime = rest.partition("\t")
-            if tab and size.isdigit():
-                self.baseline[path] = (int(size), int(float(mtime or 0)))
-        self.users[username] = home
-        return home
-
-    async def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str,
-        tty: bool,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> DockerExecStream:
-        exec_id = await self._engine.exec_create(
-            self._id, argv, user=user, tty=tty, env=env, workdir=workdir
-        )
-        stream = await self._engine.exec_attach(exec_id, tty)
-        self._streams.add(stream)
-        if tty and size:
-            await stream.resize(*size)
-        return stream
-
-    def abort(self) -> None:
-        """End every open exec: their readers see end of stream, so their sessions close."""
-        for stream in list(self._streams):
-            stream.abort()
 
 
 def quote_path(path: str) -> str:

@@ -1,205 +1,327 @@
-"""In-memory sandboxes for fast tests of SSH and session logic; never evidence that a feature works.
+"""An in-memory container engine for fast tests of pool and session logic; never evidence that a
+feature works (the real-engine half of the conformance battery is).
 
-`FakeProvider` / `FakeSandbox` / `FakeExecStream` implement the protocols of sandbox/base.py. Each
-exec runs a tiny interpreter (echo, cat, whoami, pwd, exit N, stty size, printenv, yes, sleep, and
-a prompt loop for shells) as a task owned by its stream and cancelled by `close()`.
+`FakeEngine` implements `ContainerEngine`: containers with names, labels and states, execs served
+by the interpreter of `sandbox/fake_exec.py`, and knobs for failing or slow creates, engine
+outages and dying containers. `FakeProvider` hands out `FakeSandbox`es without any pool at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shlex
+import io
+import secrets
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from sandtrap.errors import SandboxError
-from sandtrap.events import Peer
-from sandtrap.sandbox.base import STDERR, STDOUT, Chunk, Sandbox
+from sandtrap.errors import EngineError, EngineUnavailable, SandboxError, SandboxGone
+from sandtrap.events import Peer, rfc3339
+from sandtrap.sandbox.base import Sandbox
+from sandtrap.sandbox.container import ENSURE_USER_SCRIPT
+from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.fake_exec import ExecRecord, FakeExecStream
+from sandtrap.sandbox.hardening import PREPARE_SCRIPT
 
-_EOF = None
+# Exit code of a container stopped by SIGTERM, and of one killed by SIGKILL (OOM killer included).
+_STOPPED = 143
+_KILLED = 137
+_MTIME = 1_700_000_000
 
 
 @dataclass
-class ExecRecord:
-    """One exec call, as the fake saw it (for assertions)."""
+class FakeContainer:
+    """One container as the fake engine keeps it; `execs` lists the processes sessions started."""
 
-    argv: tuple[str, ...]
-    user: str
-    tty: bool
-    env: dict[str, str]
-    workdir: str | None
-    size: tuple[int, int] | None
-    resizes: list[tuple[int, int]] = field(default_factory=list)
-    stdin_closed: bool = False
-    closed: bool = False
+    id: str
+    name: str
+    image: str
+    hostname: str
+    labels: dict[str, str]
+    created: datetime
+    status: str = "created"  # created | running | exited
+    exit_code: int = 0
+    oom_killed: bool = False
+    finished_at: str = "0001-01-01T00:00:00Z"
+    size_rw: int = 0
+    users: dict[str, str] = field(repr=False, default_factory=lambda: {"root": "/root"})
+    changes: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    files: dict[str, bytes] = field(repr=False, default_factory=dict)
+    execs: list[ExecRecord] = field(repr=False, default_factory=list)
+    streams: list[FakeExecStream] = field(repr=False, default_factory=list)
+    runs: list[tuple[str, ...]] = field(repr=False, default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def end(self, exit_code: int, oom_killed: bool = False, end_execs: bool = True) -> None:
+        self.status = "exited"
+        self.exit_code = exit_code
+        self.oom_killed = oom_killed
+        self.finished_at = rfc3339(datetime.now(UTC))
+        if end_execs:
+            for stream in self.streams:
+                stream.abort()
 
 
-class FakeExecStream:
-    """A running fake process; output is bounded so a flood applies back-pressure."""
+class FakeEngine:
+    """Containers in memory, behind the same protocol as the Docker engine.
 
-    def __init__(self, sandbox: FakeSandbox, record: ExecRecord) -> None:
-        self._sandbox = sandbox
-        self.record = record
-        self._stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._output: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=16)
-        self._size = record.size or (80, 24)
-        self._task = asyncio.ensure_future(self._run())
-        self._pending = b""
-        self._stdin_eof = False
+    Knobs: `create_error` (raised by every create), `create_delay` (seconds each create takes),
+    `outage()` / `restore()`, `kill()`, `write_file()`; `containers_by_id` for assertions.
+    """
 
-    # --- ExecStream ------------------------------------------------------------------------------
+    def __init__(self, image_labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.image_labels = {image: dict(labels) for image, labels in (image_labels or {}).items()}
+        self.containers_by_id: dict[str, FakeContainer] = {}
+        self.create_error: SandboxError | None = None
+        self.create_delay = 0.0
+        self.down = False
 
-    async def read(self) -> Chunk | None:
-        if self._task.done() and self._output.empty():
-            return None
-        return await self._output.get()
+    # --- knobs -------------------------------------------------------------------------------
 
-    async def write(self, data: bytes) -> None:
-        if not self.record.stdin_closed:
-            self._stdin.put_nowait(data)
+    def outage(self) -> None:
+        """The engine goes away: every call fails, and it takes its running containers down."""
+        self.down = True
+        for container in self.containers_by_id.values():
+            if container.running:
+                container.end(_STOPPED)
 
-    async def close_stdin(self) -> None:
-        if not self.record.stdin_closed:
-            self.record.stdin_closed = True
-            self._stdin.put_nowait(_EOF)
+    def restore(self, lose_containers: bool = False) -> None:
+        """The engine answers again; `lose_containers` drops every container (a wiped engine)."""
+        self.down = False
+        if lose_containers:
+            self.containers_by_id.clear()
 
-    async def resize(self, width: int, height: int) -> None:
-        self.record.resizes.append((width, height))
-        self._size = (width, height)
+    def kill(self, container_id: str, oom_killed: bool = False, end_execs: bool = True) -> None:
+        """The container dies under its session; `end_execs=False` leaves its execs hanging (as
+        gVisor does), so only the pool's watcher can end them."""
+        self.container(container_id).end(_KILLED, oom_killed, end_execs)
 
-    async def wait(self) -> int:
-        return await asyncio.shield(self._task)
+    def write_file(self, container_id: str, path: str, content: bytes) -> None:
+        """A file appears in the container's layer (shown by diff, copied by archive)."""
+        container = self.container(container_id)
+        kind = 0 if path in container.files else 1
+        container.files[path] = content
+        container.changes.append({"Path": path, "Kind": kind})
+        container.size_rw += len(content)
 
-    async def close(self) -> None:
-        self.record.closed = True
-        if not self._task.done():
-            self._task.cancel()
+    def container(self, container_id: str) -> FakeContainer:
         try:
-            await self._task
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise
-        except Exception:  # noqa: S110 - the fake's failure already reached wait()
-            pass
+            return self.containers_by_id[container_id]
+        except KeyError:
+            raise SandboxGone(f"no such container: {container_id[:12]}") from None
 
-    # --- the interpreter -------------------------------------------------------------------------
+    async def _call(self, operation: str) -> None:
+        # Every call yields once, as real I/O would, so races show up on the fake too.
+        await asyncio.sleep(0)
+        if self.down:
+            raise EngineUnavailable(f"{operation}: engine unreachable: fake outage")
 
-    async def _out(self, text: str | bytes, stream: int = STDOUT) -> None:
-        data = text.encode() if isinstance(text, str) else text
-        if self.record.tty:
-            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            stream = STDOUT
-        if data:
-            await self._output.put(Chunk(stream, data))
+    # --- ContainerEngine ---------------------------------------------------------------------
 
-    async def _read_stdin(self) -> bytes | None:
-        if self._stdin_eof:
+    async def info(self) -> dict[str, Any]:
+        await self._call("info")
+        return {"DockerRootDir": "/nonexistent/fake-engine", "ServerVersion": "fake"}
+
+    async def image_label(self, image: str, label: str) -> str | None:
+        await self._call("image inspect")
+        return self.image_labels.get(image, {}).get(label)
+
+    async def create(self, body: dict[str, Any], name: str) -> str:
+        await self._call("create")
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
+            await self._call("create")
+        if self.create_error is not None:
+            raise self.create_error
+        if any(c.name == name for c in self.containers_by_id.values()):
+            raise EngineError(f"create: name {name!r} already in use", 409)
+        container = FakeContainer(
+            id=secrets.token_hex(32),
+            name=name,
+            image=str(body["Image"]),
+            hostname=str(body.get("Hostname", "")),
+            labels=dict(body.get("Labels") or {}),
+            created=datetime.now(UTC),
+        )
+        self.containers_by_id[container.id] = container
+        return container.id
+
+    async def start(self, container_id: str) -> None:
+        await self._call("start")
+        container = self.container(container_id)
+        container.status = "running"
+        container.exit_code = 0
+        container.oom_killed = False
+
+    async def stop(self, container_id: str, timeout_seconds: int = 2) -> None:
+        await self._call("stop")
+        container = self.container(container_id)
+        if container.running:
+            container.end(_STOPPED)
+
+    async def remove(self, container_id: str) -> None:
+        await self._call("remove")
+        container = self.containers_by_id.pop(container_id, None)
+        if container is not None and container.running:
+            container.end(_KILLED)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        await self._call("rename")
+        container = self.container(container_id)
+        if any(c.name == name and c is not container for c in self.containers_by_id.values()):
+            raise EngineError(f"rename: name {name!r} already in use", 409)
+        container.name = name
+
+    async def inspect(self, container_id: str, size: bool = False) -> dict[str, Any]:
+        await self._call("inspect")
+        container = self.container(container_id)
+        details: dict[str, Any] = {
+            "Id": container.id,
+            "Name": f"/{container.name}",
+            "Created": rfc3339(container.created),
+            "State": {
+                "Status": container.status,
+                "Running": container.running,
+                "ExitCode": container.exit_code,
+                "OOMKilled": container.oom_killed,
+                "FinishedAt": container.finished_at,
+            },
+            "Config": {
+                "Image": container.image,
+                "Hostname": container.hostname,
+                "Labels": dict(container.labels),
+            },
+        }
+        if size:
+            details["SizeRw"] = container.size_rw
+        return details
+
+    async def containers(self, *labels: str, all_states: bool = True) -> list[dict[str, Any]]:
+        await self._call("list")
+        wanted = [label.partition("=") for label in labels]
+        return [
+            {
+                "Id": c.id,
+                "Names": [f"/{c.name}"],
+                "Image": c.image,
+                "State": c.status,
+                "Labels": dict(c.labels),
+                "Created": int(c.created.timestamp()),
+            }
+            for c in self.containers_by_id.values()
+            if (all_states or c.running)
+            and all(c.labels.get(key) == value for key, _, value in wanted)
+        ]
+
+    async def diff(self, container_id: str) -> list[dict[str, Any]]:
+        await self._call("diff")
+        return list(self.container(container_id).changes)
+
+    async def archive_stat(self, container_id: str, path: str) -> dict[str, Any] | None:
+        await self._call("archive stat")
+        content = self.container(container_id).files.get(path)
+        if content is None:
             return None
-        data = await self._stdin.get()
-        if data is None:
-            self._stdin_eof = True
-        return data
+        mtime = rfc3339(datetime.fromtimestamp(_MTIME, UTC))
+        return {
+            "name": path.rsplit("/", 1)[-1],
+            "size": len(content),
+            "mode": 0o644,
+            "mtime": mtime,
+        }
 
-    async def _readline(self) -> str | None:
-        """A line of input; with a TTY, typed bytes are echoed and CR ends the line."""
-        while True:
-            for sep in (b"\r", b"\n"):
-                index = self._pending.find(sep)
-                if index >= 0:
-                    line, self._pending = self._pending[:index], self._pending[index + 1 :]
-                    if self.record.tty:
-                        await self._out("\n")
-                    return line.decode(errors="replace")
-            data = await self._read_stdin()
-            if data is None:
-                if self._pending:
-                    line, self._pending = self._pending, b""
-                    return line.decode(errors="replace")
-                return None
-            if self.record.tty:
-                await self._out(data.replace(b"\r", b""))
-            self._pending += data
+    async def archive(self, container_id: str, path: str, limit: int) -> bytes | None:
+        await self._call("archive")
+        content = self.container(container_id).files.get(path)
+        if content is None:
+            return None
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            member = tarfile.TarInfo(path.rsplit("/", 1)[-1])
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+        data = buffer.getvalue()
+        return None if len(data) > limit else data
 
-    async def _run(self) -> int:
-        # Cancelled (by close()): no EOF is queued; nobody reads any more.
-        argv = self.record.argv
-        if argv[-1].endswith("exec -a -bash /bin/bash"):
-            status = await self._shell()  # the login wrapper of Persona.login_shell
-        elif argv[-2:-1] == ("-c",):
-            status = await self._command(argv[-1])
-        elif argv[0].endswith("sftp-server"):
-            while await self._read_stdin() is not None:
-                pass
-            status = 0
-        else:
-            status = await self._shell()
-        await self._output.put(_EOF)
-        return status
+    async def exec(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        *,
+        user: str,
+        tty: bool,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> FakeExecStream:
+        await self._call("exec create")
+        container = self._running(container_id)
+        record = ExecRecord(tuple(argv), user, tty, dict(env or {}), workdir, size)
+        container.execs.append(record)
+        stream = FakeExecStream(container.hostname, record)
+        container.streams.append(stream)
+        return stream
 
-    async def _shell(self) -> int:
-        sigil = "#" if self.record.user == "root" else "$"
-        status = 0
-        while True:
-            if self.record.tty:
-                await self._out(f"{self.record.user}@{self._sandbox.hostname}:~{sigil} ")
-            line = await self._readline()
-            if line is None:
-                return status
-            status = await self._command(line)
-            if line.strip().split()[:1] == ["exit"]:
-                return status
-
-    async def _command(self, line: str) -> int:
-        status = 0
-        for part in line.split(";"):
-            status = await self._simple(part.strip())
-        return status
-
-    async def _simple(self, line: str) -> int:
+    async def run(
+        self, container_id: str, argv: Sequence[str], *, user: str = "root", stdin: bytes = b""
+    ) -> tuple[int, bytes, bytes]:
+        await self._call("exec create")
+        container = self._running(container_id)
+        container.runs.append(tuple(argv))
+        script = argv[2] if len(argv) > 2 and list(argv[:2]) == ["/bin/sh", "-c"] else None
+        if script == PREPARE_SCRIPT:
+            return 0, _prepared(container).encode(), b""
+        if script == ENSURE_USER_SCRIPT and len(argv) > 4:
+            return 0, _ensure_user(container, argv[4]).encode(), b""
+        # Anything else goes to the interpreter, unrecorded in `execs` (those are the sessions').
+        stream = FakeExecStream(
+            container.hostname, ExecRecord(tuple(argv), user, False, {}, "/", None)
+        )
+        out: list[bytes] = []
+        err: list[bytes] = []
         try:
-            words = shlex.split(line)
-        except ValueError:
-            await self._out("bash: syntax error\n", STDERR)
-            return 2
-        if not words:
-            return 0
-        stream = STDOUT
-        if words[-1] == ">&2":
-            words, stream = words[:-1], STDERR
-        name, args = words[0], words[1:]
-        if name == "echo":
-            await self._out(" ".join(args) + "\n", stream)
-        elif name == "cat":
-            while (data := await self._read_stdin()) is not None:
-                await self._out(data, stream)
-        elif name == "whoami":
-            await self._out(self.record.user + "\n", stream)
-        elif name == "pwd":
-            await self._out((self.record.workdir or "/") + "\n", stream)
-        elif name == "hostname":
-            await self._out(self._sandbox.hostname + "\n", stream)
-        elif name == "exit":
-            return int(args[0]) if args and args[0].isdigit() else 0
-        elif name == "stty" and args == ["size"]:
-            await self._out(f"{self._size[1]} {self._size[0]}\n", stream)
-        elif name == "printenv":
-            for key in args:
-                if key in self.record.env:
-                    await self._out(self.record.env[key] + "\n", stream)
-        elif name == "yes":
-            text = ((args[0] if args else "y") + "\n") * 1024
-            while True:
-                await self._out(text, stream)
-        elif name == "sleep":
-            await asyncio.sleep(float(args[0]) if args else 0)
-        else:
-            await self._out(f"bash: {name}: command not found\n", STDERR)
-            return 127
-        return 0
+            if stdin:
+                await stream.write(stdin)
+            await stream.close_stdin()
+            while (chunk := await stream.read()) is not None:
+                (err if chunk.stream == 2 else out).append(chunk.data)
+            status = await stream.wait()
+        finally:
+            await stream.close()
+        return status, b"".join(out), b"".join(err)
+
+    def _running(self, container_id: str) -> FakeContainer:
+        container = self.container(container_id)
+        if not container.running:
+            raise EngineError(f"exec: container {container_id[:12]} is not running", 409)
+        return container
+
+
+def _prepared(container: FakeContainer) -> str:
+    """What the prepare script reports: the paths it touched and the accounts."""
+    lines = [f"S\t{path}\t4096\t{_MTIME}.0" for path in ("/", "/etc", "/var", "/var/log")]
+    for name, home in container.users.items():
+        uid = 0 if name == "root" else 1000 + list(container.users).index(name)
+        lines.append(f"U\t{name}:x:{uid}:{uid}:{name}:{home}:/bin/bash")
+    return "\n".join(lines) + "\n"
+
+
+def _ensure_user(container: FakeContainer, username: str) -> str:
+    """What the ensure-user script reports: the passwd entry, then what useradd touched."""
+    home = container.users.setdefault(username, f"/home/{username}")
+    uid = 0 if username == "root" else 1000 + list(container.users).index(username)
+    lines = [f"{username}:x:{uid}:{uid}::{home}:/bin/bash"]
+    lines += [f"{path}\t1024\t{_MTIME}.0" for path in ("/etc/passwd", "/etc/shadow", home)]
+    return "\n".join(lines) + "\n"
 
 
 class FakeSandbox:
-    """One fake container; `execs` lists every process started in it."""
+    """One fake container without an engine; `execs` lists every process started in it."""
 
     def __init__(self, sandbox_id: str, hostname: str = "web-prod-01") -> None:
         self._id = sandbox_id
@@ -235,7 +357,7 @@ class FakeSandbox:
     ) -> FakeExecStream:
         record = ExecRecord(tuple(argv), user, tty, dict(env or {}), workdir, size)
         self.execs.append(record)
-        stream = FakeExecStream(self, record)
+        stream = FakeExecStream(self._hostname, record)
         self.streams.append(stream)
         return stream
 
@@ -268,4 +390,15 @@ class FakeProvider:
         self.released.append((sandbox, peer))
 
 
-__all__ = ["ExecRecord", "FakeExecStream", "FakeProvider", "FakeSandbox"]
+if TYPE_CHECKING:
+    # mypy holds the fake to the protocol the pool is written against.
+    _CONFORMS: ContainerEngine = FakeEngine()
+
+__all__ = [
+    "ExecRecord",
+    "FakeContainer",
+    "FakeEngine",
+    "FakeExecStream",
+    "FakeProvider",
+    "FakeSandbox",
+]

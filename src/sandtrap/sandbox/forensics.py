@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.events import EventSink, Peer, SandboxArtifact, SandboxDiff
-from sandtrap.sandbox.docker import DockerSandbox, Engine, stat_key
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.hardening import parse_engine_time
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ def first_file_in_tar(data: bytes) -> bytes | None:
     return None
 
 
+def stat_key(stat: dict[str, Any] | None) -> tuple[int, int] | None:
+    """(size, mtime in whole seconds) of an archive-API stat; None for a missing path."""
+    if stat is None:
+        return None
+    moment = parse_engine_time(str(stat.get("mtime", "")))
+    return int(stat.get("size", 0)), int(moment.timestamp()) if moment else 0
+
+
 def store_artifact(directory: Path, content: bytes) -> tuple[str, Path]:
     """Write content under its sha256 (once); returns (digest, path)."""
     digest = hashlib.sha256(content).hexdigest()
@@ -63,8 +73,8 @@ def store_artifact(directory: Path, content: bytes) -> tuple[str, Path]:
 
 
 async def capture_changes(
-    engine: Engine,
-    sandbox: DockerSandbox,
+    engine: ContainerEngine,
+    sandbox: ContainerSandbox,
     peer: Peer,
     events: EventSink,
     artifacts_dir: Path,

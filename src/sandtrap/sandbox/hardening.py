@@ -1,7 +1,7 @@
 """Hardening and naming of sandbox containers: pure functions from config to Engine API bodies.
 
 Owns what every sandbox container looks like (limits, capabilities, labels, names, host names).
-Talking to the engine is left to `sandbox/docker.py`.
+Talking to the engine is left to the `ContainerEngine` (sandbox/engine.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from sandtrap.config import HOSTNAME_RE, SandboxConfig
 from sandtrap.errors import ConfigError
 from sandtrap.events import rfc3339
+from sandtrap.sandbox.engine import ContainerEngine
 
 LABEL_ROLE = "sandtrap.role"
 LABEL_CREATED = "sandtrap.created"
@@ -184,7 +185,7 @@ def container_body(
 # Run as root in a fresh container before anyone logs in. Arguments are validated host names, passed
 # as positional parameters, never spliced into the script. It prints what it changed, as
 # "S<tab>path<tab>size<tab>mtime" lines, and the accounts, as "U<tab>passwd entry" lines.
-_PREPARE_SCRIPT = r"""
+PREPARE_SCRIPT = r"""
 new=$1 old=$2
 rm -f /.dockerenv
 # Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
@@ -231,7 +232,7 @@ def parse_prepared(output: str) -> Prepared:
 
 
 async def prepare(
-    engine: Any, container_id: str, hostname: str, log_hostname: str | None
+    engine: ContainerEngine, container_id: str, hostname: str, log_hostname: str | None
 ) -> Prepared:
     """Make a new sandbox look like a server that has always had its host name.
 
@@ -242,7 +243,7 @@ async def prepare(
     if not HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"bad host name {hostname!r}")
     _, out, _ = await engine.run(
-        container_id, ["/bin/sh", "-c", _PREPARE_SCRIPT, "sh", hostname, old]
+        container_id, ["/bin/sh", "-c", PREPARE_SCRIPT, "sh", hostname, old]
     )
     return parse_prepared(out.decode("utf-8", "replace"))
 

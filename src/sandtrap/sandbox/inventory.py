@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sandtrap.errors import SandboxError
-from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
     LABEL_CREATED,
     LABEL_HOSTNAME,
@@ -31,7 +31,7 @@ class SandboxRow:
     size_bytes: int
 
 
-async def list_sandboxes(engine: Engine, sensor: str) -> list[SandboxRow]:
+async def list_sandboxes(engine: ContainerEngine, sensor: str) -> list[SandboxRow]:
     rows = []
     for item in await engine.containers(*sandbox_labels(sensor)):
         name = (item.get("Names") or ["/"])[0].lstrip("/")

@@ -1,9 +1,8 @@
-"""The pre-warmed sandbox pool: allocation, background refill, health, release and retention.
+"""The pre-warmed sandbox pool's async shell: allocation, background refill, health and release.
 
-Owns the set of sandbox containers SandTrap runs. Decisions (how many to create, which image,
-what to prune) are pure functions at the top; the `Pool` class does the I/O. Its service-long
-tasks (refill, health) run in a TaskGroup owned by `Pool.run()`; session-scoped watchers (a
-sandbox that dies or outgrows its disk budget) are owned by the pool too, cancelled on release.
+Decisions live in `sandbox/poolstate.py`; this module does the engine I/O they call for, over any
+`ContainerEngine`. Service-long tasks (refill, health) run in a TaskGroup owned by `Pool.run()`;
+session-scoped watchers (`sandbox/watch.py`) belong to that TaskGroup too, cancelled on release.
 """
 
 from __future__ import annotations
@@ -13,101 +12,34 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sandtrap.config import Config, WeightedImage
+from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, SandboxGone
-from sandtrap.events import (
-    EventSink,
-    Peer,
-    SandboxAllocated,
-    SandboxFailure,
-    SandboxReleased,
-)
-from sandtrap.sandbox.docker import DockerSandbox, Engine
-from sandtrap.sandbox.forensics import capture_changes
+from sandtrap.events import EventSink, Peer, SandboxAllocated, SandboxFailure
+from sandtrap.sandbox.base import Sandbox
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
     LABEL_LOG_HOSTNAME,
-    POOL_PREFIX,
-    SESSION_PREFIX,
     HostnamePicker,
     blkio_device_for,
     container_body,
-    parse_session_name,
     pool_name,
     prepare,
-    sandbox_labels,
     session_name,
 )
+from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
+from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.retention import enforce_retention
-from sandtrap.sandbox.watch import InUse, watch_in_use
+from sandtrap.sandbox.sticky import sticky_sandbox
+from sandtrap.sandbox.watch import watch_in_use
 
 log = logging.getLogger(__name__)
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
-
-
-def plan_refill(
-    images: Sequence[WeightedImage],
-    idle: dict[str, int],
-    creating: dict[str, int],
-    pool_size: int,
-    room: int,
-) -> list[str]:
-    """Which images to create now so each image's warm share approaches its weight.
-
-    Args:
-        idle, creating: counts per image.
-        pool_size: target number of warm sandboxes in all.
-        room: how many more containers the max_sandboxes cap allows.
-    """
-    total_weight = sum(item.weight for item in images)
-    have = {item.image: idle.get(item.image, 0) + creating.get(item.image, 0) for item in images}
-    wanted = max(0, min(pool_size - sum(have.values()), room))
-    plan: list[str] = []
-    for _ in range(wanted):
-        # The image furthest below its share gets the next slot (largest remainder).
-        image = max(
-            images,
-            key=lambda item: pool_size * item.weight / total_weight - have[item.image],
-        ).image
-        have[image] += 1
-        plan.append(image)
-    return plan
-
-
-@dataclass
-class _Sticky:
-    """A source IP's own sandbox in sticky mode: in use, being released, or stopped and kept."""
-
-    sandbox: DockerSandbox
-    released_at: float | None = None
-    releasing: asyncio.Event | None = None
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    idle: int
-    busy: int
-    creating: int
-    created_total: int
-    errors_total: int
-    engine_ok: bool
-
-
-@dataclass
-class _Counters:
-    created: int = 0
-    errors: int = 0
-    engine_ok: bool = False
-    last_error: str = ""
-    by_image_creating: dict[str, int] = field(default_factory=dict)
 
 
 class Pool:
@@ -117,39 +49,45 @@ class Pool:
     pool members and stops session sandboxes.
     """
 
-    def __init__(self, config: Config, engine: Engine, events: EventSink) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: ContainerEngine,
+        events: EventSink,
+        *,
+        retry_delays: tuple[float, float] = (_BACKOFF_START, _BACKOFF_MAX),
+    ) -> None:
+        """`retry_delays`: the first and the longest wait before retrying a failing engine
+        (doubling in between); tests on the fake engine shorten them."""
         self._config = config
+        self._retry_delays = retry_delays
         self._engine = engine
         self._events = events
         self._images = config.sandbox.weighted_images()
-        self._idle: dict[str, deque[DockerSandbox]] = {i.image: deque() for i in self._images}
-        self._busy: dict[str, InUse] = {}
-        self._sticky: dict[str, _Sticky] = {}
-        self._counters = _Counters()
+        self._state: PoolState[ContainerSandbox] = PoolState(
+            self._images,
+            size=config.pool.size,
+            max_sandboxes=config.pool.max_sandboxes,
+            sticky_ttl_seconds=config.pool.sticky_ttl_seconds,
+            clock=time.monotonic,
+            rng=random.Random(),  # noqa: S311 - image choice by weight, not security
+        )
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._releasing: dict[str, asyncio.Event] = {}
         self._wanted = asyncio.Event()
         self._changed = asyncio.Condition()
         self._hostnames = HostnamePicker(config.sandbox)
-        self._rng = random.Random()  # noqa: S311 - image choice by weight, not security
         self._blkio: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = config.storage.data_dir / "artifacts"
         self._log_hostnames: dict[str, str | None] = {}
-        self._generation = 0
         self._create_slots = asyncio.Semaphore(config.pool.create_concurrency)
         self._pruning = asyncio.Lock()
-        self._born: dict[str, int] = {}
 
-    # --- pure views ------------------------------------------------------------------------
+    # --- views -------------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
-        return PoolStatistics(
-            idle=sum(len(q) for q in self._idle.values()),
-            busy=len(self._busy),
-            creating=sum(self._counters.by_image_creating.values()),
-            created_total=self._counters.created,
-            errors_total=self._counters.errors,
-            engine_ok=self._counters.engine_ok,
-        )
+        return self._state.statistics()
 
     async def wait_warm(self, count: int | None = None) -> None:
         """Wait until at least `count` (default: pool.size) sandboxes are idle and ready."""
@@ -157,9 +95,9 @@ class Pool:
         async with self._changed:
             await self._changed.wait_for(lambda: self.statistics().idle >= want)
 
-    def _room(self) -> int:
-        stats = self.statistics()
-        return self._config.pool.max_sandboxes - stats.idle - stats.busy - stats.creating
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     # --- service life ----------------------------------------------------------------------
 
@@ -181,38 +119,28 @@ class Pool:
             self._wanted.set()
 
     async def _reconcile_with_retry(self) -> None:
-        delay = _BACKOFF_START
+        delay = self._retry_delays[0]
         while True:
             try:
                 await self.reconcile()
-                self._counters.engine_ok = True
+                self._state.engine_answered()
                 return
             except SandboxError as exc:
                 self._engine_failed("reconcile", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                delay = min(delay * 2, self._retry_delays[1])
 
     async def reconcile(self) -> None:
         """Start-up: remove pool members of earlier runs, stop and keep their session sandboxes."""
-        for item in await self._engine.containers(*sandbox_labels(self._config.sensor)):
-            name = (item.get("Names") or ["/"])[0].lstrip("/")
-            cid = str(item["Id"])
-            if name.startswith(POOL_PREFIX):
-                log.info("removing stale pool member %s", name)
-                await self._engine.remove(cid)
-            elif name.startswith(SESSION_PREFIX) and item.get("State") == "running":
-                log.info("stopping session sandbox %s left running by an earlier run", name)
-                await self._engine.stop(cid)
+        await reconcile(self._engine, self._config.sensor)
         await self.prune()
 
     async def shutdown(self) -> None:
         """Remove idle members, stop busy sandboxes (kept). Safe to call once run() is cancelled."""
-        for queue in self._idle.values():
-            while queue:
-                sandbox = queue.popleft()
-                with contextlib.suppress(SandboxError):
-                    await self._engine.remove(sandbox.id)
-        for busy in list(self._busy.values()):
+        for sandbox in self._state.take_all_idle():
+            with contextlib.suppress(SandboxError):
+                await self._engine.remove(sandbox.id)
+        for busy in self._state.busy_entries():
             for peer in list(busy.sessions.values()):
                 await self.release(busy.sandbox, peer)
 
@@ -228,33 +156,19 @@ class Pool:
             )
 
     def _engine_failed(self, operation: str, exc: Exception) -> None:
-        self._counters.errors += 1
-        if isinstance(exc, EngineUnavailable):
-            self._counters.engine_ok = False
-            # Containers may not survive an engine outage: members from before it are checked
-            # before they are handed out.
-            self._generation += 1
         message = str(exc)
-        if message != self._counters.last_error:
+        if self._state.engine_failed(message, isinstance(exc, EngineUnavailable)):
             log.error("%s failed: %s", operation, message)
             self._events.emit(SandboxFailure(peer=None, operation=operation, error=message[:500]))
-        self._counters.last_error = message
 
     # --- refill ------------------------------------------------------------------------------
 
     async def _refill_loop(self) -> None:
-        delay = _BACKOFF_START
+        delay = self._retry_delays[0]
         while True:
             await self._wanted.wait()
             self._wanted.clear()
-            idle = {image: len(queue) for image, queue in self._idle.items()}
-            plan = plan_refill(
-                self._images,
-                idle,
-                self._counters.by_image_creating,
-                self._config.pool.size,
-                self._room(),
-            )
+            plan = self._state.plan_refill()
             if not plan:
                 continue
             results = await asyncio.gather(
@@ -267,11 +181,10 @@ class Pool:
                 self._engine_failed("create", failure)
             if failures:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                delay = min(delay * 2, self._retry_delays[1])
             else:
-                delay = _BACKOFF_START
-                self._counters.engine_ok = True
-                self._counters.last_error = ""
+                delay = self._retry_delays[0]
+                self._state.engine_answered(clear_error=True)
             self._wanted.set()
 
     async def _create_limited(self, image: str) -> None:
@@ -281,8 +194,7 @@ class Pool:
             await self._create_one(image)
 
     async def _create_one(self, image: str) -> None:
-        creating = self._counters.by_image_creating
-        creating[image] = creating.get(image, 0) + 1
+        self._state.begin_create(image)
         container_id = None
         try:
             hostname = self._hostnames.pick()
@@ -299,87 +211,66 @@ class Pool:
             prepared = await prepare(
                 self._engine, container_id, hostname, self._log_hostnames.get(image)
             )
-            sandbox = DockerSandbox(self._engine, container_id, hostname, image)
+            sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)
-            self._born[container_id] = self._generation
         except BaseException:
             if container_id is not None:
                 with contextlib.suppress(SandboxError):
                     await asyncio.shield(self._engine.remove(container_id))
             raise
         finally:
-            creating[image] -= 1
-        self._counters.created += 1
-        self._idle[image].append(sandbox)
-        async with self._changed:
-            self._changed.notify_all()
+            self._state.end_create(image)
+        self._state.add_idle(sandbox)
+        await self._notify()
 
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.pool.health_interval_seconds)
-            for queue in self._idle.values():
-                for sandbox in list(queue):
-                    try:
-                        state = (await self._engine.inspect(sandbox.id)).get("State", {})
-                        healthy = bool(state.get("Running"))
-                    except SandboxGone:
-                        healthy = False
-                    except SandboxError as exc:
-                        self._engine_failed("health", exc)
-                        continue
-                    if healthy:
-                        self._born[sandbox.id] = self._generation
-                        self._counters.engine_ok = True
-                    elif sandbox in queue:
-                        log.warning("replacing unhealthy pool member %s", sandbox.id[:12])
-                        queue.remove(sandbox)
-                        self._born.pop(sandbox.id, None)
-                        with contextlib.suppress(SandboxError):
-                            await self._engine.remove(sandbox.id)
-                        self._wanted.set()
-            self._forget_expired_sticky()
-
-    def _forget_expired_sticky(self) -> None:
-        cutoff = time.monotonic() - self._config.pool.sticky_ttl_seconds
-        expired = [
-            ip
-            for ip, entry in self._sticky.items()
-            if entry.released_at is not None and entry.released_at < cutoff
-        ]
-        for ip in expired:
-            del self._sticky[ip]
+            for sandbox in self._state.idle_members():
+                try:
+                    state = (await self._engine.inspect(sandbox.id)).get("State", {})
+                    healthy = bool(state.get("Running"))
+                except SandboxGone:
+                    healthy = False
+                except SandboxError as exc:
+                    self._engine_failed("health", exc)
+                    continue
+                if healthy:
+                    self._state.confirm_alive(sandbox)
+                    self._state.engine_answered()
+                elif self._state.drop_idle(sandbox):
+                    log.warning("replacing unhealthy pool member %s", sandbox.id[:12])
+                    with contextlib.suppress(SandboxError):
+                        await self._engine.remove(sandbox.id)
+                    self._wanted.set()
+            self._state.forget_expired_sticky()
 
     # --- allocation ---------------------------------------------------------------------------
 
-    def _take_idle(self) -> DockerSandbox | None:
-        ready = [item for item in self._images if self._idle[item.image]]
-        if not ready:
-            return None
-        choice = self._rng.choices(ready, weights=[item.weight for item in ready])[0]
-        return self._idle[choice.image].popleft()
-
-    async def allocate(self, peer: Peer) -> DockerSandbox:
+    async def allocate(self, peer: Peer) -> ContainerSandbox:
         started = time.monotonic()
         sandbox = None
         if self._config.pool.sticky:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
-                    sandbox = await self._sticky_sandbox(peer)
+                    sandbox = await sticky_sandbox(
+                        self._engine, self._state, self._releasing, peer.src_ip
+                    )
             except TimeoutError:
                 log.warning(
                     "sticky sandbox for %s still being released; using a fresh one", peer.src_ip
                 )
         sticky = sandbox is not None
-        if sandbox is not None and sandbox.id in self._busy:
+        if sandbox is not None and self._state.is_busy(sandbox.id):
             # The IP's sandbox is in use by another of its connections: one machine, shared.
-            self._busy[sandbox.id].sessions[peer.session_id] = peer
+            self._state.share(sandbox.id, peer)
         else:
             if sandbox is None:
                 sandbox = await self._wait_idle(peer)
             await self._take_busy(sandbox, peer, rename=not sticky)
         if self._config.pool.sticky:
-            self._sticky[peer.src_ip] = _Sticky(sandbox)
+            self._state.remember_sticky(peer.src_ip, sandbox)
         self._wanted.set()
         self._events.emit(
             SandboxAllocated(
@@ -393,10 +284,9 @@ class Pool:
         )
         return sandbox
 
-    async def _take_busy(self, sandbox: DockerSandbox, peer: Peer, rename: bool) -> None:
+    async def _take_busy(self, sandbox: ContainerSandbox, peer: Peer, rename: bool) -> None:
         # Counted as busy before the first await, so the max_sandboxes cap never sees it missing.
-        busy = InUse(sandbox, {peer.session_id: peer}, time.monotonic())
-        self._busy[sandbox.id] = busy
+        busy = self._state.take_busy(sandbox, peer)
         try:
             if rename:
                 name = session_name(peer.session_id, peer.src_ip)
@@ -410,13 +300,13 @@ class Pool:
             )
         except BaseException:
             # Cancelled mid-allocation: nobody will release it, so it must not outlive us.
-            self._busy.pop(sandbox.id, None)
+            self._state.drop_busy(sandbox.id)
             with contextlib.suppress(SandboxError):
                 await asyncio.shield(self._engine.remove(sandbox.id))
             self._wanted.set()
             raise
         if self._tasks is not None:
-            busy.watcher = self._tasks.create_task(
+            self._watchers[sandbox.id] = self._tasks.create_task(
                 watch_in_use(
                     busy,
                     self._engine,
@@ -427,13 +317,13 @@ class Pool:
                 name=f"watch-{peer.session_id}",
             )
 
-    async def _wait_idle(self, peer: Peer) -> DockerSandbox:
+    async def _wait_idle(self, peer: Peer) -> ContainerSandbox:
         self._wanted.set()
         try:
             async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
                 while True:
                     async with self._changed:
-                        while (sandbox := self._take_idle()) is None:
+                        while (sandbox := self._state.take_idle()) is None:
                             self._wanted.set()
                             await self._changed.wait()
                     if await self._still_alive(sandbox):
@@ -445,107 +335,56 @@ class Pool:
             ) from None
         return sandbox
 
-    async def _still_alive(self, sandbox: DockerSandbox) -> bool:
+    async def _still_alive(self, sandbox: ContainerSandbox) -> bool:
         """True unless the member predates an engine outage and did not survive it."""
-        if self._born.get(sandbox.id, self._generation) == self._generation:
+        if not self._state.needs_check(sandbox):
             return True
         try:
             running = bool((await self._engine.inspect(sandbox.id)).get("State", {}).get("Running"))
         except SandboxError:
             running = False
         if running:
-            self._born[sandbox.id] = self._generation
+            self._state.confirm_alive(sandbox)
             return True
         log.warning("pool member %s did not survive an engine outage", sandbox.id[:12])
-        self._born.pop(sandbox.id, None)
+        self._state.forget(sandbox)
         with contextlib.suppress(SandboxError):
             await self._engine.remove(sandbox.id)
         self._wanted.set()
         return False
 
-    async def _sticky_sandbox(self, peer: Peer) -> DockerSandbox | None:
-        """The source IP's own sandbox: shared while in use, restarted once it was stopped."""
-        entry = self._sticky.get(peer.src_ip)
-        if entry is None:
-            return None
-        if entry.releasing is not None:
-            await entry.releasing.wait()
-        if entry.sandbox.id in self._busy:
-            return entry.sandbox
-        ttl = self._config.pool.sticky_ttl_seconds
-        if entry.released_at is not None and time.monotonic() - entry.released_at > ttl:
-            del self._sticky[peer.src_ip]
-            return None
-        if self._room() <= 0:
-            return None
-        try:
-            state = (await self._engine.inspect(entry.sandbox.id)).get("State", {})
-            if not state.get("Running"):
-                await self._engine.start(entry.sandbox.id)
-        except SandboxError as exc:
-            log.info("sticky sandbox for %s unusable (%s); using a fresh one", peer.src_ip, exc)
-            self._sticky.pop(peer.src_ip, None)
-            return None
-        return entry.sandbox
-
     # --- release ------------------------------------------------------------------------------
 
-    async def release(self, sandbox: Any, peer: Peer) -> None:
-        busy = self._busy.get(sandbox.id)
-        if busy is not None:
-            busy.sessions.pop(peer.session_id, None)
-            if busy.sessions:
-                return  # another connection of the same source IP still uses it
-            del self._busy[sandbox.id]
-            self._born.pop(sandbox.id, None)
-            if busy.watcher is not None:
-                busy.watcher.cancel()
-        entry = self._sticky.get(peer.src_ip)
-        if entry is not None and entry.sandbox.id != sandbox.id:
-            entry = None
-        if entry is not None:
-            entry.releasing = asyncio.Event()
+    async def release(self, sandbox: Sandbox, peer: Peer) -> None:
+        release = self._state.begin_release(sandbox.id, peer)
+        if not release.last:
+            return  # another connection of the same source IP still uses it
+        watcher = self._watchers.pop(sandbox.id, None)
+        if watcher is not None:
+            watcher.cancel()
+        if release.sticky is not None:
+            # A reconnect from the same source IP waits for this before restarting it.
+            self._releasing[sandbox.id] = asyncio.Event()
         try:
-            await self._stop_and_record(sandbox, peer)
+            await stop_and_record(
+                self._engine,
+                sandbox,
+                peer,
+                self._events,
+                self._artifacts,
+                self._config.sandbox.artifact_max_bytes,
+                self._engine_failed,
+            )
         finally:
-            if entry is not None and entry.releasing is not None:
-                entry.released_at = time.monotonic()
-                entry.releasing.set()
-                entry.releasing = None
+            self._state.end_release(release)
+            released = self._releasing.pop(sandbox.id, None)
+            if released is not None:
+                released.set()
         self._wanted.set()
         try:
             await self.prune()
         except SandboxError as exc:
             self._engine_failed("prune", exc)
 
-    async def _stop_and_record(self, sandbox: Any, peer: Peer) -> None:
-        stopped = False
-        try:
-            await self._engine.stop(sandbox.id, timeout_seconds=1)
-            stopped = True
-        except SandboxGone:
-            pass
-        except SandboxError as exc:
-            self._engine_failed("stop", exc)
-        self._events.emit(
-            SandboxReleased(
-                peer=peer,
-                container_id=sandbox.id,
-                stopped=stopped,
-            )
-        )
-        if isinstance(sandbox, DockerSandbox):
-            try:
-                await capture_changes(
-                    self._engine,
-                    sandbox,
-                    peer,
-                    self._events,
-                    self._artifacts,
-                    self._config.sandbox.artifact_max_bytes,
-                )
-            except SandboxError as exc:
-                self._engine_failed("diff", exc)
 
-
-__all__ = ["Pool", "PoolStatistics", "parse_session_name", "plan_refill"]
+__all__ = ["Pool", "PoolStatistics"]

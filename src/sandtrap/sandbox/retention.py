@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sandtrap.config import RetentionConfig
 from sandtrap.errors import SandboxError
 from sandtrap.events import EventSink, SandboxPruned
-from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
     LABEL_CREATED,
     SESSION_PREFIX,
@@ -51,7 +51,7 @@ def plan_prune(kept: list[Kept], policy: RetentionConfig, now: datetime) -> list
     return doomed
 
 
-async def list_kept(engine: Engine, sensor: str, with_sizes: bool = True) -> list[Kept]:
+async def list_kept(engine: ContainerEngine, sensor: str, with_sizes: bool = True) -> list[Kept]:
     """Stopped session sandboxes of this sensor (never running ones, never pool members).
 
     Age counts from when the sandbox last stopped, i.e. the end of its last session.
@@ -78,7 +78,7 @@ async def list_kept(engine: Engine, sensor: str, with_sizes: bool = True) -> lis
 
 
 async def enforce_retention(
-    engine: Engine, policy: RetentionConfig, events: EventSink, sensor: str
+    engine: ContainerEngine, policy: RetentionConfig, events: EventSink, sensor: str
 ) -> list[str]:
     """Remove what the policy says; returns the removed container ids."""
     kept = await list_kept(engine, sensor, with_sizes=policy.max_disk_mb > 0)

@@ -13,34 +13,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sandtrap.config import SandboxConfig
 from sandtrap.errors import SandboxError, SandboxGone
-from sandtrap.events import EventSink, Peer, SandboxDied, SandboxDiskExceeded
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.events import EventSink, SandboxDied, SandboxDiskExceeded
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.poolstate import InUse
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class InUse:
-    """A sandbox in use; in sticky mode several connections of one source IP share it."""
-
-    sandbox: DockerSandbox
-    sessions: dict[str, Peer]
-    allocated_at: float
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def peer(self) -> Peer:
-        return next(iter(self.sessions.values()))
-
-
 async def watch_in_use(
-    busy: InUse,
-    engine: Engine,
+    busy: InUse[ContainerSandbox],
+    engine: ContainerEngine,
     config: SandboxConfig,
     events: EventSink,
     failed: Callable[[str, Exception], None],
@@ -67,7 +54,7 @@ async def watch_in_use(
             return
 
 
-async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
+async def _died(busy: InUse[ContainerSandbox], state: dict[str, Any], events: EventSink) -> None:
     code = state.get("ExitCode")
     for peer in list(busy.sessions.values()):
         events.emit(
@@ -88,9 +75,9 @@ async def _died(busy: InUse, state: dict[str, Any], events: EventSink) -> None:
 
 
 async def _over_disk_budget(
-    busy: InUse,
+    busy: InUse[ContainerSandbox],
     details: dict[str, Any],
-    engine: Engine,
+    engine: ContainerEngine,
     config: SandboxConfig,
     events: EventSink,
 ) -> bool:

@@ -30,7 +30,8 @@ from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
 from sandtrap.events import Peer
-from sandtrap.sandbox.docker import DockerSandbox, Engine
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh.client import login_and_run
@@ -162,7 +163,7 @@ async def _probe_watched(
             await probe
 
 
-async def _ensure_user(engine: Engine, sandbox: DockerSandbox) -> None:
+async def _ensure_user(engine: Engine, sandbox: ContainerSandbox) -> None:
     """Create the login user as a session does; a sandbox that dies meanwhile is named."""
     try:
         async with asyncio.timeout(60):
@@ -342,18 +343,18 @@ class _Lease:
     def __init__(self, pool: Pool, engine: Engine) -> None:
         self._pool = pool
         self._engine = engine
-        self._held: tuple[DockerSandbox, Peer] | None = None
+        self._held: tuple[ContainerSandbox, Peer] | None = None
 
-    async def take(self) -> DockerSandbox:
+    async def take(self) -> ContainerSandbox:
         info = Peer(secrets.token_hex(8), "127.0.0.1", 0, 0)
         sandbox = await self._pool.allocate(info)
         self._held = (sandbox, info)
-        if not isinstance(sandbox, DockerSandbox):
+        if not isinstance(sandbox, ContainerSandbox):
             raise SandTrapError("the pool handed out a sandbox that is not a Docker container")
         await _ensure_user(self._engine, sandbox)
         return sandbox
 
-    async def renew_if_dead(self, sandbox: DockerSandbox) -> DockerSandbox:
+    async def renew_if_dead(self, sandbox: ContainerSandbox) -> ContainerSandbox:
         if (await self._engine.inspect(sandbox.id)).get("State", {}).get("Running"):
             return sandbox
         await self.release()

