@@ -256,9 +256,10 @@ def sandboxes_prune(config_path: Path | None) -> None:
 
 def _paths(config: Config) -> tuple[Path, Path]:
     """(index database, event log) of a configuration."""
-    from sandtrap.store.jsonl import event_log_path
+    from sandtrap.paths import DataLayout
 
-    return config.storage.data_dir / "sandtrap.db", event_log_path(config.storage)
+    layout = DataLayout(config.storage.data_dir)
+    return layout.index_db, layout.events_log
 
 
 def _open_index(config: Config) -> Any:
@@ -373,13 +374,12 @@ def replay(
     """Play a session's recordings in this terminal (raw, as the attacker saw them)."""
     from sandtrap.analysis.query import resolve_session
     from sandtrap.analysis.replay import find_casts, play, read_cast
+    from sandtrap.paths import DataLayout
 
     config = _load(config_path)
     db = _open_index(config)
     session = _query(lambda: resolve_session(db, session_id))
-    casts = find_casts(config.storage.data_dir / "recordings", session)
-    if channel is not None:
-        casts = [path for path in casts if path.name == f"{session}-{channel}.cast"]
+    casts = find_casts(DataLayout(config.storage.data_dir).recordings, session, channel)
     if not casts:
         _fail(f"sandtrap: no recording of session {session}")
         raise SystemExit(EXIT_FAILURE)
@@ -409,17 +409,17 @@ def export(config_path: Path | None, session_id: str, output: Path, no_engine: b
     from sandtrap.analysis.export import collect, write_bundle
     from sandtrap.analysis.query import resolve_session
     from sandtrap.gate.child import engine_url
+    from sandtrap.paths import DataLayout
     from sandtrap.sandbox.docker import Engine
 
     config = _load(config_path)
     db = _open_index(config)
     session = _query(lambda: resolve_session(db, session_id))
-    _, log_path = _paths(config)
 
     async def gather() -> Any:
         engine = None if no_engine else Engine(engine_url(config))
         try:
-            return await collect(session, config.storage.data_dir, log_path, engine)
+            return await collect(session, DataLayout(config.storage.data_dir), engine)
         finally:
             if engine is not None:
                 await engine.close()

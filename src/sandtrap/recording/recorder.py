@@ -18,6 +18,7 @@ from types import TracebackType
 
 from sandtrap import events as ev
 from sandtrap.events import EventSink
+from sandtrap.paths import cast_file
 from sandtrap.recording.asciicast import CastEncoder, Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
 
@@ -31,8 +32,8 @@ MAX_CAST_BYTES = 256 * 1024 * 1024
 
 
 def recording_path(root: Path, session_id: str, channel: int, moment: datetime) -> Path:
-    """var/recordings/YYYY/MM/DD/<session>-<channel>.cast (our identifiers only, never input)."""
-    return root / f"{moment:%Y/%m/%d}" / f"{session_id}-{channel}.cast"
+    """var/recordings/YYYY/MM/DD/<session>-<channel>.cast; the naming is `sandtrap.paths`'."""
+    return cast_file(root, session_id, channel, moment)
 
 
 class ChannelRecorder:
