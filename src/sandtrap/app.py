@@ -20,6 +20,7 @@ from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.paths import DataLayout
 from sandtrap.persona import banner_from_package, package_version, persona_for
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body, pool_name
@@ -120,7 +121,7 @@ async def serve(
     gate = GateChild(config)
     engine = Engine(gate.docker_url)
     events = open_event_log(config.storage, config.sensor)
-    index = EventIndex(config.storage.data_dir / "sandtrap.db", config.sensor)
+    index = EventIndex(DataLayout(config.storage.data_dir).index_db, config.sensor)
     try:
         await gate.start()
         await _preflight(config, engine)

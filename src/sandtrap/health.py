@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.config import Config
+from sandtrap.paths import DataLayout
 
 STATUS_INTERVAL_SECONDS = 5.0
 STALE_AFTER_SECONDS = 30.0
@@ -32,7 +33,7 @@ class Check:
 
 
 def status_path(config: Config) -> Path:
-    return config.storage.data_dir / "run" / "status.json"
+    return DataLayout(config.storage.data_dir).status_file
 
 
 def _write_atomically(path: Path, text: str) -> None:

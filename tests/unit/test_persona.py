@@ -18,8 +18,11 @@ from sandtrap.ssh.connection import parse_kexinit
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.ssh.kexalgs import (
     DEFAULT_MODULI_PATH,
+    GEX_SHA256,
+    SNTRUP761_NAMES,
     Modulus,
     choose_group,
+    enable_openssh_gex,
     enable_sntrup761,
     gex_bounds,
     is_valid_dh_public,
@@ -135,6 +138,48 @@ def test_sntrup761_kem_round_trip() -> None:
     assert server.decaps(ciphertext) == secret
     with pytest.raises(ValueError, match="public key"):
         client.encaps(b"short")
+
+
+def _registry() -> tuple[list[bytes], list[bytes], dict[bytes, object]]:
+    return (
+        list(asyncssh_kex._kex_algs),
+        list(asyncssh_kex._default_kex_algs),
+        dict(asyncssh_kex._kex_handlers),
+    )
+
+
+def test_sntrup761_registers_once() -> None:
+    assert enable_sntrup761()
+    before = _registry()
+    assert enable_sntrup761()
+    after = _registry()
+    assert after[0] == before[0] and after[1] == before[1]
+    assert all(after[2][name] is before[2][name] for name in before[2])
+    for name in SNTRUP761_NAMES:
+        assert asyncssh_kex._kex_algs.count(name) == 1
+
+
+def test_openssh_gex_registers_once_and_the_last_moduli_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandtrap.ssh import kexalgs
+
+    # Restore asyncssh's registry and our groups afterwards: other tests start real servers.
+    monkeypatch.setitem(
+        asyncssh_kex._kex_handlers, GEX_SHA256, asyncssh_kex._kex_handlers[GEX_SHA256]
+    )
+    monkeypatch.setattr(kexalgs._OpenSSHGex, "groups", kexalgs._OpenSSHGex.groups)
+    enable_openssh_gex([Modulus(2048, 2, P2048)])
+    before = _registry()
+    handler = asyncssh_kex._kex_handlers[GEX_SHA256]
+    assert issubclass(handler[0], kex_dh._KexDHGex)
+    enable_openssh_gex([Modulus(3072, 5, P3072A)])
+    after = _registry()
+    assert after[0] == before[0] and after[1] == before[1]
+    assert after[2].keys() == before[2].keys()
+    assert all(after[2][name] is before[2][name] for name in before[2])
+    assert asyncssh_kex._kex_algs.count(GEX_SHA256) == 1
+    assert handler[0].groups == (Modulus(3072, 5, P3072A),)
 
 
 def _moduli_line(bits: int, prime: int, kind: int = 2, tests: int = 6, generator: int = 2) -> str:

@@ -9,10 +9,11 @@ import random
 from pathlib import Path
 
 from sandtrap.events import Event, Peer
+from sandtrap.paths import cast_file
 from sandtrap.recording import recorder as recorder_module
 from sandtrap.recording.asciicast import CastEncoder, Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
-from sandtrap.recording.recorder import ChannelRecorder, recording_path
+from sandtrap.recording.recorder import ChannelRecorder
 
 PROMPT = b"root@web-prod-03:~# "
 
@@ -140,7 +141,7 @@ def test_recording_path_uses_our_identifiers(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
     moment = datetime(2026, 3, 4, tzinfo=UTC)
-    assert recording_path(tmp_path, "abc123", 2, moment) == tmp_path / "2026/03/04/abc123-2.cast"
+    assert cast_file(tmp_path, "abc123", 2, moment) == tmp_path / "2026/03/04/abc123-2.cast"
 
 
 async def test_recorder_flushes_periodically_and_emits_commands(tmp_path: Path) -> None:
@@ -173,3 +174,22 @@ async def test_recorder_flushes_periodically_and_emits_commands(tmp_path: Path) 
     finally:
         recorder_module.FLUSH_INTERVAL_SECONDS = 0.5
     assert [(e.eventid, getattr(e, "input", None)) for e in seen] == [("session.command", "id")]
+
+
+def test_find_casts_in_channel_order_and_by_channel(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sandtrap.analysis.replay import find_casts
+    from sandtrap.paths import DataLayout
+
+    layout = DataLayout(tmp_path)
+    moment = datetime(2026, 3, 4, tzinfo=UTC)
+    for channel in (10, 2, 0):
+        path = layout.recording("abc123", channel, moment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    layout.recording("abc1234", 1, moment).write_bytes(b"")
+    found = find_casts(layout.recordings, "abc123")
+    assert [p.name for p in found] == ["abc123-0.cast", "abc123-2.cast", "abc123-10.cast"]
+    assert find_casts(layout.recordings, "abc123", 2) == [layout.recording("abc123", 2, moment)]
+    assert find_casts(layout.recordings, "abc123", 5) == []

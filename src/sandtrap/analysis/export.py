@@ -21,6 +21,7 @@ from typing import Any
 from sandtrap import __version__
 from sandtrap.analysis.replay import find_casts
 from sandtrap.errors import SandTrapError
+from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.forensics import first_file_in_tar, is_regular
 from sandtrap.store.index import read_records
@@ -107,7 +108,7 @@ async def _from_container(
     return True
 
 
-def _from_artifacts(records: list[dict[str, Any]], data_dir: Path, bundle: Bundle) -> None:
+def _from_artifacts(records: list[dict[str, Any]], layout: DataLayout, bundle: Bundle) -> None:
     bundle.members["diff.json"] = _json(
         {"container_id": _container_id(records), "session_diff": _session_changes(records)}
     )
@@ -115,7 +116,7 @@ def _from_artifacts(records: list[dict[str, Any]], data_dir: Path, bundle: Bundl
         if record.get("eventid") != "sandbox.artifact":
             continue
         digest = str(record.get("sha256", ""))
-        stored = data_dir / "artifacts" / digest
+        stored = layout.artifact(digest)
         if len(digest) == 64 and stored.is_file():
             _add_file(
                 bundle,
@@ -130,22 +131,22 @@ def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-async def collect(session: str, data_dir: Path, log_path: Path, engine: Engine | None) -> Bundle:
+async def collect(session: str, layout: DataLayout, engine: Engine | None) -> Bundle:
     """Gather the bundle's members (reads the log, the casts, and the engine when given)."""
     bundle = Bundle(session)
-    records = session_events(log_path, session)
+    records = session_events(layout.events_log, session)
     bundle.members["events.jsonl"] = b"".join(
         (json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
         for r in records
     )
-    for cast in find_casts(data_dir / "recordings", session):
+    for cast in find_casts(layout.recordings, session):
         bundle.members[f"recordings/{cast.name}"] = cast.read_bytes()
     container_id = _container_id(records)
     from_engine = False
     if engine is not None and container_id is not None:
         from_engine = await _from_container(engine, container_id, _session_changes(records), bundle)
     if not from_engine:
-        _from_artifacts(records, data_dir, bundle)
+        _from_artifacts(records, layout, bundle)
     bundle.members["files.json"] = _json(bundle.files)
     return bundle
 

@@ -49,13 +49,16 @@ def read_cast(path: Path) -> Cast:
     return Cast(header, events)
 
 
-def find_casts(recordings: Path, session: str) -> list[Path]:
-    """The session's casts under var/recordings/YYYY/MM/DD/, in channel order."""
+def find_casts(recordings: Path, session: str, channel: int | None = None) -> list[Path]:
+    """The session's casts under var/recordings/YYYY/MM/DD/ (`paths.cast_file`), in channel
+    order; only the one of `channel` when given."""
     found = []
     for path in recordings.glob(f"*/*/*/{session}-*.cast"):
         match = _CAST_NAME.match(path.name)
         if match and match["session"] == session:
-            found.append((int(match["channel"]), path))
+            number = int(match["channel"])
+            if channel is None or number == channel:
+                found.append((number, path))
     return [path for _, path in sorted(found)]
 
 

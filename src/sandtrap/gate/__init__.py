@@ -18,6 +18,7 @@ from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable
 from sandtrap.gate.policy import GatePolicy
 from sandtrap.gate.proxy import Gate
+from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
 from sandtrap.store.jsonl import open_event_log
 
@@ -31,7 +32,7 @@ def gate_socket(config: Config) -> Path:
     """Where a standalone gate listens by default: the configured path, else var/run/gate.sock."""
     if config.sandbox.gate not in ("auto", "off"):
         return Path(config.sandbox.gate)
-    return config.storage.data_dir / "run" / "gate.sock"
+    return DataLayout(config.storage.data_dir).gate_socket
 
 
 async def _engine_api_version(upstream: str, attempts: int) -> str:
@@ -90,7 +91,9 @@ async def serve_gate(
             sys.stdout.buffer.flush()
         raise
     policy = GatePolicy.from_config(config, api_version)
-    events = open_event_log(config.storage, config.sensor, "gate.jsonl")
+    events = open_event_log(
+        config.storage, config.sensor, DataLayout(config.storage.data_dir).gate_log
+    )
     gate = Gate(policy, listen, upstream, events, socket_group)
     listening = ready or asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable
+from sandtrap.paths import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _MAX_SOCKET_PATH = 100
 def auto_socket(config: Config) -> Path:
     """var/run/gate.sock, or a private directory under /tmp when that path is too long."""
     data_dir = Path(os.path.abspath(config.storage.data_dir))
-    path = data_dir / "run" / "gate.sock"
+    path = DataLayout(data_dir).gate_socket
     if len(str(path)) <= _MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -28,11 +27,6 @@ FLUSH_INTERVAL_SECONDS = 0.5
 FLUSH_BYTES = 64 * 1024
 # A cast stops growing here (a marker says so); the byte counts in the events stay exact.
 MAX_CAST_BYTES = 256 * 1024 * 1024
-
-
-def recording_path(root: Path, session_id: str, channel: int, moment: datetime) -> Path:
-    """var/recordings/YYYY/MM/DD/<session>-<channel>.cast (our identifiers only, never input)."""
-    return root / f"{moment:%Y/%m/%d}" / f"{session_id}-{channel}.cast"
 
 
 class ChannelRecorder:
@@ -179,4 +173,4 @@ class ChannelRecorder:
             self._failed = True
 
 
-__all__ = ["FLUSH_INTERVAL_SECONDS", "ChannelRecorder", "recording_path"]
+__all__ = ["FLUSH_INTERVAL_SECONDS", "ChannelRecorder"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, SandboxGone
 from sandtrap.events import EventSink, Peer, SandboxAllocated, SandboxFailure
+from sandtrap.paths import DataLayout
 from sandtrap.sandbox.base import Sandbox
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
@@ -79,7 +80,7 @@ class Pool:
         self._hostnames = HostnamePicker(config.sandbox)
         self._blkio: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._artifacts = config.storage.data_dir / "artifacts"
+        self._artifacts = DataLayout(config.storage.data_dir).artifacts
         self._log_hostnames: dict[str, str | None] = {}
         self._create_slots = asyncio.Semaphore(config.pool.create_concurrency)
         self._pruning = asyncio.Lock()

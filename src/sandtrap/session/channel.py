@@ -26,11 +26,12 @@ from sandtrap.limits import (
     cap_text,
     is_safe_term,
 )
+from sandtrap.paths import cast_file
 from sandtrap.persona import Persona
 from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
-from sandtrap.recording.recorder import ChannelRecorder, recording_path
+from sandtrap.recording.recorder import ChannelRecorder
 from sandtrap.session.lease import SandboxLease
 from sandtrap.session.totals import SessionTotals
 
@@ -132,7 +133,7 @@ def _recorder_for(
         env={"TERM": cap_text(request.term or "", MAX_NAME_BYTES), "SHELL": "/bin/bash"},
     )
     return ChannelRecorder(
-        recording_path(recordings, peer.session_id, request.channel, ev.utcnow()),
+        cast_file(recordings, peer.session_id, request.channel, ev.utcnow()),
         header,
         events=events,
         peer=peer,

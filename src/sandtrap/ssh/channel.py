@@ -1,9 +1,9 @@
 """asyncssh session-channel glue: our terms (ChannelIO, ChannelRequest) over asyncssh's streams.
 
-Owns the channel and stream-session subclasses (which override asyncssh private names, tested with
-2.24.1) that refuse X11 and agent forwarding and subsystems
+Owns the channel and stream-session subclasses that refuse X11 and agent forwarding and subsystems
 other than sftp as Debian's sshd with `X11Forwarding no` / `AllowAgentForwarding no` does (a
 channel failure reply), and `AsyncsshChannelIO`. What runs on the channel is left to session.py.
+The asyncssh private names they override or read are listed in ssh/compat.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The asyncssh connection subclass that applies what server options cannot express of a persona.
 
-Owns every use of asyncssh private names (tested with asyncssh 2.24.1) except the kex handlers in
-ssh/kexalgs.py, so an upgrade breaks in these two modules only: host-key order, KEXINIT
-pseudo-algorithms, EXT_INFO contents, OpenSSH's replies to bad identification lines, MaxAuthTries,
-and the client KEXINIT capture for HASSH.
+Owns host-key order, KEXINIT pseudo-algorithms, EXT_INFO contents, OpenSSH's replies to bad
+identification lines, MaxAuthTries and the client KEXINIT capture for HASSH, through asyncssh
+private names; those of this module, ssh/channel.py and ssh/kexalgs.py are listed in ssh/compat.py.
 """
 
 from __future__ import annotations

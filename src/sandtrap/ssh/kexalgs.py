@@ -1,8 +1,8 @@
 """Key exchanges that asyncssh lacks or runs differently from sshd, registered with asyncssh.
 
 Owns sntrup761x25519 (through the `pqcrypto` wheel instead of liboqs) and OpenSSH's Diffie-Hellman
-group exchange (group sizes and primes from /etc/ssh/moduli, sshd 9.2's `choose_dh`). Uses asyncssh
-private names (tested with 2.24.1). Which names a persona offers is persona.py's business.
+group exchange (sizes and primes from /etc/ssh/moduli, sshd 9.2's `choose_dh`), each registered once
+per process. Uses asyncssh private names (listed in ssh/compat.py). Persona offers: persona.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hashlib import sha256, sha512
 from pathlib import Path
 from types import MappingProxyType
+from typing import ClassVar
 
 import asyncssh
 from asyncssh import kex as asyncssh_kex
@@ -56,7 +57,7 @@ def enable_sntrup761() -> bool:
         return False
 
     class _SNTRUP761:
-        """The `asyncssh.crypto.PQDH` interface over pqcrypto (which returns ciphertext first)."""
+        """asyncssh's `crypto.pq.PQKey` interface over pqcrypto (which returns ciphertext first)."""
 
         pubkey_bytes = kem.PUBLIC_KEY_SIZE
         privkey_bytes = kem.SECRET_KEY_SIZE
@@ -181,6 +182,51 @@ def is_valid_dh_public(value: int, prime: int) -> bool:
     return 1 < value < prime - 1 and value.bit_count() > 1
 
 
+class _OpenSSHGex(kex_dh._KexDHGex):
+    """asyncssh's GEX with sshd 9.2's server side; `groups` are set by `enable_openssh_gex`."""
+
+    groups: ClassVar[tuple[Modulus, ...]] = ()
+
+    def _process_request(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
+        if self._conn.is_client():
+            super()._process_request(pkttype, pktid, packet)
+            return
+        if self._p:
+            raise asyncssh.ProtocolError("Kex DH group already requested")
+        self._gex_data = packet.get_remaining_payload()
+        requested = packet.get_uint32(), packet.get_uint32(), packet.get_uint32()
+        packet.check_end()
+        bounds = gex_bounds(*requested)
+        if bounds is None:
+            # Code 3 is never sent by the persona's connection: the close is silent as in sshd.
+            raise asyncssh.KeyExchangeFailed("DH GEX group out of range")
+        g, p = choose_group(self.groups, *bounds)
+        self._init_group(g, p)
+        self._gex_data += MPInt(p) + MPInt(g)
+        self.send_packet(self._group_type, MPInt(p), MPInt(g))
+
+    def _compute_server_shared(self) -> bytes:
+        if not is_valid_dh_public(self._e, self._p):
+            raise asyncssh.KeyExchangeFailed("invalid public DH value")
+        bits = min(_EXPONENT_BITS, self._p.bit_length() - 1)
+        exponent = secrets.randbits(bits) | (1 << (bits - 1))
+        self._f = pow(self._g, exponent, self._p)
+        return MPInt(pow(self._e, exponent, self._p))
+
+    # No MSG_KEX_DH_GEX_REQUEST_OLD: sshd 9.2 has no handler for it either.
+    _packet_handlers = MappingProxyType(
+        {
+            kex_dh.MSG_KEX_DH_GEX_REQUEST: _process_request,
+            kex_dh.MSG_KEX_DH_GEX_GROUP: kex_dh._KexDHGex._process_group,
+            kex_dh.MSG_KEX_DH_GEX_INIT: kex_dh._KexDHBase._process_init,
+            kex_dh.MSG_KEX_DH_GEX_REPLY: kex_dh._KexDHBase._process_reply,
+        }
+    )
+
+
+_OPENSSH_GEX_HANDLER = (_OpenSSHGex, sha256, ())
+
+
 def enable_openssh_gex(moduli: Sequence[Modulus]) -> None:
     """Make asyncssh's server side of diffie-hellman-group-exchange-sha256 behave as sshd 9.2.
 
@@ -188,48 +234,12 @@ def enable_openssh_gex(moduli: Sequence[Modulus]) -> None:
     from `moduli` as `choose_group` picks it. DH is computed with `pow()`: pyca/OpenSSL re-validates
     a non-RFC prime on every use, which blocks the event loop for 1.5 s (3072 bits) to 29 s (8192).
     GEX_REQUEST_OLD is not handled, as in sshd: UNIMPLEMENTED, or a disconnect under strict kex.
-    The client side is asyncssh's own. Replaces any earlier registration (the last moduli win).
+    The client side is asyncssh's own. asyncssh's registry is written on the first call only; each
+    call replaces the groups (the last moduli win, for connections that start after it).
     """
-    groups = tuple(moduli)
-
-    class _OpenSSHGex(kex_dh._KexDHGex):
-        def _process_request(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
-            if self._conn.is_client():
-                super()._process_request(pkttype, pktid, packet)
-                return
-            if self._p:
-                raise asyncssh.ProtocolError("Kex DH group already requested")
-            self._gex_data = packet.get_remaining_payload()
-            requested = packet.get_uint32(), packet.get_uint32(), packet.get_uint32()
-            packet.check_end()
-            bounds = gex_bounds(*requested)
-            if bounds is None:
-                # Code 3 is never sent by the persona's connection: the close is silent as in sshd.
-                raise asyncssh.KeyExchangeFailed("DH GEX group out of range")
-            g, p = choose_group(groups, *bounds)
-            self._init_group(g, p)
-            self._gex_data += MPInt(p) + MPInt(g)
-            self.send_packet(self._group_type, MPInt(p), MPInt(g))
-
-        def _compute_server_shared(self) -> bytes:
-            if not is_valid_dh_public(self._e, self._p):
-                raise asyncssh.KeyExchangeFailed("invalid public DH value")
-            bits = min(_EXPONENT_BITS, self._p.bit_length() - 1)
-            exponent = secrets.randbits(bits) | (1 << (bits - 1))
-            self._f = pow(self._g, exponent, self._p)
-            return MPInt(pow(self._e, exponent, self._p))
-
-        # No MSG_KEX_DH_GEX_REQUEST_OLD: sshd 9.2 has no handler for it either.
-        _packet_handlers = MappingProxyType(
-            {
-                kex_dh.MSG_KEX_DH_GEX_REQUEST: _process_request,
-                kex_dh.MSG_KEX_DH_GEX_GROUP: kex_dh._KexDHGex._process_group,
-                kex_dh.MSG_KEX_DH_GEX_INIT: kex_dh._KexDHBase._process_init,
-                kex_dh.MSG_KEX_DH_GEX_REPLY: kex_dh._KexDHBase._process_reply,
-            }
-        )
-
-    asyncssh_kex._kex_handlers[GEX_SHA256] = (_OpenSSHGex, sha256, ())
+    _OpenSSHGex.groups = tuple(moduli)
+    if asyncssh_kex._kex_handlers.get(GEX_SHA256) is not _OPENSSH_GEX_HANDLER:
+        asyncssh_kex._kex_handlers[GEX_SHA256] = _OPENSSH_GEX_HANDLER
 
 
 __all__ = [

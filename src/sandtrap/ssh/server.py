@@ -19,6 +19,7 @@ from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config, parse_listen
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import Admission, AdmissionSettings, MaxStartups
+from sandtrap.paths import DataLayout
 from sandtrap.persona import Persona, persona_for
 from sandtrap.sandbox.base import SandboxProvider
 from sandtrap.session import Link, Session, SessionSettings
@@ -63,7 +64,7 @@ class SSHFront:
             limits=config.limits,
             allocate_timeout_seconds=config.pool.allocate_timeout_seconds,
             persona=persona,
-            recordings=config.storage.data_dir / "recordings",
+            recordings=DataLayout(config.storage.data_dir).recordings,
         )
         limits = config.limits
         self.admission = Admission(
@@ -235,7 +236,9 @@ async def start_ssh_server(
     Raises:
         OSError: a listen address cannot be bound, or the key directory is unusable.
     """
-    keys = await asyncio.to_thread(load_or_create_host_keys, config.storage.data_dir / "keys")
+    keys = await asyncio.to_thread(
+        load_or_create_host_keys, DataLayout(config.storage.data_dir).keys
+    )
     if not enable_sntrup761():
         log.warning("sntrup761 kex unavailable (pqcrypto not importable), see fingerprinting.md")
     # Without a moduli file sshd (and so SandTrap) offers only its fixed fallback groups.

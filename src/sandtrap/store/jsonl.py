@@ -14,25 +14,20 @@ from pathlib import Path
 
 from sandtrap.config import StorageConfig
 from sandtrap.events import Event, to_json_line
+from sandtrap.paths import DataLayout
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
 
 
-EVENTS_LOG = "events.jsonl"
+def open_event_log(storage: StorageConfig, sensor: str, path: Path | None = None) -> EventLog:
+    """A JSON-lines log rotated as the configuration says (no I/O yet).
 
-
-def event_log_path(storage: StorageConfig, name: str = EVENTS_LOG) -> Path:
-    """Where a JSON-lines log lives: `<data_dir>/log/<name>`."""
-    return storage.data_dir / "log" / name
-
-
-def open_event_log(storage: StorageConfig, sensor: str, name: str = EVENTS_LOG) -> EventLog:
-    """The event log of a data directory, rotated as the configuration says (no I/O yet)."""
-    return EventLog(
-        event_log_path(storage, name), sensor, storage.log_max_bytes, storage.log_backups
-    )
+    `path` defaults to the data directory's event log (`DataLayout.events_log`).
+    """
+    path = path or DataLayout(storage.data_dir).events_log
+    return EventLog(path, sensor, storage.log_max_bytes, storage.log_backups)
 
 
 class EventLog:

@@ -30,6 +30,7 @@ from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
 from sandtrap.events import Peer
+from sandtrap.paths import DataLayout
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
@@ -244,8 +245,7 @@ async def _answers(engine: Engine, sandbox_id: str) -> bool:
     return status == 0 and out.strip() == b"alive"
 
 
-def _disk_event(data_dir: Path, container_id: str) -> dict[str, Any] | None:
-    path = data_dir / "log" / "events.jsonl"
+def _disk_event(path: Path, container_id: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -257,7 +257,7 @@ def _disk_event(data_dir: Path, container_id: str) -> dict[str, Any] | None:
     return None
 
 
-async def _disk_fill(engine: Engine, sandbox_id: str, data_dir: Path, limit_mb: int) -> Row:
+async def _disk_fill(engine: Engine, sandbox_id: str, events_log: Path, limit_mb: int) -> Row:
     fill = f"dd if=/dev/zero of=$HOME/.fill bs=1M count={limit_mb * 4} 2>&1; sync"
     started = time.monotonic()
     writer = asyncio.create_task(engine.run(sandbox_id, ["/bin/sh", "-c", fill], user=LOGIN_USER))
@@ -275,7 +275,7 @@ async def _disk_fill(engine: Engine, sandbox_id: str, data_dir: Path, limit_mb: 
             await writer
     event = None
     for _ in range(20):  # the event log is appended by the pool's task; give it a moment
-        if (event := _disk_event(data_dir, sandbox_id)) is not None:
+        if (event := _disk_event(events_log, sandbox_id)) is not None:
             break
         await asyncio.sleep(0.1)
     return checks.disk_row(event, stopped_after, limit_mb)
@@ -421,7 +421,10 @@ async def _attack(
         report("disk fill")
         rows.append(
             await _disk_fill(
-                engine, sandbox.id, config.storage.data_dir, sandbox_config.disk_limit_mb
+                engine,
+                sandbox.id,
+                DataLayout(config.storage.data_dir).events_log,
+                sandbox_config.disk_limit_mb,
             )
         )
     finally:
