@@ -26,9 +26,9 @@ import pytest
 
 from sandtrap import events as ev
 from sandtrap.config import Config
-from sandtrap.sandbox.fake import FakeProvider
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
+from tests.fakepool import running_pool
 
 pytestmark = pytest.mark.slow
 
@@ -182,11 +182,13 @@ async def sandtrap_port(
             "storage": {"data_dir": str(tmp_path)},
         }
     )
-    front: SSHFront = await start_ssh_server(config, FakeProvider(), ListSink())
-    try:
-        yield front.ports[0]
-    finally:
-        await front.wait_closed()
+    sink = ListSink()
+    async with running_pool(config, sink) as pool:
+        front: SSHFront = await start_ssh_server(config, pool, sink)
+        try:
+            yield front.ports[0]
+        finally:
+            await front.wait_closed()
 
 
 # --- ssh-audit ---------------------------------------------------------------------------------

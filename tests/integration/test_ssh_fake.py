@@ -1,8 +1,10 @@
-"""The SSH front on 127.0.0.1:0 with the fake sandbox, driven by asyncssh and OpenSSH clients."""
+"""The SSH front on 127.0.0.1:0 with the pool on the fake engine, driven by asyncssh and OpenSSH
+clients."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -19,12 +21,13 @@ import pytest
 
 from sandtrap import events as ev
 from sandtrap.config import Config
-from sandtrap.errors import PoolExhausted
+from sandtrap.errors import EngineUnavailable
 from sandtrap.persona import DEBIAN12
-from sandtrap.sandbox.fake import FakeProvider
+from sandtrap.sandbox.fake import FakeEngine
 from sandtrap.ssh import SSHFront, start_ssh_server
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.testing import OPENSSH_CLIENT_OPTIONS
+from tests.fakepool import RecordingPool, running_pool
 
 SSH_OPTS = OPENSSH_CLIENT_OPTIONS
 
@@ -50,7 +53,7 @@ class Sink:
 
 
 class Harness:
-    def __init__(self, front: SSHFront, sink: Sink, provider: FakeProvider) -> None:
+    def __init__(self, front: SSHFront, sink: Sink, provider: RecordingPool) -> None:
         self.front = front
         self.sink = sink
         self.provider = provider
@@ -82,8 +85,12 @@ def host_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def start(tmp_path: Path, host_keys_dir: Path) -> AsyncIterator[Start]:
     fronts: list[SSHFront] = []
     shutil.copytree(host_keys_dir, tmp_path / "keys")
+    pools = contextlib.AsyncExitStack()
 
-    async def _start(provider: FakeProvider | None = None, **sections: Any) -> Harness:
+    async def _start(
+        engine: FakeEngine | None = None, *, warm: bool = True, **sections: Any
+    ) -> Harness:
+        """A front on a pool of `engine` (a working FakeEngine by default)."""
         data: dict[str, Any] = {
             "ssh": {"listen": ["127.0.0.1:0"], "auth_failure_delay_seconds": 0.05},
             "storage": {"data_dir": str(tmp_path)},
@@ -92,15 +99,17 @@ async def start(tmp_path: Path, host_keys_dir: Path) -> AsyncIterator[Start]:
         for key, value in sections.items():
             data.setdefault(key, {}).update(value)
         sink = Sink()
-        provider = provider or FakeProvider()
-        front = await start_ssh_server(Config.model_validate(data), provider, sink)
+        config = Config.model_validate(data)
+        provider = await pools.enter_async_context(running_pool(config, sink, engine, warm=warm))
+        front = await start_ssh_server(config, provider, sink)
         fronts.append(front)
         return Harness(front, sink, provider)
 
-    yield _start
-    for front in fronts:
-        await front.wait_closed()
-        assert front.connection_count() == 0
+    async with pools:
+        yield _start
+        for front in fronts:
+            await front.wait_closed()
+            assert front.connection_count() == 0
 
 
 PASSWORD = "123456"
@@ -359,7 +368,9 @@ async def test_openssh_agent_and_x11_refused(start: Start, tmp_path: Path) -> No
 
 
 async def test_allocation_failure_closes_connection(start: Start) -> None:
-    h = await start(FakeProvider(fail=PoolExhausted("no sandbox in 2 s")))
+    engine = FakeEngine()
+    engine.create_error = EngineUnavailable("create: engine unreachable")
+    h = await start(engine, warm=False, pool={"allocate_timeout_seconds": 0.3})
     result = await run_openssh(h.port, ["echo", "hi"])
     assert result.returncode == 255
     assert result.stdout == b""

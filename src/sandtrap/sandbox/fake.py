@@ -3,7 +3,7 @@ feature works (the real-engine half of the conformance battery is).
 
 `FakeEngine` implements `ContainerEngine`: containers with names, labels and states, execs served
 by the interpreter of `sandbox/fake_exec.py`, and knobs for failing or slow creates, engine
-outages and dying containers. `FakeProvider` hands out `FakeSandbox`es without any pool at all.
+outages and dying containers.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandtrap.errors import EngineError, EngineUnavailable, SandboxError, SandboxGone
-from sandtrap.events import Peer, rfc3339
-from sandtrap.sandbox.base import Sandbox
+from sandtrap.events import rfc3339
 from sandtrap.sandbox.container import ENSURE_USER_SCRIPT
-from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.fake_exec import ExecRecord, FakeExecStream
 from sandtrap.sandbox.hardening import PREPARE_SCRIPT
 
@@ -320,85 +318,9 @@ def _ensure_user(container: FakeContainer, username: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class FakeSandbox:
-    """One fake container without an engine; `execs` lists every process started in it."""
-
-    def __init__(self, sandbox_id: str, hostname: str = "web-prod-01") -> None:
-        self._id = sandbox_id
-        self._hostname = hostname
-        self.users: dict[str, str] = {"root": "/root"}
-        self.execs: list[ExecRecord] = []
-        self.streams: list[FakeExecStream] = []
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def hostname(self) -> str:
-        return self._hostname
-
-    @property
-    def image(self) -> str:
-        return "sandtrap/fake"
-
-    async def ensure_user(self, username: str) -> str:
-        return self.users.setdefault(username, f"/home/{username}")
-
-    async def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str,
-        tty: bool,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> FakeExecStream:
-        record = ExecRecord(tuple(argv), user, tty, dict(env or {}), workdir, size)
-        self.execs.append(record)
-        stream = FakeExecStream(self._hostname, record)
-        self.streams.append(stream)
-        return stream
-
-
-class FakeProvider:
-    """Hands out `FakeSandbox`es; set `fail` to make `allocate` raise, `delay` to make it slow."""
-
-    def __init__(self, fail: SandboxError | None = None, delay: float = 0.0) -> None:
-        self.fail = fail
-        self.delay = delay
-        self.allocated: list[tuple[FakeSandbox, Peer]] = []
-        self.released: list[tuple[FakeSandbox, Peer]] = []
-        self._count = 0
-
-    async def allocate(self, peer: Peer) -> FakeSandbox:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail is not None:
-            raise self.fail
-        self._count += 1
-        sandbox = FakeSandbox(f"fake{self._count:012x}")
-        self.allocated.append((sandbox, peer))
-        return sandbox
-
-    async def release(self, sandbox: Sandbox, peer: Peer) -> None:
-        if not isinstance(sandbox, FakeSandbox):
-            raise TypeError(f"not a fake sandbox: {sandbox!r}")
-        for stream in sandbox.streams:
-            await stream.close()
-        self.released.append((sandbox, peer))
-
-
-if TYPE_CHECKING:
-    # mypy holds the fake to the protocol the pool is written against.
-    _CONFORMS: ContainerEngine = FakeEngine()
-
 __all__ = [
     "ExecRecord",
     "FakeContainer",
     "FakeEngine",
     "FakeExecStream",
-    "FakeProvider",
-    "FakeSandbox",
 ]

@@ -16,6 +16,10 @@ from sandtrap.sandbox.base import Sandbox, SandboxProvider
 
 log = logging.getLogger(__name__)
 
+# The pool enforces `allocate` itself and says why it gave up; the lease's own bound only catches a
+# provider that never answers, so it falls due a little later and never hides the pool's reason.
+ALLOCATE_BACKSTOP_SECONDS = 1.0
+
 
 class SandboxLease:
     """The connection's sandbox: allocated at the first channel, shared, released exactly once.
@@ -63,8 +67,8 @@ class SandboxLease:
     async def _allocate(self, username: str) -> None:
         peer = self._peer
         try:
-            # Named timeout `allocate`: the pool enforces it too; this bounds any provider.
-            async with asyncio.timeout(self._allocate_timeout):
+            # Named timeout `allocate`: the pool enforces it; this backstop bounds any provider.
+            async with asyncio.timeout(self._allocate_timeout + ALLOCATE_BACKSTOP_SECONDS):
                 sandbox = await self._provider.allocate(peer)
         except (PoolExhausted, TimeoutError) as exc:
             self._fail(f"pool exhausted: {exc}" if str(exc) else "pool exhausted")

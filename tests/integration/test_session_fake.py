@@ -1,12 +1,14 @@
 """A connection's life (session/) without SSH: limits on an injected clock, release, close.
 
-The fake sandbox and a scripted channel stand in for the engine and the client; the same
+The pool on the fake engine and a scripted channel stand in for Docker and the client; the same
 behaviours are tested end to end with real clients in tests/integration and tests/docker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,13 +17,14 @@ from typing import Any
 import pytest
 
 from sandtrap import events as ev
-from sandtrap.config import LimitsConfig
-from sandtrap.errors import PoolExhausted
+from sandtrap.config import Config
+from sandtrap.errors import EngineUnavailable
 from sandtrap.events import Peer
 from sandtrap.persona import DEBIAN12
 from sandtrap.proxy import ChannelGone, Resize
-from sandtrap.sandbox.fake import FakeProvider
+from sandtrap.sandbox.fake import FakeEngine
 from sandtrap.session import ChannelRequest, Session, SessionSettings
+from tests.fakepool import RecordingPool, running_pool
 
 PEER = Peer("0123456789ab", "203.0.113.9", 40000, 22)
 LOGOUT = DEBIAN12.idle_logout_text
@@ -103,7 +106,7 @@ class Harness:
     session: Session
     link: Link
     sink: Sink
-    provider: FakeProvider
+    provider: RecordingPool
     clock: Clock
     disconnected: list[bool]
 
@@ -115,37 +118,48 @@ class Harness:
 
 @asynccontextmanager
 async def running(
-    provider: FakeProvider | None = None, **limits: Any
+    engine: FakeEngine | None = None, **limits: Any
 ) -> AsyncIterator[tuple[Harness, asyncio.Task[None]]]:
+    """A Session on a warm pool of `engine`, running; cancelled (if still running) at the end."""
     clock = Clock()
     sink = Sink()
     link = Link()
-    provider = provider or FakeProvider()
     disconnected: list[bool] = []
-    settings = SessionSettings(
-        limits=LimitsConfig(**limits),
-        allocate_timeout_seconds=1.0,
-        persona=DEBIAN12,
-        recordings=None,
-    )
-    session = Session(
-        PEER,
-        link,
-        provider,
-        sink,
-        settings,
-        clock=clock,
-        on_disconnected=lambda: disconnected.append(True),
-    )
-    link.session = session
-    task = asyncio.get_running_loop().create_task(session.run())
-    try:
-        async with asyncio.timeout(DEADLINE):
-            yield Harness(session, link, sink, provider, clock, disconnected), task
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.wait([task])
+    async with contextlib.AsyncExitStack() as stack:
+        data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+        config = Config.model_validate(
+            {
+                "limits": limits,
+                "pool": {"size": 2, "allocate_timeout_seconds": 0.05},
+                "storage": {"data_dir": data_dir},
+            }
+        )
+        settings = SessionSettings(
+            limits=config.limits,
+            allocate_timeout_seconds=config.pool.allocate_timeout_seconds,
+            persona=DEBIAN12,
+            recordings=None,
+        )
+        warm = engine is None or engine.create_error is None
+        provider = await stack.enter_async_context(running_pool(config, sink, engine, warm=warm))
+        session = Session(
+            PEER,
+            link,
+            provider,
+            sink,
+            settings,
+            clock=clock,
+            on_disconnected=lambda: disconnected.append(True),
+        )
+        link.session = session
+        task = asyncio.get_running_loop().create_task(session.run())
+        try:
+            async with asyncio.timeout(DEADLINE):
+                yield Harness(session, link, sink, provider, clock, disconnected), task
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.wait([task])
 
 
 async def test_idle_shell_logs_out_like_bash_then_the_client_leaves() -> None:
@@ -262,12 +276,14 @@ async def test_channels_share_one_sandbox_and_the_close_counts_them_all() -> Non
 
 
 async def test_no_sandbox_drops_the_connection() -> None:
-    async with running(FakeProvider(fail=PoolExhausted("none left"))) as (h, run):
+    engine = FakeEngine()
+    engine.create_error = EngineUnavailable("create: engine unreachable")
+    async with running(engine) as (h, run):
         task = asyncio.get_running_loop().create_task(h.session.serve_channel(shell(), Channel()))
         await run
         await task
     (failed,) = h.sink.of(ev.SandboxAllocationFailed)
-    assert failed.reason == "pool exhausted: none left"
+    assert failed.reason.startswith("pool exhausted: no sandbox within 0.05s")
     assert h.link.aborted == 1
     assert h.sink.of(ev.SessionClosed)[0].reason.startswith("allocation failed")
 
