@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandtrap.verify import checks
+from sandtrap.verify import checks, hostchecks
 from sandtrap.verify.checks import Context
 
 
@@ -32,17 +32,17 @@ from sandtrap.verify.checks import Context
     ],
 )
 def test_runc_advisories(version: str, expected: list[str]) -> None:
-    assert checks.runc_advisories(version) == expected
+    assert hostchecks.runc_advisories(version) == expected
 
 
 def test_flagged_runc_warns_unless_strict() -> None:
     components = {"Engine": "20.10.24", "runc": "1.1.5+ds1-1+deb12u1"}
-    (engine, runc) = checks.version_rows(components, strict=False)
+    (engine, runc) = hostchecks.version_rows(components, strict=False)
     assert engine.status == "INFO"
     assert runc.status == "WARN"
     assert "backported" in runc.observed
-    assert checks.version_rows(components, strict=True)[1].status == "FAIL"
-    assert checks.version_rows({"runc": "1.3.3"}, strict=True)[0].status == "PASS"
+    assert hostchecks.version_rows(components, strict=True)[1].status == "FAIL"
+    assert hostchecks.version_rows({"runc": "1.3.3"}, strict=True)[0].status == "PASS"
 
 
 def test_capability_masks() -> None:
@@ -159,10 +159,10 @@ def test_userns_device_binds_are_not_host_paths() -> None:
 
 
 def test_userns_row() -> None:
-    assert checks.userns_row(False, 0).status == "INFO"
-    assert checks.userns_row(True, 165536).status == "PASS"
-    assert checks.userns_row(True, 0).status == "FAIL"
-    assert checks.userns_row(True, None).status == "INFO"  # cannot observe: not a claim
+    assert hostchecks.userns_row(False, 0).status == "INFO"
+    assert hostchecks.userns_row(True, 165536).status == "PASS"
+    assert hostchecks.userns_row(True, 0).status == "FAIL"
+    assert hostchecks.userns_row(True, None).status == "INFO"  # cannot observe: not a claim
 
 
 def test_gvisor_expectations_are_runtime_aware() -> None:
@@ -187,25 +187,27 @@ def test_gvisor_expectations_are_runtime_aware() -> None:
 
 def test_bomb_rows() -> None:
     assert (
-        checks.forkbomb_row({"peak_processes": 100}, 100, 100, "answers", "runc").status == "PASS"
+        hostchecks.forkbomb_row({"peak_processes": 100}, 100, 100, "answers", "runc").status
+        == "PASS"
     )
     assert (
-        checks.forkbomb_row({"peak_processes": 300}, 300, 100, "answers", "runc").status == "FAIL"
+        hostchecks.forkbomb_row({"peak_processes": 300}, 300, 100, "answers", "runc").status
+        == "FAIL"
     )
-    assert checks.forkbomb_row(None, 90, 100, "stopped", "runsc").status == "PASS"
-    assert checks.forkbomb_row(None, 90, 100, "hung", "runsc").status == "FAIL"
-    assert checks.membomb_row({"returncode": -9, "reached_mb": 240}, 256).status == "PASS"
-    assert checks.membomb_row({"returncode": 0, "reached_mb": 1024}, 256).status == "FAIL"
+    assert hostchecks.forkbomb_row(None, 90, 100, "stopped", "runsc").status == "PASS"
+    assert hostchecks.forkbomb_row(None, 90, 100, "hung", "runsc").status == "FAIL"
+    assert hostchecks.membomb_row({"returncode": -9, "reached_mb": 240}, 256).status == "PASS"
+    assert hostchecks.membomb_row({"returncode": 0, "reached_mb": 1024}, 256).status == "FAIL"
     ended = {"sandbox_ended": True, "oom_killed": True, "exit_code": 137}
-    assert checks.membomb_row(ended, 256, "runsc").status == "PASS"
-    assert checks.membomb_row(ended, 256, "runc").status == "FAIL"
+    assert hostchecks.membomb_row(ended, 256, "runsc").status == "PASS"
+    assert hostchecks.membomb_row(ended, 256, "runc").status == "FAIL"
     unflagged = {**ended, "oom_killed": False}
-    assert checks.membomb_row(unflagged, 256, "runsc").status == "PASS"  # SIGKILL, exit 137
-    assert checks.membomb_row({**unflagged, "exit_code": 2}, 256, "runsc").status == "FAIL"
-    assert checks.cpu_row(2.0, 4.0, 0.5, 30).status == "PASS"
-    assert checks.cpu_row(4.0, 4.0, 0.5, 0).status == "FAIL"
-    assert checks.disk_row({"size_mb": 70}, 2.0, 64).status == "PASS"
-    assert checks.disk_row(None, None, 64).status == "FAIL"
-    assert checks.login_row(0.3).status == "PASS"
-    assert checks.login_row(2.5).status == "FAIL"
-    assert checks.login_row(None, "refused").status == "FAIL"
+    assert hostchecks.membomb_row(unflagged, 256, "runsc").status == "PASS"  # SIGKILL, exit 137
+    assert hostchecks.membomb_row({**unflagged, "exit_code": 2}, 256, "runsc").status == "FAIL"
+    assert hostchecks.cpu_row(2.0, 4.0, 0.5, 30).status == "PASS"
+    assert hostchecks.cpu_row(4.0, 4.0, 0.5, 0).status == "FAIL"
+    assert hostchecks.disk_row({"size_mb": 70}, 2.0, 64).status == "PASS"
+    assert hostchecks.disk_row(None, None, 64).status == "FAIL"
+    assert hostchecks.login_row(0.3).status == "PASS"
+    assert hostchecks.login_row(2.5).status == "FAIL"
+    assert hostchecks.login_row(None, "refused").status == "FAIL"

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib.resources
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -24,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
@@ -36,21 +33,24 @@ from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh.client import login_and_run
-from sandtrap.verify import checks
+from sandtrap.verify import checks, hostchecks
+from sandtrap.verify.attacks import (
+    LOGIN_USER,
+    cpu_stats,
+    disk_fill,
+    fork_bomb,
+    probe,
+    probe_watched,
+)
 from sandtrap.verify.checks import Context, Row
 
 log = logging.getLogger(__name__)
 
-LOGIN_USER = "verify"
 BANNER = b"sandtrap-verify\n"
 # Small on purpose, so the disk fill trips the budget in seconds (issue 6).
 DISK_LIMIT_MB = 64
 DISK_CHECK_SECONDS = 0.5
 _SIOCGIFADDR = 0x8915
-
-
-def probe_source() -> str:
-    return importlib.resources.files("sandtrap.verify").joinpath("probe.py").read_text("utf-8")
 
 
 def verifier_config(config: Config, data_dir: Path, runtime: str | None) -> tuple[Config, str]:
@@ -120,50 +120,6 @@ class Listeners:
             await server.wait_closed()
 
 
-async def _probe(
-    engine: Engine, sandbox_id: str, mode: str, args: dict[str, Any], user: str, deadline: float
-) -> dict[str, Any]:
-    argv = ["python3", "-c", probe_source(), mode, json.dumps(args)]
-    try:
-        async with asyncio.timeout(deadline):
-            status, out, err = await engine.run(sandbox_id, argv, user=user)
-    except TimeoutError:
-        raise SandboxError(f"probe {mode} as {user} timed out after {deadline:.0f}s") from None
-    try:
-        result: dict[str, Any] = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise SandboxError(
-            f"probe {mode} as {user} failed (exit {status}): {err[-300:]!r}"
-        ) from None
-    return result
-
-
-async def _probe_watched(
-    engine: Engine, sandbox_id: str, mode: str, args: dict[str, Any], deadline: float
-) -> dict[str, Any]:
-    """A probe that may end the whole sandbox (gVisor's OOM kill leaves the exec hanging).
-
-    Raced against the container's state: when the sandbox stops, the report says so instead.
-    """
-    probe = asyncio.create_task(_probe(engine, sandbox_id, mode, args, LOGIN_USER, deadline))
-    try:
-        while True:
-            done, _ = await asyncio.wait({probe}, timeout=0.5)
-            state = (await engine.inspect(sandbox_id)).get("State", {})
-            if not state.get("Running"):
-                return {
-                    "sandbox_ended": True,
-                    "oom_killed": bool(state.get("OOMKilled")),
-                    "exit_code": state.get("ExitCode"),
-                }
-            if done:
-                return probe.result()
-    finally:
-        probe.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SandboxError):
-            await probe
-
-
 async def _ensure_user(engine: Engine, sandbox: ContainerSandbox) -> None:
     """Create the login user as a session does; a sandbox that dies meanwhile is named."""
     try:
@@ -183,113 +139,15 @@ def _icmp_targets(listeners: Listeners) -> list[str]:
     return sorted(h for h in hosts if not ipaddress.ip_address(h).is_loopback)
 
 
-async def _stats(engine: Engine, sandbox_id: str) -> tuple[float, int]:
-    """(CPU seconds used, throttled periods) of the sandbox's cgroup, as the host sees them."""
-    stats = await engine.request(
-        "GET",
-        f"containers/{sandbox_id}/stats",
-        params={"stream": "false", "one-shot": "true"},
-        operation="stats",
-    )
-    cpu = stats.get("cpu_stats") or {}
-    usage = float((cpu.get("cpu_usage") or {}).get("total_usage") or 0) / 1e9
-    throttled = int((cpu.get("throttling_data") or {}).get("throttled_periods") or 0)
-    return usage, throttled
-
-
-async def _fork_bomb(
-    engine: Engine, sandbox_id: str, pids_limit: int, host_limit: int, ctx: Context
-) -> Row:
-    """The bomb inside, the host's view of the sandbox's pids alongside."""
-    host_peak = 0
-
-    async def sample() -> None:
-        nonlocal host_peak
-        while True:
-            with contextlib.suppress(SandTrapError, AttributeError):
-                stats = await engine.request(
-                    "GET",
-                    f"containers/{sandbox_id}/stats",
-                    params={"stream": "false", "one-shot": "true"},
-                    operation="stats",
-                )
-                host_peak = max(host_peak, int((stats.get("pids_stats") or {}).get("current") or 0))
-            await asyncio.sleep(0.2)
-
-    result = None
-    async with asyncio.TaskGroup() as tasks:
-        sampler = tasks.create_task(sample())
-        try:
-            result = await _probe(engine, sandbox_id, "forkbomb", {"seconds": 4}, LOGIN_USER, 30)
-        except SandboxError as exc:
-            log.info("fork bomb probe: %s", exc)
-        finally:
-            sampler.cancel()
-    running = bool((await engine.inspect(sandbox_id)).get("State", {}).get("Running"))
-    if not running:
-        state = "stopped"
-    elif await _answers(engine, sandbox_id):
-        state = "answers"
-    else:
-        state = "hung"
-        await engine.stop(sandbox_id, timeout_seconds=1)
-    return checks.forkbomb_row(result, host_peak, pids_limit, state, ctx.runtime, host_limit)
-
-
-async def _answers(engine: Engine, sandbox_id: str) -> bool:
-    try:
-        async with asyncio.timeout(15):
-            status, out, _ = await engine.run(sandbox_id, ["/bin/echo", "alive"])
-    except (TimeoutError, SandboxError):
-        return False
-    return status == 0 and out.strip() == b"alive"
-
-
-def _disk_event(path: Path, container_id: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if record.get("eventid") == "sandbox.disk_exceeded" and record.get("container_id") == (
-            container_id
-        ):
-            return dict(record)
-    return None
-
-
-async def _disk_fill(engine: Engine, sandbox_id: str, events_log: Path, limit_mb: int) -> Row:
-    fill = f"dd if=/dev/zero of=$HOME/.fill bs=1M count={limit_mb * 4} 2>&1; sync"
-    started = time.monotonic()
-    writer = asyncio.create_task(engine.run(sandbox_id, ["/bin/sh", "-c", fill], user=LOGIN_USER))
-    stopped_after = None
-    try:
-        while time.monotonic() - started < 90:
-            state = (await engine.inspect(sandbox_id)).get("State", {})
-            if not state.get("Running"):
-                stopped_after = time.monotonic() - started
-                break
-            await asyncio.sleep(0.25)
-    finally:
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SandboxError):
-            await writer
-    event = None
-    for _ in range(20):  # the event log is appended by the pool's task; give it a moment
-        if (event := _disk_event(events_log, sandbox_id)) is not None:
-            break
-        await asyncio.sleep(0.1)
-    return checks.disk_row(event, stopped_after, limit_mb)
-
-
 async def _login(port: int, password: str) -> Row:
     result = await login_and_run(
         "127.0.0.1", port, LOGIN_USER, password, "echo sandtrap-login-ok", within_seconds=30
     )
     if result.error is not None:
-        return checks.login_row(None, result.error)
+        return hostchecks.login_row(None, result.error)
     if "sandtrap-login-ok" not in result.stdout:
-        return checks.login_row(None, f"unexpected output {result.stdout[:80]!r}")
-    return checks.login_row(result.elapsed)
+        return hostchecks.login_row(None, f"unexpected output {result.stdout[:80]!r}")
+    return hostchecks.login_row(result.elapsed)
 
 
 async def runtime_versions(engine: Engine, runtime: str) -> dict[str, str]:
@@ -315,7 +173,7 @@ async def _userns_row(engine: Engine, sandbox_id: str) -> Row:
     options = (await engine.info()).get("SecurityOptions") or []
     remaps = any("name=userns" in str(option) for option in options)
     pid = int((await engine.inspect(sandbox_id)).get("State", {}).get("Pid") or 0)
-    return checks.userns_row(remaps, _host_uid(pid, sandbox_id) if pid else None)
+    return hostchecks.userns_row(remaps, _host_uid(pid, sandbox_id) if pid else None)
 
 
 def _host_uid(pid: int, container_id: str) -> int | None:
@@ -378,11 +236,13 @@ async def _attack(
         sandbox = await lease.take()
         args = {"targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)}
         report("probing as root")
-        as_root = await _probe(engine, sandbox.id, "root", args, "root", 120)
+        as_root = await probe(engine, sandbox.id, "root", args, "root", 120)
         report(f"probing as {LOGIN_USER}")
-        as_user = await _probe(engine, sandbox.id, "user", args, LOGIN_USER, 180)
+        as_user = await probe(engine, sandbox.id, "user", args, LOGIN_USER, 180)
         inspected = (await engine.inspect(sandbox.id)).get("HostConfig", {}).get("Runtime", "?")
-        rows.append(checks.runtime_row(sandbox_config.runtime, str(inspected), as_root["uname"]))
+        rows.append(
+            hostchecks.runtime_row(sandbox_config.runtime, str(inspected), as_root["uname"])
+        )
         rows.append(await _userns_row(engine, sandbox.id))
         rows += checks.probe_rows(as_user, "user", ctx) + checks.probe_rows(as_root, "root", ctx)
         rows.append(checks.setuid_row(as_user.get("suid_euid"), as_root.get("suid_prepared")))
@@ -396,31 +256,31 @@ async def _attack(
             )
         )
         report("memory bomb")
-        memory = await _probe_watched(
+        memory = await probe_watched(
             engine, sandbox.id, "membomb", {"memory_mb": sandbox_config.memory_mb}, 120
         )
-        rows.append(checks.membomb_row(memory, sandbox_config.memory_mb, ctx.runtime))
+        rows.append(hostchecks.membomb_row(memory, sandbox_config.memory_mb, ctx.runtime))
         sandbox = await lease.renew_if_dead(sandbox)
         report("CPU spin")
         workers = min(os.cpu_count() or 1, math.ceil(sandbox_config.cpus) + 1)
-        cpu_before, throttled_before = await _stats(engine, sandbox.id)
+        cpu_before, throttled_before = await cpu_stats(engine, sandbox.id)
         wall = time.monotonic()
-        await _probe(
+        await probe(
             engine, sandbox.id, "cpuspin", {"seconds": 4, "workers": workers}, LOGIN_USER, 60
         )
         wall = time.monotonic() - wall
-        cpu_after, throttled_after = await _stats(engine, sandbox.id)
+        cpu_after, throttled_after = await cpu_stats(engine, sandbox.id)
         throttled = throttled_after - throttled_before
-        rows.append(checks.cpu_row(cpu_after - cpu_before, wall, sandbox_config.cpus, throttled))
+        rows.append(
+            hostchecks.cpu_row(cpu_after - cpu_before, wall, sandbox_config.cpus, throttled)
+        )
         report("fork bomb")
         host_limit = host_pids_limit(sandbox_config)
-        rows.append(
-            await _fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, host_limit, ctx)
-        )
+        rows.append(await fork_bomb(engine, sandbox.id, sandbox_config.pids_limit, host_limit, ctx))
         sandbox = await lease.renew_if_dead(sandbox)
         report("disk fill")
         rows.append(
-            await _disk_fill(
+            await disk_fill(
                 engine,
                 sandbox.id,
                 DataLayout(config.storage.data_dir).events_log,
@@ -493,7 +353,7 @@ async def _with_service(
                 waiter.cancel()
                 raise SandTrapError("the service did not start")
             try:
-                rows = checks.version_rows(versions, strict)
+                rows = hostchecks.version_rows(versions, strict)
                 rows += await _attack(services[0], engine, listeners, report)
                 report("timing a new SSH login")
                 async with asyncio.timeout(120):
