@@ -119,9 +119,9 @@ def peer(n: int, ip: str = "203.0.113.10") -> Peer:
     return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
 
 
-async def sh(sandbox: Sandbox, command: str) -> tuple[int, str]:
+async def sh(sandbox: Sandbox, command: str, user: str = "root") -> tuple[int, str]:
     """Run a command both engines understand (the fake's interpreter knows echo and hostname)."""
-    stream = await sandbox.exec(["/bin/sh", "-c", command], user="root", tty=False)
+    stream = await sandbox.exec(["/bin/sh", "-c", command], user=user, tty=False)
     out = []
     try:
         await stream.close_stdin()

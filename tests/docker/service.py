@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +89,23 @@ def dockerd_pid() -> int | None:
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
     pids = out.stdout.split()
     return int(pids[0]) if pids else None
+
+
+@asynccontextmanager
+async def dockerd_restart() -> AsyncIterator[None]:
+    """dockerd stops (taking its containers down) inside the block and is started again after."""
+    pid = dockerd_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(60):
+            while dockerd_pid() is not None:
+                await asyncio.sleep(0.2)
+        yield
+    finally:
+        script = Path(__file__).resolve().parents[2] / "scripts" / "ensure-docker"
+        restart = await asyncio.create_subprocess_exec(str(script))
+        assert await asyncio.wait_for(restart.wait(), 120) == 0
 
 
 def runsc_registered() -> bool:

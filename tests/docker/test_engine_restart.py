@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 from pathlib import Path
 
 import asyncssh
@@ -15,13 +14,12 @@ import pytest
 from tests.docker.service import (
     RunningService,
     dockerd_pid,
+    dockerd_restart,
     remove_sensor_containers,
     service_config,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.usefixtures("docker_engine")]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _live_session_through_a_restart(port: int) -> bytes:
@@ -35,20 +33,11 @@ async def _live_session_through_a_restart(port: int) -> bytes:
         async with asyncio.timeout(30):
             while b"before-42-cut" not in seen:
                 seen += await process.stdout.read(4096)
-        pid = dockerd_pid()
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(60):
-                while dockerd_pid() is not None:
-                    await asyncio.sleep(0.2)
-                # The engine took the sandbox down with it: the shell's channel must end.
-                while chunk := await process.stdout.read(4096):
-                    seen += chunk
-                await process.wait_closed()
-        finally:
-            restart = await asyncio.create_subprocess_exec(str(ROOT / "scripts" / "ensure-docker"))
-            assert await asyncio.wait_for(restart.wait(), 120) == 0
+        async with dockerd_restart(), asyncio.timeout(60):
+            # The engine took the sandbox down with it: the shell's channel must end.
+            while chunk := await process.stdout.read(4096):
+                seen += chunk
+            await process.wait_closed()
     return seen
 
 

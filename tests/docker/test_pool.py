@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,13 +22,13 @@ import pytest
 
 from sandtrap.config import Config, parse_config
 from sandtrap.events import Event, Peer
-from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
-from tests.docker.service import dockerd_pid, remove_sensor_containers
+from tests.docker.service import dockerd_pid, dockerd_restart, remove_sensor_containers
 from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected here
     Backend,
+    sh,
     test_max_sandboxes_and_allocation_timeout,
     test_outage_members_are_rechecked_and_refill_resumes,
     test_release_stops_and_keeps_the_sandbox,
@@ -63,25 +62,6 @@ def sensor() -> Iterator[str]:
     remove_sensor_containers(name)
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@asynccontextmanager
-async def _dockerd_restart() -> AsyncIterator[None]:
-    """dockerd stops (taking its containers down) inside the block and is started again after."""
-    pid = dockerd_pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(60):
-            while dockerd_pid() is not None:
-                await asyncio.sleep(0.2)
-        yield
-    finally:
-        restart = await asyncio.create_subprocess_exec(str(ROOT / "scripts" / "ensure-docker"))
-        assert await asyncio.wait_for(restart.wait(), 120) == 0
-
-
 @pytest.fixture
 async def backend(sensor: str, tmp_path: Path) -> AsyncIterator[Backend]:
     engine = Engine("unix:///var/run/docker.sock")
@@ -96,7 +76,7 @@ async def backend(sensor: str, tmp_path: Path) -> AsyncIterator[Backend]:
             allocate_timeout=1.5,
             health_interval=0.5,
             retry_delays=(0.5, 30.0),
-            outage=_dockerd_restart if may_restart else None,
+            outage=dockerd_restart if may_restart else None,
         )
     finally:
         await engine.close()
@@ -136,18 +116,6 @@ async def running_pool(config: Config, sink: Sink) -> AsyncIterator[Pool]:
 
 def info(n: int = 1, ip: str = "203.0.113.10") -> Peer:
     return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
-
-
-async def sh(sandbox: ContainerSandbox, script: str, user: str = "root") -> tuple[int, str]:
-    stream = await sandbox.exec(["/bin/sh", "-c", script], user=user, tty=False)
-    out = []
-    try:
-        await stream.close_stdin()
-        while (chunk := await stream.read()) is not None:
-            out.append(chunk.data)
-        return await stream.wait(), b"".join(out).decode()
-    finally:
-        await stream.close()
 
 
 async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -> None:
