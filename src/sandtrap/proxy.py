@@ -82,6 +82,7 @@ async def _feed_input(
     counters: _Counters,
     on_resize: Callable[[Resize], None] | None,
     tap: PumpTap | None,
+    eof_closes_stdin: bool,
 ) -> None:
     while True:
         item = await io.read()
@@ -93,7 +94,11 @@ async def _feed_input(
             await stream.resize(item.width, item.height)
             continue
         if not item:
-            await stream.close_stdin()
+            # On a PTY sshd ignores the client's EOF (the terminal stays open: `printf 'cmd\n' |
+            # ssh -tt` runs cmd and the shell lives on until it exits); without one the process
+            # reads EOF, as from a closed pipe.
+            if eof_closes_stdin:
+                await stream.close_stdin()
             return
         counters.bytes_in += len(item)
         if tap is not None:
@@ -119,19 +124,24 @@ async def pump(
     io: ChannelIO,
     on_resize: Callable[[Resize], None] | None = None,
     tap: PumpTap | None = None,
+    *,
+    tty: bool = False,
 ) -> PumpResult:
     """Move bytes until the process has closed its output and exited, or the client is gone.
 
     Input and output run as two tasks of one TaskGroup. When output ends the input side is
     cancelled (the client may never send EOF); when the client is gone both stop and the exit
     status is None. The caller owns `stream` and closes it; `pump` does not finish the channel.
-    `tap` (optional) sees input, output and resizes as they pass.
+    `tap` (optional) sees input, output and resizes as they pass. With `tty`, the client's EOF
+    leaves the process's terminal open, as sshd does.
     """
     counters = _Counters()
     status: int | None = None
     try:
         async with asyncio.TaskGroup() as group:
-            feeder = group.create_task(_feed_input(stream, io, counters, on_resize, tap))
+            feeder = group.create_task(
+                _feed_input(stream, io, counters, on_resize, tap, eof_closes_stdin=not tty)
+            )
             await _drain_output(stream, io, counters, tap)
             status = await stream.wait()
             feeder.cancel()

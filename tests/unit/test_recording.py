@@ -13,7 +13,7 @@ from sandtrap.paths import cast_file
 from sandtrap.recording import recorder as recorder_module
 from sandtrap.recording.asciicast import CastEncoder, Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
-from sandtrap.recording.recorder import ChannelRecorder
+from sandtrap.recording.recorder import ChannelRecorder, display_size
 
 PROMPT = b"root@web-prod-03:~# "
 
@@ -68,21 +68,46 @@ def test_finish_flushes_an_unfinished_character() -> None:
     assert json.loads(encoder.resize(3, 100, 30)) == [3, "r", "100x30"]
 
 
-def _terminal() -> TerminalCommands:
-    terminal = TerminalCommands(80, 24)
-    assert terminal.output(b"Linux web-prod-03\r\n" + PROMPT) == []
+class Terminal:
+    """A TerminalCommands with every line it gives, from input, output and finish, in order."""
+
+    def __init__(self, width: int = 80, height: int = 24, banner: bytes = b"") -> None:
+        self.commands = TerminalCommands(width, height)
+        self.lines: list[str] = []
+        self.output(banner)
+
+    def input(self, data: bytes) -> list[str]:
+        return self._add(self.commands.input(data))
+
+    def output(self, data: bytes) -> list[str]:
+        return self._add(self.commands.output(data))
+
+    def finish(self) -> list[str]:
+        return self._add(self.commands.finish())
+
+    def _add(self, lines: list[str]) -> list[str]:
+        self.lines += lines
+        return lines
+
+
+def _terminal() -> Terminal:
+    terminal = Terminal(banner=b"Linux web-prod-03\r\n" + PROMPT)
+    assert terminal.lines == []
     return terminal
 
 
 def test_backspace_and_tab_completion() -> None:
     terminal = _terminal()
-    terminal.input(b"ls -la\x7f\x7fl /tmp\r")
-    assert terminal.output(b"ls -la\x08\x1b[K\x08\x1b[Kl /tmp\r\n") == ["ls -l /tmp"]
-    assert terminal.output(b"a b\r\n" + PROMPT) == []
+    # The keys alone say what the line is: it is known at Enter.
+    assert terminal.input(b"ls -la\x7f\x7fl /tmp\r") == ["ls -l /tmp"]
+    terminal.output(b"ls -la\x08\x1b[K\x08\x1b[Kl /tmp\r\n")
+    terminal.output(b"a b\r\n" + PROMPT)
     terminal.input(b"cat /etc/hostn\t")
     terminal.output(b"cat /etc/hostname ")
-    terminal.input(b"\r")
+    # Completion: the screen says what the shell made of it, once the Enter is echoed.
+    assert terminal.input(b"\r") == []
     assert terminal.output(b"\r\nweb-prod-03\r\n" + PROMPT) == ["cat /etc/hostname"]
+    assert terminal.lines == ["ls -l /tmp", "cat /etc/hostname"]
 
 
 def test_ctrl_u_arrow_edit_and_completion_listing() -> None:
@@ -91,37 +116,39 @@ def test_ctrl_u_arrow_edit_and_completion_listing() -> None:
     terminal.output(b"echo wrong\r" + PROMPT + b"\x1b[K")
     terminal.input(b"echo right\x1b[D\x1b[DXY\r")
     terminal.output(b"echo right\x08\x08XYht\x08\x08")
-    # A tab listing redraws prompt and line below; the last copy is the command.
-    assert terminal.output(b"\r\nrigXYht\r\n" + PROMPT) == ["echo rigXYht"]
+    terminal.output(b"\r\nrigXYht\r\n" + PROMPT)
     terminal.input(b"ls /\t\t")
+    # A tab listing redraws prompt and line below; the last copy is the command.
     terminal.output(b"ls /\r\nbin  etc\r\n" + PROMPT + b"ls /")
     terminal.input(b"etc\r")
-    assert terminal.output(b"etc\r\n") == ["ls /etc"]
+    terminal.output(b"etc\r\n")
+    assert terminal.lines == ["echo rigXYht", "ls /etc"]
 
 
 def test_type_ahead_waits_for_the_prompt_and_wraps() -> None:
-    terminal = TerminalCommands(30, 5)
+    terminal = Terminal(30, 5)
     terminal.output(PROMPT)
     terminal.input(b"echo 12345678901234567890 x\rid\r")
-    out = terminal.output(
+    terminal.output(
         b"echo 12345678901234567890 x\r\n12345678901234567890 x\r\n"
         + PROMPT
         + b"id\r\nuid=0(root)\r\n"
         + PROMPT
     )
-    assert out == ["echo 12345678901234567890 x", "id"]
+    assert terminal.lines == ["echo 12345678901234567890 x", "id"]
 
 
 def test_unechoed_line_is_taken_at_finish() -> None:
     terminal = _terminal()
     terminal.input(b"whoami\r")
     terminal.output(b"whoami")
-    assert terminal.finish() == ["whoami"]
+    terminal.finish()
+    assert terminal.lines == ["whoami"]
 
 
 def test_garbage_output_never_raises() -> None:
     for seed in range(100):
-        terminal = _terminal()
+        terminal = _terminal().commands
         assert isinstance(terminal.output(random.Random(seed).randbytes(4096)), list)
         terminal.input(b"id\r\x1b[A\t")
         assert isinstance(terminal.output(random.Random(-seed).randbytes(512) + b"\n"), list)
@@ -193,3 +220,23 @@ def test_find_casts_in_channel_order_and_by_channel(tmp_path: Path) -> None:
     assert [p.name for p in found] == ["abc123-0.cast", "abc123-2.cast", "abc123-10.cast"]
     assert find_casts(layout.recordings, "abc123", 2) == [layout.recording("abc123", 2, moment)]
     assert find_casts(layout.recordings, "abc123", 5) == []
+
+
+def test_pasted_script_echoed_twice_gives_each_line_once() -> None:
+    """Type-ahead is echoed by the tty while a command runs, then again by readline at the
+    prompt: each line the shell reads is one command, in order (as recorded from bash)."""
+    terminal = _terminal()
+    terminal.input(b"uname -a\necho hello-$((6*7))\nexit\n")
+    terminal.output(b"uname -a\r\necho hello-$((6*7))\r\nexit\r\n")
+    terminal.output(b"\x1b[?2004h" + PROMPT + b"uname -a\r\n\x1b[?2004l\r")
+    terminal.output(b"Linux web-prod-03 6.1.0 x86_64 GNU/Linux\r\n")
+    terminal.output(b"\x1b[?2004h" + PROMPT + b"echo hello-$((6*7))\r\n\x1b[?2004l\rhello-42\r\n")
+    terminal.output(b"\x1b[?2004h" + PROMPT + b"exit\r\n\x1b[?2004l\rlogout\r\n")
+    terminal.finish()
+    assert terminal.lines == ["uname -a", "echo hello-$((6*7))", "exit"]
+
+
+def test_zero_size_terminal_is_drawn_at_80x24() -> None:
+    assert display_size(0, 0) == (80, 24)
+    assert display_size(132, 0) == (132, 24)
+    assert display_size(100, 30) == (100, 30)

@@ -1,10 +1,11 @@
-"""Command reconstruction: what the attacker actually ran, read back from a virtual terminal.
+"""Command reconstruction: every line the shell reads, in order, as the shell had it.
 
-Owns two pure reconstructors (no I/O, no events): `TerminalCommands` keeps a pyte screen per PTY
-channel, fed with the output the client saw, and reads the edited line off the screen when the
-attacker's Enter is echoed, so backspace, ^U, ^W, arrows, history and tab completion are all
-resolved by the shell itself. `LineCommands` splits the input of a shell without a PTY (commands
-piped in) into lines. Emitting `session.command` events is left to recording/recorder.py.
+Owns two pure reconstructors (no I/O, no events). `TerminalCommands` (PTY channels) rebuilds each
+line from the keys with a readline-like editor (recording/lineedit.py), one line per Enter, so
+pasted and piped scripts come out whole whatever their echo looks like; a line whose keys do not
+determine it (tab completion, history recall) is read off a pyte screen fed with the output the
+client saw, when the shell echoes its Enter. `LineCommands` splits the input of a shell without a
+PTY into lines. Emitting `session.command` events is left to recording/recorder.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+from collections import deque
+from dataclasses import dataclass
 
 import pyte
+
+from sandtrap.recording.lineedit import LineEditor
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +44,30 @@ class _Screen(pyte.Screen):
         super().index()
 
 
+@dataclass
+class _Entry:
+    """A line the shell will read; `take` (for an inexact line) is the screen reading it awaits."""
+
+    text: str
+    take: int | None = None
+
+
 class TerminalCommands:
     """Reconstructs entered lines of an interactive shell from its input and echoed output.
 
-    `input()` notes where a line starts (the cursor when the first key of the line arrives) and
-    counts Enters; `output()` feeds the screen and, for each waiting Enter, takes the line off the
-    screen just before the echoed line feed moves the cursor away.
+    `input()` feeds the line editor (one entry per Enter) and notes where a line starts on the
+    screen (the cursor when its first key arrives) and counts Enters; `output()` feeds the screen
+    and, for each waiting Enter, takes the line off the screen just before the echoed line feed
+    moves the cursor away. Lines come out in the order they were entered: an exact line at once,
+    an inexact one when its screen reading arrives (or as the editor has it, when the line was
+    typed ahead of the prompt and the screen cannot place it).
     """
 
     def __init__(self, width: int, height: int) -> None:
+        self._editor = LineEditor()
+        self._queue: deque[_Entry] = deque()
+        self._takes = 0
+        self._clean = True  # the current line's first key came at a prompt, nothing pending
         self._screen = _Screen(max(width, 2), max(height, 2))
         self._stream = pyte.ByteStream(self._screen)
         self._pending = 0
@@ -88,38 +108,67 @@ class TerminalCommands:
         except Exception:
             self._failed()
 
-    def input(self, data: bytes) -> None:
-        """Client keystrokes (before the shell echoes them). Never raises."""
+    def input(self, data: bytes) -> list[str]:
+        """Client keystrokes (before the shell echoes them); returns the lines they completed
+        that can be told now. Never raises."""
+        for byte in data:
+            was_started = self._editor.started
+            lines = self._editor.feed(bytes((byte,)))
+            self._screen_key(byte, starts_line=not was_started and self._editor.started)
+            for line in lines:
+                entry = _Entry(line.text)
+                if not line.exact and self._clean and not self.broken:
+                    # Typed at a prompt: the shell echoes it there, and this Enter's screen
+                    # reading is the next one due.
+                    entry.take = self._takes + self._pending
+                self._queue.append(entry)
+        return self._ready()
+
+    def _screen_key(self, byte: int, starts_line: bool) -> None:
+        """The screen side of one key (`starts_line`: the first key of a line)."""
+        if starts_line:
+            self._clean = self._pending == 0
         if self.broken:
             return
         try:
-            self._input(data)
+            self._input(bytes([byte]))
         except Exception:
             self._failed()
+
+    def _ready(self, final: bool = False) -> list[str]:
+        """Lines whose text is known, from the head of the queue, in order."""
+        lines: list[str] = []
+        while self._queue and (final or self._queue[0].take is None or self.broken):
+            text = self._queue.popleft().text.strip()[:MAX_COMMAND_CHARS]
+            if text:
+                lines.append(text)
+        return lines
+
+    def _screen_line(self, text: str) -> None:
+        self._takes += 1
+        for entry in self._queue:
+            if entry.take == self._takes:
+                if text:
+                    entry.text = text
+                entry.take = None
 
     def output(self, data: bytes) -> list[str]:
-        """Output the client saw; returns the lines entered (edited, as the shell had them).
+        """Output the client saw; returns the lines now known (edited, as the shell had them).
 
-        Never raises: a failure of the emulator ends reconstruction for this channel.
+        Never raises: a failure of the emulator ends screen readings for this channel (the line
+        editor's text is used from then on).
         """
-        if self.broken:
-            return []
-        try:
-            return self._output(data)
-        except Exception:
-            self._failed()
-            return []
+        if not self.broken:
+            try:
+                for text in self._output(data):
+                    self._screen_line(text)
+            except Exception:
+                self._failed()
+        return self._ready()
 
     def finish(self) -> list[str]:
-        """At channel close: a line entered but never echoed (the client left) is taken as is."""
-        if not self._pending or self.broken:
-            return []
-        try:
-            self._catch_up()
-            return [line for line in [self._take_line()] if line]
-        except Exception:
-            self._failed()
-            return []
+        """At channel close: every line entered, echoed or not (the client may have left)."""
+        return self._ready(final=True)
 
     def _input(self, data: bytes) -> None:
         self._catch_up()
@@ -131,6 +180,9 @@ class TerminalCommands:
                 self._last_enter = byte
                 continue
             self._last_enter = 0
+            if byte == 0x03 and self._pending == 0:
+                self._start = None  # ^C: the shell abandons the line and prompts again
+                continue
             if self._start is None and self._pending == 0:
                 cursor = self._screen.cursor
                 self._start = (self._screen.scrolled + cursor.y, cursor.x)
@@ -154,7 +206,7 @@ class TerminalCommands:
             self._feed(data)
         else:
             self._defer(data)
-        return [line for line in lines if line]
+        return lines
 
     def _take_line(self) -> str:
         self._pending -= 1

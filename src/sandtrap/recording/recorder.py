@@ -29,6 +29,12 @@ FLUSH_BYTES = 64 * 1024
 MAX_CAST_BYTES = 256 * 1024 * 1024
 
 
+def display_size(width: int, height: int) -> tuple[int, int]:
+    """The size a terminal is drawn at: a PTY of 0 columns or rows (what `ssh -tt` requests without
+    a local terminal) is 80x24 to bash and readline, so the cast and the commands use that."""
+    return (width if width > 0 else 80, height if height > 0 else 24)
+
+
 class ChannelRecorder:
     """Records one channel. Use as `async with`; the taps (`input`, `output`, `resize`) never raise.
 
@@ -81,9 +87,7 @@ class ChannelRecorder:
     def input(self, data: bytes) -> None:
         if self._record_input:
             self._append(self._encoder.data(self._elapsed(), "i", data))
-        if isinstance(self._commands, TerminalCommands):
-            self._commands.input(data)
-        elif isinstance(self._commands, LineCommands):
+        if self._commands is not None:
             self._emit_commands(self._commands.input(data))
 
     def output(self, data: bytes, stream: int) -> None:
@@ -92,6 +96,7 @@ class ChannelRecorder:
             self._emit_commands(self._commands.output(data))
 
     def resize(self, width: int, height: int) -> None:
+        width, height = display_size(width, height)
         self._append(self._encoder.resize(self._elapsed(), width, height))
         if isinstance(self._commands, TerminalCommands):
             self._commands.resize(width, height)
@@ -173,4 +178,4 @@ class ChannelRecorder:
             self._failed = True
 
 
-__all__ = ["FLUSH_INTERVAL_SECONDS", "ChannelRecorder"]
+__all__ = ["FLUSH_INTERVAL_SECONDS", "ChannelRecorder", "display_size"]

@@ -31,7 +31,7 @@ from sandtrap.persona import Persona
 from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
-from sandtrap.recording.recorder import ChannelRecorder
+from sandtrap.recording.recorder import ChannelRecorder, display_size
 from sandtrap.session.lease import SandboxLease
 from sandtrap.session.totals import SessionTotals
 
@@ -121,7 +121,8 @@ def _recorder_for(
     """Shells (with or without a PTY) and exec channels are recorded; subsystems (sftp) are not."""
     if recordings is None or request.kind == "subsystem":
         return None
-    width, height = request.size or (80, 24)
+    # The event keeps the size the client asked for; the cast and the commands use what bash draws.
+    width, height = display_size(*(request.size or (0, 0)))
     commands: TerminalCommands | LineCommands | None = None
     if request.kind == "shell":
         commands = TerminalCommands(width, height) if request.has_pty else LineCommands()
@@ -220,7 +221,9 @@ async def run_channel(
                 size=request.size if plan.tty else None,
             )
             try:
-                result = await pump(stream, io, on_resize=resized, tap=_Tap(totals, recorder))
+                result = await pump(
+                    stream, io, on_resize=resized, tap=_Tap(totals, recorder), tty=plan.tty
+                )
             finally:
                 await asyncio.shield(stream.close())
         status, bytes_in, bytes_out = result.exit_status, result.bytes_in, result.bytes_out
