@@ -39,6 +39,7 @@ MAX_EXEC_BYTES = 2 * 1024 * 1024
 MAX_EXEC_START_BYTES = 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MAX_ARGS = 4096
+_BLKIO = frozenset({"BlkioDeviceReadBps", "BlkioDeviceWriteBps"})
 
 
 def max_body_bytes(kind: str, action: str) -> int:
@@ -160,11 +161,13 @@ def create_body(policy: GatePolicy, data: Mapping[str, Any]) -> dict[str, Any]:
             security_opt=list(policy.security_opt),
         )
 
-    want = build(policy.blkio_device)
+    want, unthrottled = build(policy.blkio_device), build(None)
     got = _canonical(data)
-    if got == _canonical(want) or got == _canonical(build(None)):
+    if got == _canonical(want) or got == _canonical(unthrottled):
         return want
-    raise Refused(_first_difference(data, want, "body"), "create")
+    host = data.get("HostConfig")
+    nearest = unthrottled if isinstance(host, dict) and _BLKIO.isdisjoint(host) else want
+    raise Refused(_first_difference(data, nearest, "body"), "create")
 
 
 def exec_create_body(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from sandtrap.gate.policy import (
     is_ours,
     route,
 )
-from sandtrap.gate.refusals import RefusalAggregator
+from sandtrap.gate.refusals import REFUSAL_INTERVAL_SECONDS, RefusalAggregator
 from sandtrap.gate.upstream import STREAM_LIMIT, Upstream
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Gate:
         # Creates and starts are counted and forwarded one at a time, so concurrent ones cannot
         # all pass the capacity check (they happen at warm time or on a sticky re-login).
         self._state_lock = asyncio.Lock()
-        self._refusals = RefusalAggregator(time.monotonic)
+        self._refusals = RefusalAggregator(time.monotonic, REFUSAL_INTERVAL_SECONDS)
         self.forwarded = 0
 
     @property
