@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 30.0
 # Body bytes buffered by all connections together (each body is also capped per route).
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+# After an answer, what the client still sends is read and dropped for at most this long.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 _CACHE_SIZE = 4096
 _CREATE_TIMEOUT = 120.0
 _PHRASES = {
@@ -124,7 +127,11 @@ class Gate:
         old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
         try:
             server = await asyncio.start_unix_server(
-                self._on_client, path=str(self.listen), limit=STREAM_LIMIT
+                self._on_client,
+                path=str(self.listen),
+                limit=STREAM_LIMIT,
+                # A burst waits in the kernel's queue rather than failing to connect (EAGAIN).
+                backlog=self._max_connections,
             )
         finally:
             os.umask(old_umask)
@@ -152,7 +159,8 @@ class Gate:
 
     async def _flush_refusals(self) -> None:
         while True:
-            await asyncio.sleep(min(self._refusals.next_due() or 1.0, 1.0))
+            due = self._refusals.next_due()
+            await asyncio.sleep(1.0 if due is None else min(due, 1.0))
             for event in self._refusals.due():
                 self._emit(event)
 
@@ -171,10 +179,12 @@ class Gate:
             self._handlers.add(task)
         try:
             if busy:
+                # No lingering here: that would make a task per refused connection outlive it.
                 reason = f"{self._max_connections} connections open; try again later"
                 await self._answer(writer, "?", "?", _Answer(503, reason, "busy"))
             else:
                 await self._serve_one(reader, writer)
+                await _linger(reader, writer)
         except (ConnectionError, OSError) as exc:
             log.debug("gate client gone: %s", exc)
         except asyncio.CancelledError:
@@ -395,6 +405,23 @@ class Gate:
         writer.write(_head(answer.status, _PHRASES[answer.status], len(payload)) + payload)
         with contextlib.suppress(OSError, ConnectionError):
             await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the client still sends, bounded in bytes and time.
+
+    Closing a socket with unread input makes the kernel reset the connection (ECONNRESET at the
+    peer, AF_UNIX as TCP), which can destroy the answer just written: a refused body, a
+    pipelined second request. Nothing read here is parsed or kept.
+    """
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    dropped = 0
+    with contextlib.suppress(TimeoutError, OSError, ConnectionError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES and (data := await reader.read(64 * 1024)):
+                dropped += len(data)
 
 
 def _head(status: int, phrase: str, length: int) -> bytes:
