@@ -8,6 +8,7 @@ gate/policy.py's and gate/bodies.py's, the relay and the byte budgets gate/proxy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import struct
@@ -21,6 +22,9 @@ _TARGET = re.compile(r"/[\x21-\x7e]{0,8191}")
 _VALUE = re.compile(r"[\t\x20-\x7e]{0,8192}")
 _LENGTH = re.compile(r"[0-9]{1,9}")
 MAX_HEADERS = 64
+# After an answer, what the client still sends is read and dropped for at most this long.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,30 @@ async def read_head(reader: asyncio.StreamReader) -> Request | None:
     return parse_head(head)
 
 
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the client still sends, bounded in bytes and time.
+
+    Closing a socket with unread input makes the kernel reset the connection (ECONNRESET at the
+    peer, AF_UNIX as TCP), which can destroy the answer just written: a refused body, a
+    pipelined second request. Nothing read here is parsed or kept.
+    """
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    dropped = 0
+    with contextlib.suppress(TimeoutError, OSError, ConnectionError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES and (data := await reader.read(64 * 1024)):
+                dropped += len(data)
+
+
+def answer_head(status: int, phrase: str, length: int) -> bytes:
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
 def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
     """(pid, uid) of the process at the other end of a Unix socket, when the kernel says."""
     sock = writer.get_extra_info("socket")
@@ -109,4 +137,12 @@ def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | No
     return pid, uid
 
 
-__all__ = ["BadRequest", "Request", "parse_head", "peer_credentials", "read_head"]
+__all__ = [
+    "BadRequest",
+    "Request",
+    "answer_head",
+    "linger",
+    "parse_head",
+    "peer_credentials",
+    "read_head",
+]
