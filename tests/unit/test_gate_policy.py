@@ -285,6 +285,8 @@ def test_exec_start_may_upgrade() -> None:
         ("DELETE", f"/v1.41/containers/{CID}?link=true", "'link' is not allowed"),
         ("GET", "/v1.41/containers/json?filters=%7B%22id%22%3A%5B%22x%22%5D%7D", "only a label"),
         ("POST", f"/v1.41/containers/{CID}/start", "connection upgrade"),
+        ("POST", f"/v1.41/containers/{CID}/stop?t=1%0d%0aX:y", "has value"),
+        ("GET", "/v1.41/containers/json?all=yes%0a", "has value"),
         ("GET", "/v1.41", "not an endpoint"),
         ("GET", "/v1.41/", "not an endpoint"),
         ("HEAD", "/v1.41/info", "not an endpoint"),

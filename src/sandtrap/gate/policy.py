@@ -142,13 +142,25 @@ _EXEC_ACTIONS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
+_FLAG = re.compile(r"true|false|1|0")
+_NUMBER = re.compile(r"[0-9]{1,5}")
+# The values SandTrap's client sends; `name`, `filters` and `path` are checked where they are used.
+_QUERY_VALUES: dict[str, re.Pattern[str]] = {
+    "t": _NUMBER, "h": _NUMBER, "w": _NUMBER, "size": _FLAG, "force": _FLAG, "v": _FLAG,
+    "all": _FLAG,
+}  # fmt: skip
+
+
 def _check_query(query: Mapping[str, list[str]], allowed: frozenset[str], what: str) -> None:
     extra = sorted(set(query) - allowed)
     if extra:
-        raise Refused(f"{what}: query parameter {extra[0]!r} is not allowed")
+        raise Refused(f"{what}: query parameter {extra[0][:40]!r} is not allowed")
     for name, values in query.items():
         if len(values) != 1:
             raise Refused(f"{what}: query parameter {name!r} given {len(values)} times")
+        pattern = _QUERY_VALUES.get(name)
+        if pattern is not None and not pattern.fullmatch(values[0]):
+            raise Refused(f"{what}: query parameter {name!r} has value {values[0][:40]!r}")
 
 
 def route(policy: GatePolicy, method: str, target: str, *, upgrade: bool = False) -> Route:
