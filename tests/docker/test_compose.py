@@ -139,6 +139,11 @@ def test_compose_up_login_down_keeps_evidence(deployment: Deployment) -> None:
     assert b"DOCKER_HOST" not in env
     gate = json.loads(subprocess.check_output(["docker", "inspect", deployment.container("gate")]))
     assert any(m["Destination"] == "/var/run/docker.sock" for m in gate[0]["Mounts"])
+    # Both services are bounded in memory (no extra swap) and pids (issue 14).
+    for host, memory, pids in ((gate[0]["HostConfig"], 512, 64),
+                               (details["HostConfig"], 2048, 512)):  # fmt: skip
+        assert host["Memory"] == memory * 1024 * 1024 == host["MemorySwap"]
+        assert host["PidsLimit"] == pids
     health = subprocess.run(["docker", "exec", front, "sandtrap", "health"],
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert health.returncode == 0, health.stdout + health.stderr

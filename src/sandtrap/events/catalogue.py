@@ -310,16 +310,20 @@ class SandboxPruned(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class GateRefused(Event):
-    """The Engine API gate refused a request (it never reached the engine); `reason` says why.
+    """The Engine API gate refused requests (they never reached the engine), aggregated per rule.
 
-    Written by the gate process to var/log/gate.jsonl; `client_pid`/`client_uid` are the peer
-    credentials of the Unix socket client (normally the SSH front).
+    Written by the gate process to var/log/gate.jsonl: the first refusal of a `rule` at once
+    (`count` 1), then one event per rule per interval with the `count` of refusals it covers and
+    the first of them as the example (`method`, `path`, `reason`, and the peer credentials of the
+    Unix socket client, normally the SSH front). See gate/refusals.py.
     """
 
     eventid: ClassVar[str] = "gate.refused"
     method: str
     path: str
     reason: str
+    rule: str = "route"
+    count: int = 1
     client_pid: int | None = None
     client_uid: int | None = None
 

@@ -20,6 +20,7 @@ from sandtrap.gate.policy import GatePolicy
 from sandtrap.gate.proxy import Gate
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.hardening import blkio_device_for
 from sandtrap.store.jsonl import open_event_log
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,22 @@ def gate_socket(config: Config) -> Path:
     return DataLayout(config.storage.data_dir).gate_socket
 
 
-async def _engine_api_version(upstream: str, attempts: int) -> str:
+def gate_max_connections(config: Config) -> int:
+    """How many clients the gate serves at once: every SSH channel holds one exec stream, and a
+    connection has a few channels at most; beyond that, clients get a 503 at once."""
+    return 4 * config.limits.max_connections + 64
+
+
+async def _engine_facts(upstream: str, attempts: int) -> tuple[str, str]:
+    """The engine's API version and data root (`DockerRootDir`)."""
     engine = Engine(upstream)
     try:
         for attempt in range(attempts):
             try:
-                info = await engine.version()
-                return f"v{info.get('ApiVersion', '1.41')}"
+                version = await engine.version()
+                info = await engine.info()
+                root = str(info.get("DockerRootDir") or "/var/lib/docker")
+                return f"v{version.get('ApiVersion', '1.41')}", root
             except EngineUnavailable as exc:
                 if attempt == attempts - 1:
                     raise
@@ -84,17 +94,28 @@ async def serve_gate(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        api_version = await _engine_api_version(upstream, 1 if lifeline else 30)
+        api_version, root_dir = await _engine_facts(upstream, 1 if lifeline else 30)
     except EngineUnavailable as exc:
         if lifeline:
             sys.stdout.buffer.write(ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             sys.stdout.buffer.flush()
         raise
-    policy = GatePolicy.from_config(config, api_version)
+    # The pool's own derivation of the blkio device, from the gate's view of the data root.
+    blkio_device = await asyncio.to_thread(blkio_device_for, Path(root_dir))
+    policy = GatePolicy.from_config(
+        config, api_version, blkio_device=blkio_device, docker_root_dir=root_dir
+    )
     events = open_event_log(
         config.storage, config.sensor, DataLayout(config.storage.data_dir).gate_log
     )
-    gate = Gate(policy, listen, upstream, events, socket_group)
+    gate = Gate(
+        policy,
+        listen,
+        upstream,
+        events,
+        socket_group,
+        max_connections=gate_max_connections(config),
+    )
     listening = ready or asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     try:
@@ -124,4 +145,12 @@ async def serve_gate(
         log.info("gate stopped: %d forwarded, %d refused", gate.forwarded, gate.refused)
 
 
-__all__ = ["ERROR_PREFIX", "READY_LINE", "Gate", "GatePolicy", "gate_socket", "serve_gate"]
+__all__ = [
+    "ERROR_PREFIX",
+    "READY_LINE",
+    "Gate",
+    "GatePolicy",
+    "gate_max_connections",
+    "gate_socket",
+    "serve_gate",
+]

@@ -1,12 +1,12 @@
-"""The gate's body checks: which `containers/create`, exec and exec-start bodies may pass.
+"""The gate's body checks: allowlists by construction for create, exec and exec-start bodies.
 
-Owns the hardening check of create bodies (exact-case key allowlists, the configured security
-options and limits) and the exec bodies, and the capacity check before a create. Routes and
-ownership are gate/policy.py's.
-
-Bodies are checked against exact-case key allowlists and forwarded re-encoded from what was
-checked: the engine's JSON decoder matches keys case-insensitively and keeps the last duplicate,
-so `{"Privileged": false, "privileged": true}` must never reach it.
+Owns the decision on request bodies and the capacity check; routes and ownership are
+gate/policy.py's. The gate builds the body it would send itself, with the functions SandTrap's
+own engine client uses (`container_body`, `exec_body`, `exec_start_body`), from its own
+configuration and the few fields that legitimately vary; a request passes only when it equals
+that body, and what is forwarded is the gate's own body, never the client's bytes. A field the
+pool does not set is refused whatever its value; a field added to the pool's body is allowed by
+construction.
 """
 
 from __future__ import annotations
@@ -14,43 +14,70 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from sandtrap.config import HOSTNAME_RE
+from sandtrap.events import rfc3339
 from sandtrap.gate.policy import GatePolicy, Refused
-from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX
+from sandtrap.sandbox.docker import exec_body, exec_start_body
+from sandtrap.sandbox.hardening import (
+    LABEL_CREATED,
+    LABEL_ROLE,
+    LABEL_SENSOR,
+    ROLE_SANDBOX,
+    container_body,
+    is_valid_username,
+    parse_engine_time,
+)
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
-_DEVICE = re.compile(r"^/dev/[A-Za-z0-9/_-]{1,64}$")
-
-_CREATE_KEYS = frozenset({
-    "Image", "Hostname", "Domainname", "NetworkDisabled", "Tty", "OpenStdin", "StdinOnce",
-    "AttachStdin", "AttachStdout", "AttachStderr", "StopSignal", "StopTimeout", "Labels",
-    "HostConfig", "Cmd", "Entrypoint", "Env", "User", "WorkingDir",
-})  # fmt: skip
-_HOST_KEYS = frozenset({
-    "NetworkMode", "Privileged", "CapDrop", "CapAdd", "SecurityOpt", "PidsLimit", "Memory",
-    "MemorySwap", "NanoCpus", "Ulimits", "Runtime", "IpcMode", "ReadonlyRootfs", "Binds", "Mounts",
-    "Devices", "RestartPolicy", "AutoRemove", "LogConfig", "Init", "BlkioDeviceReadBps",
-    "BlkioDeviceWriteBps",
-})  # fmt: skip
-_EMPTY_ONLY = ("Binds", "Mounts", "Devices")
-_EXEC_KEYS = frozenset({
-    "Cmd", "User", "Tty", "AttachStdin", "AttachStdout", "AttachStderr", "Privileged", "Env",
-    "WorkingDir",
-})  # fmt: skip
-_START_KEYS = frozenset({"Detach", "Tty"})
-_LOG_DRIVERS = frozenset({"none", "json-file", "local"})
+# The largest body each kind of request may carry: a create with a custom seccomp profile is tens
+# of KiB; an exec carries the attacker's command (an SSH packet, at most 256 KiB, up to six bytes
+# each once JSON-escaped); everything else SandTrap sends has no body.
+MAX_CREATE_BYTES = 256 * 1024
+MAX_EXEC_BYTES = 2 * 1024 * 1024
+MAX_EXEC_START_BYTES = 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_MAX_ARGS = 4096
+_BLKIO = frozenset({"BlkioDeviceReadBps", "BlkioDeviceWriteBps"})
 
 
-def parse_body(body: bytes, what: str) -> dict[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise Refused(f"{what}: body larger than {MAX_BODY_BYTES} bytes")
+def max_body_bytes(kind: str, action: str) -> int:
+    """The body a route kind may carry (0: none)."""
+    if kind == "create":
+        return MAX_CREATE_BYTES
+    if kind == "exec_create":
+        return MAX_EXEC_BYTES
+    if kind == "exec" and action == "start":
+        return MAX_EXEC_START_BYTES
+    return 0
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(body: bytes, what: str, rule: str) -> dict[str, Any]:
+    """A JSON object, strictly: no duplicate keys, no NaN/Infinity, bounded nesting.
+
+    Raises:
+        Refused: anything else (never another exception, whatever the bytes).
+    """
     try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise Refused(f"{what}: body is not JSON") from None
+        data = json.loads(
+            body or b"{}", object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise Refused(f"{what}: body is not strict JSON (or repeats a key)", rule) from None
     if not isinstance(data, dict):
-        raise Refused(f"{what}: body must be a JSON object")
+        raise Refused(f"{what}: body must be a JSON object", rule)
     return data
 
 
@@ -58,173 +85,169 @@ def encode_body(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _keys(data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise Refused(f"{where}.{key[:60]} is not allowed")
+def _canonical(value: Any) -> str:
+    """Type-exact comparison: `true` is not `1`, `1.0` is not `1`, key order does not matter."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _int(data: Mapping[str, Any], key: str, where: str, high: int) -> int:
+def _first_difference(got: Any, want: Any, where: str) -> str:
+    """The dotted path of the first field where `got` differs from `want` (for the reason)."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        for key in sorted(set(got) | set(want), key=str):
+            if key not in want:
+                return f"{where}.{str(key)[:60]} is not a field of this sensor's sandboxes"
+            if key not in got:
+                return f"{where}.{key} is missing"
+            if _canonical(got[key]) != _canonical(want[key]):
+                return _first_difference(got[key], want[key], f"{where}.{key}")
+    return f"{where} must be {_canonical(want)[:200]}, got {_canonical(got)[:200]}"
+
+
+def _text(data: Mapping[str, Any], key: str, where: str, rule: str) -> str:
     value = data.get(key)
-    if type(value) is not int or not 0 < value <= high:
-        raise Refused(f"{where}.{key} must be set, between 1 and {high}, got {value!r}")
+    if not isinstance(value, str):
+        raise Refused(f"{where}.{key} must be a string", rule)
     return value
 
 
-def _flag(data: Mapping[str, Any], key: str, where: str, *, must: bool | None = None) -> None:
+def _bool(data: Mapping[str, Any], key: str, where: str, rule: str) -> bool:
     value = data.get(key)
-    if value is None and must is None:
-        return
-    if type(value) is not bool or (must is not None and value is not must):
-        wanted = "a boolean" if must is None else str(must).lower()
-        raise Refused(f"{where}.{key} must be {wanted}, got {value!r}")
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise Refused(f"{where} must be a list of strings")
+    if type(value) is not bool:
+        raise Refused(f"{where}.{key} must be a boolean", rule)
     return value
 
 
-def _check_security_opts(policy: GatePolicy, opts: list[str]) -> None:
-    seen_nnp = seen_seccomp = False
-    for opt in opts:
-        key, _, value = _split_opt(opt)
-        if key == "no-new-privileges" and value in ("", "true"):
-            seen_nnp = True
-        elif key == "seccomp" and value and value != "unconfined":
-            seen_seccomp = True
-        else:
-            raise Refused(f"HostConfig.SecurityOpt {opt[:60]!r} is not allowed")
-    if not seen_nnp:
-        raise Refused("HostConfig.SecurityOpt must contain no-new-privileges:true")
-    if policy.custom_seccomp and not seen_seccomp:
-        raise Refused("HostConfig.SecurityOpt must carry the configured seccomp profile")
+def _created(labels: Any) -> datetime:
+    value = labels.get(LABEL_CREATED) if isinstance(labels, dict) else None
+    moment = parse_engine_time(value) if isinstance(value, str) else None
+    if moment is None or rfc3339(moment) != value:
+        raise Refused(f"Labels.{LABEL_CREATED} must be an RFC 3339 UTC time", "create")
+    return moment
 
 
-def _split_opt(opt: str) -> tuple[str, str, str]:
-    match = re.match(r"^([a-z-]+)(?:([=:])(.*))?$", opt, re.DOTALL)
-    if match is None:
-        return opt, "", ""
-    return match.group(1), match.group(2) or "", match.group(3) or ""
+def create_body(policy: GatePolicy, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The body to forward for a `containers/create` request: this sensor's sandbox body.
 
-
-def _check_host_config(policy: GatePolicy, host: Any) -> None:
-    where = "HostConfig"
-    if not isinstance(host, dict):
-        raise Refused("HostConfig must be set")
-    _keys(host, _HOST_KEYS, where)
-    if host.get("NetworkMode") != "none":
-        raise Refused(f"HostConfig.NetworkMode must be 'none', got {host.get('NetworkMode')!r}")
-    if "Privileged" in host:
-        _flag(host, "Privileged", where, must=False)
-    for key in _EMPTY_ONLY:
-        if host.get(key):
-            raise Refused(
-                f"HostConfig.{key} must be empty (sandboxes get no host mounts or devices)"
-            )
-    if "ALL" not in _strings(host.get("CapDrop"), "HostConfig.CapDrop"):
-        raise Refused("HostConfig.CapDrop must contain ALL")
-    for cap in _strings(host.get("CapAdd"), "HostConfig.CapAdd"):
-        name = cap.upper().removeprefix("CAP_")
-        if name not in policy.cap_add:
-            raise Refused(f"HostConfig.CapAdd {cap[:40]!r} is beyond the configured capabilities")
-    _check_security_opts(policy, _strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt"))
-    _int(host, "PidsLimit", where, policy.pids_limit)
-    memory = _int(host, "Memory", where, policy.memory_bytes)
-    if host.get("MemorySwap") != memory:
-        raise Refused("HostConfig.MemorySwap must equal Memory (no extra swap)")
-    _int(host, "NanoCpus", where, policy.nano_cpus)
-    runtime = host.get("Runtime") or "runc"
-    if runtime != policy.runtime:
-        raise Refused(f"HostConfig.Runtime must be {policy.runtime!r}, got {runtime!r}")
-    if host.get("IpcMode", "private") not in ("", "private", "none"):
-        raise Refused(f"HostConfig.IpcMode {host.get('IpcMode')!r} is not allowed")
-    for key in ("ReadonlyRootfs", "AutoRemove", "Init"):
-        _flag(host, key, where)
-    for item in host.get("Ulimits") or []:
-        if not isinstance(item, dict) or set(item) != {"Name", "Soft", "Hard"}:
-            raise Refused("HostConfig.Ulimits entries must be {Name, Soft, Hard}")
-    restart = host.get("RestartPolicy") or {}
-    if (
-        not isinstance(restart, dict)
-        or set(restart) - {"Name", "MaximumRetryCount"}
-        or restart.get("Name", "no") not in ("", "no")
-    ):
-        raise Refused("HostConfig.RestartPolicy must be 'no'")
-    log_config = host.get("LogConfig") or {}
-    if (
-        not isinstance(log_config, dict)
-        or set(log_config) - {"Type", "Config"}
-        or log_config.get("Type", "none") not in _LOG_DRIVERS
-    ):
-        raise Refused(f"HostConfig.LogConfig must use one of {sorted(_LOG_DRIVERS)}")
-    for key in ("BlkioDeviceReadBps", "BlkioDeviceWriteBps"):
-        for item in host.get(key) or []:
-            if (
-                not isinstance(item, dict)
-                or set(item) != {"Path", "Rate"}
-                or not _DEVICE.match(str(item.get("Path")))
-                or type(item.get("Rate")) is not int
-            ):
-                raise Refused(f"HostConfig.{key} entries must be {{Path: /dev/..., Rate: int}}")
-
-
-_LIVE_STATES = frozenset({"created", "running", "paused", "restarting"})
-
-
-def check_capacity(policy: GatePolicy, containers: Sequence[Mapping[str, Any]]) -> None:
-    """Refuse a create when this sensor already has as many sandboxes as it may.
-
-    `containers` is the engine's `GET /containers/json?all=1` listing, filtered to this sensor's
-    labels. Without this a compromised front could create hardened sandboxes until the host's
-    memory, pids or disk ran out; with it, it is bounded like the pool.
-    """
-    live = sum(1 for item in containers if str(item.get("State", "")) in _LIVE_STATES)
-    if live >= policy.max_live:
-        raise Refused(
-            f"capacity: {live} sandboxes of this sensor are running or created "
-            f"(at most {policy.max_live}: 2 x pool.max_sandboxes)"
-        )
-    if len(containers) >= policy.max_total:
-        raise Refused(
-            f"capacity: {len(containers)} sandboxes of this sensor exist (at most "
-            f"{policy.max_total}: 2 x pool.max_sandboxes + retention.max_count)"
-        )
-
-
-def check_create(policy: GatePolicy, data: Mapping[str, Any]) -> None:
-    """A `containers/create` body must be one of this sensor's hardened sandboxes.
+    Varying fields: `Image` (a configured target image), `Hostname` (a valid host name), the
+    `sandtrap.created` label (a time). Every other field must equal the pool's; the blkio
+    throttle may be absent from the request (the gate sets its own), or equal to the gate's.
 
     Raises:
-        Refused: naming the first field that breaks the policy.
+        Refused: naming the first field that differs.
     """
-    _keys(data, _CREATE_KEYS, "body")
+    image = _text(data, "Image", "body", "create")
+    if image not in policy.images:
+        raise Refused(f"Image {image[:80]!r} is not a configured target image", "create")
+    hostname = _text(data, "Hostname", "body", "create")
+    if not HOSTNAME_RE.fullmatch(hostname):
+        raise Refused(f"Hostname {hostname[:80]!r} is not a valid host name", "create")
     labels = data.get("Labels")
     if (
         not isinstance(labels, dict)
         or labels.get(LABEL_ROLE) != ROLE_SANDBOX
         or labels.get(LABEL_SENSOR) != policy.sensor
     ):
-        raise Refused(f"Labels must carry {' and '.join(policy.labels)}")
-    if data.get("Image") not in policy.images:
-        raise Refused(f"Image {str(data.get('Image'))[:80]!r} is not a configured target image")
-    _flag(data, "NetworkDisabled", "body", must=True)
-    _check_host_config(policy, data.get("HostConfig"))
+        raise Refused(f"Labels must carry {' and '.join(policy.labels)}", "create")
+    created = _created(labels)
+
+    def build(blkio_device: str | None) -> dict[str, Any]:
+        return container_body(
+            policy.sandbox,
+            image=image,
+            hostname=hostname,
+            sensor=policy.sensor,
+            created=created,
+            blkio_device=blkio_device,
+            security_opt=list(policy.security_opt),
+        )
+
+    want, unthrottled = build(policy.blkio_device), build(None)
+    got = _canonical(data)
+    if got == _canonical(want) or got == _canonical(unthrottled):
+        return want
+    host = data.get("HostConfig")
+    nearest = unthrottled if isinstance(host, dict) and _BLKIO.isdisjoint(host) else want
+    raise Refused(_first_difference(data, nearest, "body"), "create")
 
 
-def check_exec(data: Mapping[str, Any]) -> None:
-    """An exec create body: never privileged."""
-    _keys(data, _EXEC_KEYS, "exec")
-    if "Privileged" in data:
-        _flag(data, "Privileged", "exec", must=False)
-    if not _strings(data.get("Cmd"), "exec.Cmd"):
-        raise Refused("exec.Cmd must be a non-empty list of strings")
+def exec_create_body(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The body to forward for a `containers/{id}/exec` request: SandTrap's exec body.
+
+    Varying fields: `Cmd`, `User` (root or a valid login name), `Env` (`NAME=value`),
+    `WorkingDir` (absolute), `Tty`, `AttachStdin`. Never privileged.
+
+    Raises:
+        Refused: naming the first field that differs.
+    """
+    argv = data.get("Cmd")
+    if (
+        not isinstance(argv, list)
+        or not 0 < len(argv) <= _MAX_ARGS
+        or not all(isinstance(item, str) for item in argv)
+    ):
+        raise Refused("exec.Cmd must be a non-empty list of strings", "exec")
+    user = _text(data, "User", "exec", "exec")
+    if not is_valid_username(user):
+        raise Refused(f"exec.User {user[:40]!r} is not root or a valid login name", "exec")
+    env = data.get("Env")
+    if not isinstance(env, list) or len(env) > _MAX_ARGS:
+        raise Refused("exec.Env must be a list of NAME=value strings", "exec")
+    pairs: dict[str, str] = {}
+    for item in env:
+        name, sep, value = item.partition("=") if isinstance(item, str) else ("", "", "")
+        if not sep or not _ENV_NAME.fullmatch(name) or name in pairs:
+            raise Refused("exec.Env must be a list of NAME=value strings", "exec")
+        pairs[name] = value
+    workdir = data.get("WorkingDir")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
+        raise Refused("exec.WorkingDir must be an absolute path", "exec")
+    want = exec_body(
+        argv,
+        user=user,
+        tty=_bool(data, "Tty", "exec", "exec"),
+        env=pairs,
+        workdir=workdir,
+        stdin=_bool(data, "AttachStdin", "exec", "exec"),
+    )
+    if _canonical(data) != _canonical(want):
+        raise Refused(_first_difference(data, want, "exec"), "exec")
+    return want
 
 
-def check_exec_start(data: Mapping[str, Any]) -> None:
-    _keys(data, _START_KEYS, "exec start")
-    _flag(data, "Detach", "exec start")
-    _flag(data, "Tty", "exec start")
+def exec_start_request_body(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The body to forward for `exec/{id}/start`: attached, with or without a TTY."""
+    want = exec_start_body(_bool(data, "Tty", "exec start", "exec"))
+    if _canonical(data) != _canonical(want):
+        raise Refused(_first_difference(data, want, "exec start"), "exec")
+    return want
+
+
+_LIVE_STATES = frozenset({"created", "running", "paused", "restarting"})
+
+
+def check_capacity(
+    policy: GatePolicy, containers: Sequence[Mapping[str, Any]], *, starting: str | None = None
+) -> None:
+    """Refuse a create, or the start of a stopped sandbox, that would exceed the sensor's bound.
+
+    `containers` is the engine's `GET /containers/json?all=1` listing, filtered to this sensor's
+    labels; `starting` is the full id of the sandbox to be started (None for a create). Without
+    this a compromised front could create sandboxes, or stop some and start others, until the
+    host's memory, pids or disk ran out; with it, it is bounded like the pool.
+    """
+    live_items = [item for item in containers if item.get("State") in _LIVE_STATES]
+    if starting is not None and any(item.get("Id") == starting for item in live_items):
+        return  # already counted: starting a created or running sandbox adds nothing
+    live = len(live_items)
+    if live >= policy.max_live:
+        raise Refused(
+            f"capacity: {live} sandboxes of this sensor are running or created "
+            f"(at most {policy.max_live}: 2 x pool.max_sandboxes)",
+            "capacity",
+        )
+    if starting is None and len(containers) >= policy.max_total:
+        raise Refused(
+            f"capacity: {len(containers)} sandboxes of this sensor exist (at most "
+            f"{policy.max_total}: 2 x pool.max_sandboxes + retention.max_count)",
+            "capacity",
+        )

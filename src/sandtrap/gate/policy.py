@@ -14,24 +14,42 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode
 
-from sandtrap.config import Config
-from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX, host_pids_limit
+from sandtrap.config import Config, SandboxConfig
+from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX, security_opts
 
-RouteKind = Literal["plain", "create", "list", "container", "exec_create", "exec"]
+RouteKind = Literal["plain", "info", "create", "list", "container", "exec_create", "exec"]
 
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._:@+-]*$")
-_VERSION = re.compile(r"^v1\.\d{1,3}$")
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_FULL_ID = re.compile(r"^[0-9a-f]{64}$")
-_OUR_NAME = re.compile(r"^sandtrap-[A-Za-z0-9_.-]{1,120}$")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9/._:@+-]*")
+_VERSION = re.compile(r"v1\.[0-9]{1,3}")
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
+# Patterns are used with fullmatch only: `$` would let a trailing newline through.
+_OUR_NAME = re.compile(r"sandtrap-[A-Za-z0-9_.-]{1,120}")
 
 
 class Refused(Exception):
-    """The request breaks the policy; `reason` says how, in words an operator can act on."""
+    """The request breaks the policy; `reason` says how, in words an operator can act on.
 
-    def __init__(self, reason: str) -> None:
+    `rule` names the check that refused it, from a fixed set (RULES): refusal events are
+    aggregated per rule, so hostile requests with ever-different reasons still make few events.
+    """
+
+    def __init__(self, reason: str, rule: str = "route") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.rule = rule
+
+
+# Every `Refused.rule` (a test keeps this list and docs/events.md in step).
+RULES = (
+    "request",  # malformed HTTP: request line, headers, framing, timeout
+    "busy",  # connection or buffered-bytes cap reached
+    "route",  # endpoint, method, API version, path form, query
+    "ownership",  # the container or exec is not one of this sensor's sandboxes
+    "create",  # a create body other than this sensor's sandbox body
+    "exec",  # an exec or exec start body other than SandTrap's
+    "capacity",  # a create or start beyond the sensor's sandbox bound
+)
 
 
 class NotFound(Exception):
@@ -45,34 +63,42 @@ class NotFound(Exception):
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """What this sensor's sandboxes may look like (from the Config the pool builds them from)."""
+    """What this sensor's sandboxes may look like (from the Config the pool builds them from).
+
+    `blkio_device` is the gate's own view of the disk under the engine's data root (the pool's
+    function, `blkio_device_for`, on the engine's `DockerRootDir`); `security_opt` is read once.
+    """
 
     sensor: str
     api_version: str
     images: frozenset[str]
-    cap_add: frozenset[str]
-    runtime: str
-    pids_limit: int
-    memory_bytes: int
-    nano_cpus: int
-    custom_seccomp: bool
+    sandbox: SandboxConfig
+    security_opt: tuple[str, ...]
+    blkio_device: str | None = None
+    docker_root_dir: str = "/var/lib/docker"
     # How many of this sensor's sandboxes may exist: running or created, and in all.
     max_live: int = 1_000_000
     max_total: int = 1_000_000
 
     @classmethod
-    def from_config(cls, config: Config, api_version: str) -> GatePolicy:
+    def from_config(
+        cls,
+        config: Config,
+        api_version: str,
+        *,
+        blkio_device: str | None = None,
+        docker_root_dir: str = "/var/lib/docker",
+    ) -> GatePolicy:
+        """Raises ConfigError when a custom seccomp profile cannot be read."""
         sandbox = config.sandbox
         return cls(
             sensor=config.sensor[:253],
             api_version=api_version,
             images=frozenset(item.image for item in sandbox.weighted_images()),
-            cap_add=frozenset(sandbox.cap_add),
-            runtime=sandbox.runtime,
-            pids_limit=host_pids_limit(sandbox),
-            memory_bytes=sandbox.memory_mb * 1024 * 1024,
-            nano_cpus=int(sandbox.cpus * 1_000_000_000),
-            custom_seccomp=sandbox.seccomp_profile != "default",
+            sandbox=sandbox,
+            security_opt=tuple(security_opts(sandbox)),
+            blkio_device=blkio_device,
+            docker_root_dir=docker_root_dir,
             # As many as the pool itself makes, with room for sandboxes still stopping while
             # their replacements are created; stopped ones up to what retention keeps.
             max_live=2 * config.pool.max_sandboxes,
@@ -116,13 +142,25 @@ _EXEC_ACTIONS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
+_FLAG = re.compile(r"true|false|1|0")
+_NUMBER = re.compile(r"[0-9]{1,5}")
+# The values SandTrap's client sends; `name`, `filters` and `path` are checked where they are used.
+_QUERY_VALUES: dict[str, re.Pattern[str]] = {
+    "t": _NUMBER, "h": _NUMBER, "w": _NUMBER, "size": _FLAG, "force": _FLAG, "v": _FLAG,
+    "all": _FLAG,
+}  # fmt: skip
+
+
 def _check_query(query: Mapping[str, list[str]], allowed: frozenset[str], what: str) -> None:
     extra = sorted(set(query) - allowed)
     if extra:
-        raise Refused(f"{what}: query parameter {extra[0]!r} is not allowed")
+        raise Refused(f"{what}: query parameter {extra[0][:40]!r} is not allowed")
     for name, values in query.items():
         if len(values) != 1:
             raise Refused(f"{what}: query parameter {name!r} given {len(values)} times")
+        pattern = _QUERY_VALUES.get(name)
+        if pattern is not None and not pattern.fullmatch(values[0]):
+            raise Refused(f"{what}: query parameter {name!r} has value {values[0][:40]!r}")
 
 
 def route(policy: GatePolicy, method: str, target: str, *, upgrade: bool = False) -> Route:
@@ -132,7 +170,11 @@ def route(policy: GatePolicy, method: str, target: str, *, upgrade: bool = False
         Refused: any other endpoint, method, API version or an unusual path.
     """
     path, _, raw_query = target.partition("?")
-    if not _SAFE_PATH.match(path) or "//" in path or "/./" in path or "/../" in path:
+    if (
+        not _SAFE_PATH.fullmatch(path)
+        or "//" in path
+        or any(part in (".", "..") for part in path.split("/"))
+    ):
         raise Refused(f"path {path[:200]!r} is not in the form SandTrap uses")
     try:
         query = parse_qs(raw_query, keep_blank_values=True, strict_parsing=False, max_num_fields=20)
@@ -142,48 +184,57 @@ def route(policy: GatePolicy, method: str, target: str, *, upgrade: bool = False
     if len(parts) == 1 and parts[0] in ("version", "_ping") and method in ("GET", "HEAD"):
         _check_query(query, frozenset(), parts[0])
         return Route("plain", method, parts[0])
-    if not _VERSION.match(parts[0]) or parts[0] != policy.api_version:
+    if not _VERSION.fullmatch(parts[0]) or parts[0] != policy.api_version:
         raise Refused(
             f"API version {parts[0][:20]!r} is not served (this gate speaks {policy.api_version})"
         )
     rest = parts[1:]
+    if not rest or not all(rest):
+        raise Refused(f"{method} {path[:200]!r} is not an endpoint SandTrap uses")
     if upgrade and not (
         method == "POST" and len(rest) == 3 and rest[0] == "exec" and rest[2] == "start"
     ):
         raise Refused("connection upgrade is allowed on exec start only")
     what = f"{method} /{'/'.join(rest)}"
-    if method in ("GET", "HEAD") and rest in (["version"], ["info"], ["_ping"]):
+    if method in ("GET", "HEAD") and rest in (["version"], ["_ping"]):
         _check_query(query, frozenset(), what)
         return Route("plain", method, rest[0])
+    if method == "GET" and rest == ["info"]:
+        # Answered by the gate itself with the one field SandTrap reads (the pool's data-root
+        # device): the engine's own /info names the host, its proxies, registries and more.
+        _check_query(query, frozenset(), what)
+        return Route("info", method, "info")
     if method == "GET" and len(rest) >= 3 and rest[0] == "images" and rest[-1] == "json":
         image = "/".join(rest[1:-1])
         if image not in policy.images:
-            raise Refused(f"image {image!r} is not one of the configured target images")
+            raise Refused(f"image {image[:80]!r} is not one of the configured target images")
         _check_query(query, frozenset(), what)
         return Route("plain", method, "/".join(rest))
     if rest == ["containers", "create"] and method == "POST":
         _check_query(query, frozenset({"name"}), what)
         name = query.get("name", [""])[0]
-        if not _OUR_NAME.match(name):
+        if not _OUR_NAME.fullmatch(name):
             raise Refused(f"container name {name[:80]!r} must start with 'sandtrap-'")
         return Route("create", method, "containers/create", query=query)
     if rest == ["containers", "json"] and method == "GET":
         _check_query(query, frozenset({"all", "filters"}), what)
         return Route("list", method, "containers/json", query=force_label_filter(policy, query))
-    if rest[0] == "containers" and 2 <= len(rest) <= 3 and _REF.match(rest[1]):
+    if rest[0] == "containers" and 2 <= len(rest) <= 3 and _REF.fullmatch(rest[1]):
         action = rest[2] if len(rest) == 3 else ""
         allowed = _CONTAINER_ACTIONS.get((method, action))
         if allowed is None:
-            raise Refused(f"{method} containers/{{id}}/{action} is not an endpoint SandTrap uses")
+            raise Refused(
+                f"{method} containers/{{id}}/{action[:40]} is not an endpoint SandTrap uses"
+            )
         _check_query(query, allowed, what)
-        if action == "rename" and not _OUR_NAME.match(query.get("name", [""])[0]):
+        if action == "rename" and not _OUR_NAME.fullmatch(query.get("name", [""])[0]):
             raise Refused("a sandbox may only be renamed to a 'sandtrap-' name")
         kind: RouteKind = "exec_create" if action == "exec" else "container"
         return Route(kind, method, "", action, rest[1], query)
-    if rest[0] == "exec" and len(rest) == 3 and _REF.match(rest[1]):
+    if rest[0] == "exec" and len(rest) == 3 and _REF.fullmatch(rest[1]):
         allowed = _EXEC_ACTIONS.get((method, rest[2]))
         if allowed is None:
-            raise Refused(f"{method} exec/{{id}}/{rest[2]} is not an endpoint SandTrap uses")
+            raise Refused(f"{method} exec/{{id}}/{rest[2][:40]} is not an endpoint SandTrap uses")
         _check_query(query, allowed, what)
         return Route("exec", method, "", rest[2], rest[1], query, upgrade)
     raise Refused(f"{what[:200]} is not an endpoint SandTrap uses")
@@ -205,7 +256,7 @@ def force_label_filter(policy: GatePolicy, query: Mapping[str, list[str]]) -> di
     raw = query.get("filters", ["{}"])[0] or "{}"
     try:
         filters = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Refused("containers/json: filters is not JSON") from None
     if not isinstance(filters, dict) or set(filters) - {"label"}:
         raise Refused("containers/json: only a label filter is allowed")
@@ -226,4 +277,4 @@ def is_ours(policy: GatePolicy, inspected: Mapping[str, Any]) -> bool:
 
 
 def is_full_id(ref: str) -> bool:
-    return bool(_FULL_ID.match(ref))
+    return bool(_FULL_ID.fullmatch(ref))

@@ -1,33 +1,43 @@
-"""The gate's I/O: a Unix-socket HTTP server that forwards allowed Engine API requests upstream.
+"""The gate's server: a Unix-socket HTTP server that forwards allowed Engine API requests upstream.
 
-Owns the listening socket, one upstream connection per request (`Connection: close`, so framing
-is the engine's and bytes are relayed as they come), the byte-for-byte relay of hijacked exec
-streams with half-close, the ownership caches, and a `gate.refused` event per refusal. What is
-allowed is decided in `gate/policy.py`.
+Owns the listening socket, the caps on connections and buffered body bytes, one request per
+connection (`Connection: close`), the ownership caches, the capacity count on every create and
+start, and the aggregated `gate.refused` events. What is allowed is decided in gate/policy.py and
+gate/bodies.py; the engine side is gate/upstream.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from sandtrap.events import EventSink, GateRefused
 from sandtrap.gate.bodies import (
     check_capacity,
-    check_create,
-    check_exec,
-    check_exec_start,
+    create_body,
     encode_body,
+    exec_create_body,
+    exec_start_request_body,
+    max_body_bytes,
     parse_body,
 )
-from sandtrap.gate.http import BadRequest, peer_credentials, read_request
+from sandtrap.gate.http import (
+    BadRequest,
+    Request,
+    answer_head,
+    linger,
+    peer_credentials,
+    read_head,
+)
 from sandtrap.gate.policy import (
     GatePolicy,
     NotFound,
@@ -39,21 +49,58 @@ from sandtrap.gate.policy import (
     is_ours,
     route,
 )
+from sandtrap.gate.refusals import REFUSAL_INTERVAL_SECONDS, RefusalAggregator
+from sandtrap.gate.upstream import STREAM_LIMIT, Upstream
 
 log = logging.getLogger(__name__)
 
-_HEAD_LIMIT = 64 * 1024
-_READ_SIZE = 64 * 1024
-_HEAD_TIMEOUT = 30.0
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A burst of connections leaves CPython's freed buffers in glibc arenas, which it keeps for
+    reuse: measured, 95 MiB stayed after 3,000 hostile requests until trimmed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+# A request (head and body) must arrive within this; a slow client cannot hold a slot longer.
+REQUEST_TIMEOUT_SECONDS = 30.0
+# Body bytes buffered by all connections together (each body is also capped per route).
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 _CACHE_SIZE = 4096
+# After a burst of at least this many connections, once it has passed, free memory goes back.
+_TRIM_AFTER = 64
 _CREATE_TIMEOUT = 120.0
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+class _Answer(Exception):
+    """End the request with this status and message (a refusal when `rule` is set)."""
+
+    def __init__(self, status: int, reason: str, rule: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.rule = status, reason, rule
 
 
 class Gate:
     """The policy-checking proxy. Constructing it does no I/O; `run()` serves until `stop` is set.
 
-    Each client connection is served by a handler task owned by the gate; `run()` cancels the ones
-    still open (hijacked exec streams) after `stop`, once the listener is closed.
+    At most `max_connections` clients are served at once (the next ones get a 503 at once);
+    each connection is one request, its body capped per route and all bodies together by
+    MAX_BUFFERED_BYTES. Handler tasks are owned by the gate; `run()` cancels the ones still open
+    (hijacked exec streams) after `stop`, once the listener is closed, and writes pending
+    refusal counts.
     """
 
     def __init__(
@@ -63,20 +110,33 @@ class Gate:
         upstream: str,
         events: EventSink,
         socket_group: int | None = None,
+        *,
+        max_connections: int = 1024,
     ) -> None:
         self.policy = policy
         self.listen = listen
-        self.upstream = upstream
+        self.upstream = Upstream(upstream, policy.api_version)
         self._events = events
         self._socket_group = socket_group
+        self._max_connections = max_connections
         self._owned: OrderedDict[str, None] = OrderedDict()
         self._exec_owner: OrderedDict[str, str] = OrderedDict()
         self._handlers: set[asyncio.Task[Any]] = set()
-        # Creates are counted and forwarded one at a time, so concurrent ones cannot all pass
-        # the capacity check (creates happen at warm time, never on a login's path).
-        self._create_lock = asyncio.Lock()
-        self.refused = 0
+        self._buffered = 0
+        self._peak_connections = 0
+        # Creates and starts are counted and forwarded one at a time, so concurrent ones cannot
+        # all pass the capacity check (they happen at warm time or on a sticky re-login).
+        self._state_lock = asyncio.Lock()
+        self._refusals = RefusalAggregator(time.monotonic, REFUSAL_INTERVAL_SECONDS)
         self.forwarded = 0
+
+    @property
+    def refused(self) -> int:
+        return self._refusals.total
+
+    def statistics(self) -> tuple[int, int]:
+        """(open connections, body bytes buffered now)."""
+        return len(self._handlers), self._buffered
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         self.listen.parent.mkdir(parents=True, exist_ok=True)
@@ -86,13 +146,18 @@ class Gate:
         old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
         try:
             server = await asyncio.start_unix_server(
-                self._on_client, path=str(self.listen), limit=_HEAD_LIMIT
+                self._on_client,
+                path=str(self.listen),
+                limit=STREAM_LIMIT,
+                # A burst waits in the kernel's queue rather than failing to connect (EAGAIN).
+                backlog=self._max_connections,
             )
         finally:
             os.umask(old_umask)
         if self._socket_group is not None:
             os.chown(self.listen, -1, self._socket_group)
-        log.info("gate listening on %s, forwarding to %s", self.listen, self.upstream)
+        log.info("gate listening on %s, forwarding to %s", self.listen, self.upstream.url)
+        flusher = asyncio.create_task(self._flush_refusals(), name="gate-refusals")
         try:
             if ready is not None:
                 ready.set()
@@ -103,15 +168,47 @@ class Gate:
                 task.cancel()
             if self._handlers:
                 await asyncio.wait(list(self._handlers), timeout=5)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            for event in self._refusals.due(flush=True):
+                self._emit(event)
             with contextlib.suppress(OSError):
                 self.listen.unlink()
 
+    async def _flush_refusals(self) -> None:
+        """Aggregated refusal events when due; the heap handed back after a burst."""
+        while True:
+            due = self._refusals.next_due()
+            await asyncio.sleep(1.0 if due is None else min(due, 1.0))
+            for event in self._refusals.due():
+                self._emit(event)
+            if self._peak_connections >= _TRIM_AFTER and len(self._handlers) < _TRIM_AFTER // 4:
+                self._peak_connections = len(self._handlers)
+                trim_heap()
+
+    def _emit(self, event: GateRefused) -> None:
+        log.warning(
+            "gate refused %d request(s) by rule %s, e.g. %s %r from pid %s: %s",
+            event.count, event.rule, event.method, event.path[:300], event.client_pid,
+            event.reason,
+        )  # fmt: skip
+        self._events.emit(event)
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
+        busy = len(self._handlers) >= self._max_connections
+        if task is not None and not busy:
             self._handlers.add(task)
+            self._peak_connections = max(self._peak_connections, len(self._handlers))
         try:
-            await self._serve_one(reader, writer)
+            if busy:
+                # No lingering here: that would make a task per refused connection outlive it.
+                reason = f"{self._max_connections} connections open; try again later"
+                await self._answer(writer, "?", "?", _Answer(503, reason, "busy"))
+            else:
+                await self._serve_one(reader, writer)
+                await linger(reader, writer)
         except (ConnectionError, OSError) as exc:
             log.debug("gate client gone: %s", exc)
         except asyncio.CancelledError:
@@ -126,47 +223,90 @@ class Gate:
                 await writer.wait_closed()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method, target = "?", "?"
+        reserved = 0
         try:
-            async with asyncio.timeout(_HEAD_TIMEOUT):
-                request = await read_request(reader)
-        except (BadRequest, TimeoutError, asyncio.IncompleteReadError) as exc:
-            await self._refuse(writer, "?", "?", f"bad request: {exc or 'timeout'}", 400)
-            return
-        if request is None:
-            return
-        upgrade = "upgrade" in request.headers.get("connection", "").lower()
-        try:
-            checked = route(self.policy, request.method, request.target, upgrade=upgrade)
-            path, body = await self._authorise(checked, request.body)
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+                    request = await read_head(reader)
+                    if request is None:
+                        return
+                    method, target = request.method, request.target
+                    checked = route(self.policy, request.method, request.target,
+                                    upgrade=request.upgrade)  # fmt: skip
+                    reserved = self._reserve(request, checked)
+                    body = await reader.readexactly(reserved) if reserved else b""
+            except TimeoutError:
+                raise _Answer(408, "request not received in time", "request") from None
+            except asyncio.IncompleteReadError:
+                raise _Answer(400, "request body cut short", "request") from None
+            except BadRequest as exc:
+                raise _Answer(400, f"bad request: {exc}", "request") from None
+            path, out_body = await self._authorise(checked, body)
+            self._release(reserved)
+            reserved = 0
+            await self._forward(checked, path, out_body, reader, writer)
         except Refused as exc:
-            await self._refuse(writer, request.method, request.target, exc.reason, 403)
-            return
+            await self._answer(writer, method, target, _Answer(403, exc.reason, exc.rule))
         except NotFound as exc:
-            await self._refuse(writer, request.method, request.target, exc.reason, 404, event=False)
-            return
+            await self._answer(writer, method, target, _Answer(404, exc.reason))
+        except _Answer as answer:
+            await self._answer(writer, method, target, answer)
         except (OSError, TimeoutError) as exc:
             reason = f"engine unreachable: {exc or 'timeout'}"
-            await self._refuse(writer, request.method, request.target, reason, 502, event=False)
+            await self._answer(writer, method, target, _Answer(502, reason))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every request gets an answer, never a dropped socket
+            log.exception("gate: unexpected error on %s %r", method, target[:300])
+            reason = f"internal error: {type(exc).__name__}"
+            await self._answer(writer, method, target, _Answer(500, reason, "request"))
+        finally:
+            self._release(reserved)
+
+    def _reserve(self, request: Request, checked: Route) -> int:
+        """Account the declared body against its route's cap and the gate's total budget."""
+        length = request.content_length
+        limit = max_body_bytes(checked.kind, checked.action)
+        if length > limit:
+            raise _Answer(413, f"body of {length} bytes; this endpoint takes {limit}", "request")
+        if self._buffered + length > MAX_BUFFERED_BYTES:
+            raise _Answer(503, "too many body bytes buffered; try again later", "busy")
+        self._buffered += length
+        return length
+
+    def _release(self, reserved: int) -> None:
+        self._buffered -= reserved
+
+    async def _forward(
+        self,
+        checked: Route,
+        path: str,
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if checked.kind == "info":
+            payload = json.dumps({"DockerRootDir": self.policy.docker_root_dir}).encode()
+            writer.write(answer_head(200, "OK", len(payload)) + payload)
+            await writer.drain()
             return
-        if checked.kind != "create":
+        starting = checked.kind == "container" and checked.action == "start"
+        if checked.kind != "create" and not starting:
             self.forwarded += 1
-            await self._forward(checked, path, body, reader, writer)
+            await self.upstream.forward(checked.method, path, body, checked.upgrade, reader,
+                                        writer)  # fmt: skip
             return
-        async with self._create_lock:
-            try:
-                check_capacity(self.policy, await self._sandboxes())
-            except Refused as exc:
-                await self._refuse(writer, request.method, request.target, exc.reason, 403)
-                return
-            except (OSError, TimeoutError) as exc:
-                reason = f"engine unreachable: {exc or 'timeout'}"
-                await self._refuse(writer, request.method, request.target, reason, 502, event=False)
-                return
+        async with self._state_lock:
+            target = path.split("/")[3] if starting else None
+            check_capacity(self.policy, await self._sandboxes(), starting=target)
             self.forwarded += 1
             try:
                 async with asyncio.timeout(_CREATE_TIMEOUT):  # never hold the lock for long
-                    await self._forward(checked, path, body, reader, writer)
+                    await self.upstream.forward(checked.method, path, body, False, reader, writer)
             except TimeoutError:
+                if starting:
+                    raise
                 name = ((checked.query or {}).get("name") or [""])[0]
                 log.warning("gate: create of %r took over %.0fs; dropped", name, _CREATE_TIMEOUT)
                 await self._remove_late(name)
@@ -177,7 +317,7 @@ class Gate:
             return
         try:
             container_id = await self._owned_container(name)
-            status, _ = await self._upstream_json(
+            status, _ = await self.upstream.json(
                 f"containers/{container_id}?force=1", method="DELETE"
             )
             log.info("gate: removed late sandbox %r (engine status %s)", name, status)
@@ -187,23 +327,22 @@ class Gate:
     async def _sandboxes(self) -> list[dict[str, Any]]:
         """This sensor's sandboxes in every state, as the engine lists them."""
         filters = quote(json.dumps({"label": list(self.policy.labels)}, separators=(",", ":")))
-        status, items = await self._upstream_json(f"containers/json?all=1&filters={filters}")
+        status, items = await self.upstream.json(f"containers/json?all=1&filters={filters}")
         if status != 200 or not isinstance(items, list):
             # The engine's trouble, not a policy decision: a 502 without a gate.refused event.
             raise ConnectionError(f"cannot list this sensor's sandboxes (engine status {status})")
         return [item for item in items if isinstance(item, dict)]
 
     async def _authorise(self, checked: Route, body: bytes) -> tuple[str, bytes]:
-        """The upstream path (references resolved to full ids) and the re-encoded body."""
+        """The upstream path (references resolved to full ids) and the gate's own body."""
         version = self.policy.api_version
         query = encode_query(checked.query)
-        if checked.kind == "plain":
+        if checked.kind in ("plain", "info"):
             return f"/{version}/{checked.path}", b""
         if checked.kind == "list":
             return f"/{version}/{checked.path}{query}", b""
         if checked.kind == "create":
-            data = parse_body(body, "create")
-            check_create(self.policy, data)
+            data = create_body(self.policy, parse_body(body, "create", "create"))
             return f"/{version}/containers/create{query}", encode_body(data)
         if checked.kind in ("container", "exec_create"):
             container_id = await self._owned_container(checked.target)
@@ -211,16 +350,13 @@ class Gate:
                 self._owned.pop(container_id, None)
             out_body = b""
             if checked.kind == "exec_create":
-                data = parse_body(body, "exec")
-                check_exec(data)
-                out_body = encode_body(data)
+                out_body = encode_body(exec_create_body(parse_body(body, "exec", "exec")))
             return f"/{version}/{container_path(checked, container_id)}{query}", out_body
         # exec/{id}/...
         await self._owned_exec(checked.target)
         out_body = b""
         if checked.action == "start":
-            data = parse_body(body, "exec start")
-            check_exec_start(data)
+            data = exec_start_request_body(parse_body(body, "exec start", "exec"))
             out_body = encode_body(data)
         return f"/{version}/exec/{checked.target}/{checked.action}{query}", out_body
 
@@ -228,30 +364,37 @@ class Gate:
         if is_full_id(ref) and ref in self._owned:
             self._owned.move_to_end(ref)
             return ref
-        status, details = await self._upstream_json(f"containers/{ref}/json")
+        status, details = await self.upstream.json(f"containers/{ref}/json")
         if status == 404:
             raise NotFound(f"no such container: {ref[:64]}")
         if status != 200 or not isinstance(details, dict):
-            raise Refused(f"cannot inspect container {ref[:64]!r} (engine status {status})")
+            raise Refused(
+                f"cannot inspect container {ref[:64]!r} (engine status {status})", "ownership"
+            )
         if not is_ours(self.policy, details):
             raise Refused(
-                f"container {ref[:64]!r} is not a sandbox of sensor {self.policy.sensor!r}"
+                f"container {ref[:64]!r} is not a sandbox of sensor {self.policy.sensor!r}",
+                "ownership",
             )
         container_id = str(details.get("Id", ""))
         if not is_full_id(container_id):
-            raise Refused("engine returned no container id")
+            raise Refused("engine returned no container id", "ownership")
         self._remember(self._owned, container_id, None)
         return container_id
 
     async def _owned_exec(self, exec_id: str) -> None:
         container_id = self._exec_owner.get(exec_id)
         if container_id is None:
-            status, details = await self._upstream_json(f"exec/{exec_id}/json")
+            status, details = await self.upstream.json(f"exec/{exec_id}/json")
             if status == 404:
                 raise NotFound(f"no such exec instance: {exec_id[:64]}")
             if status != 200 or not isinstance(details, dict):
-                raise Refused(f"no such exec instance {exec_id[:64]!r} (engine status {status})")
+                raise Refused(
+                    f"no such exec instance {exec_id[:64]!r} (engine status {status})", "ownership"
+                )
             container_id = str(details.get("ContainerID", ""))
+            if not is_full_id(container_id):
+                raise Refused("engine named no container for the exec", "ownership")
         await self._owned_container(container_id)
         self._remember(self._exec_owner, exec_id, container_id)
 
@@ -262,146 +405,27 @@ class Gate:
         while len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        parsed = urlparse(self.upstream)
-        if parsed.scheme in ("unix", ""):
-            return await asyncio.open_unix_connection(
-                parsed.path or "/var/run/docker.sock", limit=_HEAD_LIMIT
-            )
-        port = parsed.port or 2375
-        return await asyncio.open_connection(parsed.hostname, port, limit=_HEAD_LIMIT)
-
-    async def _upstream_json(self, path: str, method: str = "GET") -> tuple[int, Any]:
-        """The gate's own request (HTTP/1.0: no chunking, the engine closes after the body)."""
-        reader, writer = await self._open_upstream()
-        try:
-            writer.write(
-                f"{method} /{self.policy.api_version}/{path} HTTP/1.0\r\n"
-                "Host: docker\r\n\r\n".encode()
-            )
-            await writer.drain()
-            async with asyncio.timeout(60):
-                raw = await reader.read(-1)
-        finally:
-            writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        try:
-            status = int(head.split(b" ", 2)[1])
-            return status, json.loads(body) if body else None
-        except (IndexError, ValueError):
-            return 502, None
-
-    async def _forward(
-        self,
-        checked: Route,
-        path: str,
-        body: bytes,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+    async def _answer(
+        self, writer: asyncio.StreamWriter, method: str, target: str, answer: _Answer
     ) -> None:
-        try:
-            up_reader, up_writer = await self._open_upstream()
-        except OSError as exc:
-            await self._refuse(
-                writer, checked.method, path, f"engine unreachable: {exc}", 502, event=False
-            )
-            return
-        try:
-            head = [f"{checked.method} {path} HTTP/1.1", "Host: docker"]
-            if body:
-                head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-            head += (
-                ["Connection: Upgrade", "Upgrade: tcp"]
-                if checked.upgrade
-                else ["Connection: close"]
-            )
-            up_writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-            await up_writer.drain()
-            if checked.upgrade:
-                await self._relay_upgraded(reader, writer, up_reader, up_writer)
-            else:
-                await _pump(up_reader, writer)
-        finally:
-            up_writer.close()
-            with contextlib.suppress(OSError, ConnectionError, asyncio.CancelledError):
-                await up_writer.wait_closed()
-
-    async def _relay_upgraded(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader,
-        up_writer: asyncio.StreamWriter,
-    ) -> None:
-        """After the engine's 101, bytes both ways as they come; EOF from either side is passed
-        on as a half-close, and the relay ends when the engine ends the stream."""
-        async with asyncio.timeout(60):
-            head = await up_reader.readuntil(b"\r\n\r\n")
-        writer.write(head)
-        await writer.drain()
-        if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-            await _pump(up_reader, writer)
-            return
-
-        async def client_to_engine() -> None:
-            await _pump(reader, up_writer)
-            with contextlib.suppress(OSError, RuntimeError):
-                if up_writer.can_write_eof():
-                    up_writer.write_eof()
-
-        upward = asyncio.create_task(client_to_engine(), name="gate-stdin")
-        try:
-            await _pump(up_reader, writer)
-            with contextlib.suppress(OSError, RuntimeError):
-                if writer.can_write_eof():
-                    writer.write_eof()
-        finally:
-            upward.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
-                await upward
-
-    async def _refuse(
-        self,
-        writer: asyncio.StreamWriter,
-        method: str,
-        target: str,
-        reason: str,
-        status: int,
-        *,
-        event: bool = True,
-    ) -> None:
-        message = reason if status == 404 else f"sandtrap gate: refused: {reason}"
-        if event:
-            self.refused += 1
-            pid, uid = peer_credentials(writer)
-            log.warning("gate refused %s %r from pid %s: %s", method, target[:300], pid, reason)
-            self._events.emit(
-                GateRefused(
-                    method=method[:16],
-                    path=target[:1024],
-                    reason=reason,
-                    client_pid=pid,
-                    client_uid=uid,
-                )
-            )
-        payload = json.dumps({"message": message}).encode()
-        phrase = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 502: "Bad Gateway"}[
-            status
-        ]
-        writer.write(
-            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-            + payload
+        """Answer with `answer.status`; a refusal (a rule) is also counted for the events."""
+        message = (
+            answer.reason if answer.status == 404 else f"sandtrap gate: refused: {answer.reason}"
         )
+        if answer.rule is not None:
+            pid, uid = peer_credentials(writer)
+            event = GateRefused(
+                method=method[:16],
+                path=target[:1024],
+                reason=answer.reason[:2048],
+                rule=answer.rule,
+                client_pid=pid,
+                client_uid=uid,
+            )
+            now = self._refusals.record(event)
+            if now is not None:
+                self._emit(now)
+        payload = json.dumps({"message": message}).encode()
+        writer.write(answer_head(answer.status, _PHRASES[answer.status], len(payload)) + payload)
         with contextlib.suppress(OSError, ConnectionError):
             await writer.drain()
-
-
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy until EOF on `source`; a sink that went away ends the copy quietly."""
-    while data := await source.read(_READ_SIZE):
-        try:
-            sink.write(data)
-            await sink.drain()
-        except (ConnectionError, OSError):
-            return

@@ -48,6 +48,37 @@ async def engine_errors(operation: str) -> AsyncIterator[None]:
         raise EngineUnavailable(f"{operation}: engine timed out") from None
 
 
+def exec_body(
+    argv: Sequence[str],
+    *,
+    user: str,
+    tty: bool,
+    env: Mapping[str, str] | None,
+    workdir: str | None,
+    stdin: bool = True,
+) -> dict[str, Any]:
+    """The `POST /containers/{id}/exec` body of every exec SandTrap makes (the gate accepts
+    nothing else: gate/bodies.py rebuilds it from the request's varying fields)."""
+    body: dict[str, Any] = {
+        "Cmd": list(argv),
+        "User": user,
+        "Tty": tty,
+        "AttachStdin": stdin,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Privileged": False,
+        "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+    }
+    if workdir:
+        body["WorkingDir"] = workdir
+    return body
+
+
+def exec_start_body(tty: bool) -> dict[str, Any]:
+    """The `POST /exec/{id}/start` body (attached: the stream is hijacked)."""
+    return {"Detach": False, "Tty": tty}
+
+
 class Engine:
     """A connection to the Docker engine. Constructing it does no I/O."""
 
@@ -236,18 +267,7 @@ class Engine:
         workdir: str | None,
         stdin: bool = True,
     ) -> str:
-        body: dict[str, Any] = {
-            "Cmd": list(argv),
-            "User": user,
-            "Tty": tty,
-            "AttachStdin": stdin,
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "Privileged": False,
-            "Env": [f"{k}={v}" for k, v in (env or {}).items()],
-        }
-        if workdir:
-            body["WorkingDir"] = workdir
+        body = exec_body(argv, user=user, tty=tty, env=env, workdir=workdir, stdin=stdin)
         result = await self.request(
             "POST", f"containers/{container_id}/exec", body=body, operation="exec create"
         )
@@ -256,7 +276,7 @@ class Engine:
     async def exec_attach(self, exec_id: str, tty: bool) -> DockerExecStream:
         """Start an exec and return its hijacked stream."""
         reader, writer = await self._open_raw()
-        body = json.dumps({"Detach": False, "Tty": tty}).encode()
+        body = json.dumps(exec_start_body(tty)).encode()
         request = (
             f"POST /{self.api_version}/exec/{exec_id}/start HTTP/1.1\r\n"
             "Host: docker\r\n"

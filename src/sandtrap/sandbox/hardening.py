@@ -91,7 +91,12 @@ class HostnamePicker:
         )
 
 
-def _security_opts(config: SandboxConfig) -> list[str]:
+def security_opts(config: SandboxConfig) -> list[str]:
+    """`HostConfig.SecurityOpt` of every sandbox (reads a custom seccomp profile file).
+
+    Raises:
+        ConfigError: the configured seccomp profile cannot be read.
+    """
     opts = ["no-new-privileges:true"]
     if config.seccomp_profile != "default":
         path = Path(config.seccomp_profile)
@@ -127,15 +132,21 @@ def container_body(
     sensor: str,
     created: datetime,
     blkio_device: str | None = None,
+    security_opt: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The Engine API `POST /containers/create` body of one hardened sandbox."""
+    """The Engine API `POST /containers/create` body of one hardened sandbox.
+
+    The gate accepts a create only when its body equals this function's result for the same
+    configuration (gate/bodies.py), so a field added here is allowed there by construction.
+    `security_opt` is `security_opts(config)` computed once by a caller that creates many.
+    """
     memory = config.memory_mb * 1024 * 1024
     host: dict[str, Any] = {
         "NetworkMode": "none",
         "Privileged": False,
         "CapDrop": ["ALL"],
         "CapAdd": list(config.cap_add),
-        "SecurityOpt": _security_opts(config),
+        "SecurityOpt": list(security_opt if security_opt is not None else security_opts(config)),
         "PidsLimit": host_pids_limit(config),
         "Memory": memory,
         "MemorySwap": memory,

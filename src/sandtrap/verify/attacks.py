@@ -150,7 +150,10 @@ def disk_event(path: Path, container_id: str) -> dict[str, Any] | None:
 
 
 async def disk_fill(engine: Engine, sandbox_id: str, events_log: Path, limit_mb: int) -> Row:
-    fill = f"dd if=/dev/zero of=$HOME/.fill bs=1M count={limit_mb * 4} 2>&1; sync"
+    # O_SYNC: every block reaches the host's upper layer as it is written, so the watcher sees the
+    # size grow whatever the runtime caches. Buffered, gVisor's Sentry held the data in its own
+    # memory: the sandbox could be OOM-killed before the host saw 64 MiB (a stop without the event).
+    fill = f"dd if=/dev/zero of=$HOME/.fill bs=1M count={limit_mb * 4} oflag=sync 2>&1; sync"
     started = time.monotonic()
     writer = asyncio.create_task(engine.run(sandbox_id, ["/bin/sh", "-c", fill], user=LOGIN_USER))
     stopped_after = None
