@@ -144,7 +144,8 @@ def figures(targets: Sequence[BruteTarget], steps: BrutePlan) -> list[Figure]:
     recorded.notes.append(f"per target: {detail}")
     timing.notes.append(
         "SandTrap answers a failed password after 2 s (+ up to 25% jitter), as Debian's PAM does "
-        "(`ssh.auth_failure_delay_seconds`); that delay, not admission, sets its time."
+        "(`ssh.auth_failure_delay_seconds`), Cowrie (Twisted) after 1 s; that delay, not "
+        "admission, sets the time."
     )
     return [recorded, timing]
 
