@@ -19,14 +19,23 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import load_bench, machine, peers, pool_bench, pty_bench, report, ssh_bench
+from bench import brute_bench, load_bench, machine, peers, pool_bench, pty_bench, report, ssh_bench
 from bench.peers import Peer
 from bench.resources import Cleanup, Run, become_subreaper, remove_labelled_containers
 from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
 from bench.stats import Figure, render_text
 from sandtrap.config import DEFAULT_IMAGE
 
-BENCHMARKS = ("pool", "connect", "interactive", "throughput", "memory", "scaling", "burst")
+BENCHMARKS = (
+    "pool",
+    "connect",
+    "interactive",
+    "throughput",
+    "memory",
+    "scaling",
+    "burst",
+    "bruteforce",
+)
 SSH_BENCHMARKS = BENCHMARKS[1:]
 # Cap on SandTrap's sandboxes: a burst of 200 logins plus a refilling pool (pool.max_sandboxes).
 MAX_SANDBOXES = 220
@@ -79,6 +88,37 @@ def _settle(running: RunningService, timeout_seconds: float = 300) -> None:
     running.wait_warm(max(1.0, deadline - time.monotonic()))
 
 
+def _emit_all(new: list[Figure], figures: list[Figure], targets: list[Peer]) -> None:
+    for figure in new:
+        _emit(figure, figures, targets)
+
+
+def _brute_force(
+    args: argparse.Namespace, run: Run, workdir: Path, cleanup: Cleanup, others: list[Peer]
+) -> list[Figure]:
+    """SandTrap with its default limits (its own service: the harness's lifts per-IP limits)
+    against the peers that keep a log of attempts (Cowrie)."""
+    service = RunningService(
+        bench_config(
+            workdir / "sandtrap-defaults", run.sensor, args.image, 4, pool_size=1, lift_limits=False
+        )
+    )
+    cleanup.push("SandTrap service (default limits)", service.stop)
+    service.start()
+    try:
+        events = service.config.storage.data_dir / "log" / "events.jsonl"
+        peer = Peer(ssh_bench.SANDTRAP, service.port, BENCH_USER, BENCH_PASSWORD, os.getpid())
+        targets = [brute_bench.BruteTarget(peer, brute_bench.sandtrap_recorded(events))]
+        targets += [
+            brute_bench.BruteTarget(p, brute_bench.cowrie_recorded(p.log))
+            for p in others
+            if p.log is not None
+        ]
+        return brute_bench.figures(targets, brute_bench.plan(args.quick))
+    finally:
+        service.stop()
+
+
 def _ssh_benchmarks(
     args: argparse.Namespace,
     run: Run,
@@ -102,7 +142,9 @@ def _ssh_benchmarks(
     openssh = peers.start_openssh(run, args.image, cleanup, sessions=top)
     targets = [sandtrap, openssh]
     cowrie_mode = args.cowrie or ("auto" if args.quick else "build")
-    if cowrie_mode != "off" and any(n in selected for n in ("connect", "memory", "burst")):
+    if cowrie_mode != "off" and any(
+        n in selected for n in ("connect", "memory", "burst", "bruteforce")
+    ):
         executable = peers.ensure_cowrie_venv(build=cowrie_mode == "build")
         if executable is None:
             gaps.append(f"Cowrie peer left out (--cowrie {cowrie_mode}; venv not available).")
@@ -140,6 +182,8 @@ def _ssh_benchmarks(
     if "scaling" in selected:
         # Cowrie emulates the shell (no `yes` runs): noise only means something for real shells.
         _emit(load_bench.scaling_figure([ours, naive], load_steps), figures, targets)
+    if "bruteforce" in selected:
+        _emit_all(_brute_force(args, run, workdir, cleanup, targets[2:]), figures, targets)
     if "burst" in selected:
         sizes = load_steps.bursts
         others = [naive] + [load_bench.LoadTarget(t) for t in targets[2:]]

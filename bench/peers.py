@@ -53,6 +53,7 @@ class Peer:
     password: str
     pid: int  # root of its process tree, for RSS
     container_id: str = ""  # the peer's one container, if it has one
+    log: Path | None = None  # its own event log, where it has one (Cowrie's cowrie.json)
 
 
 def container_running(container_id: str) -> bool:
@@ -229,8 +230,11 @@ def start_cowrie(cowrie: Path, cleanup: Cleanup, user: str = "nobody") -> Peer:
     for sub in ("etc", "var/log/cowrie", "var/lib/cowrie/tty", "var/lib/cowrie/downloads"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
+    # Cowrie's default user database minus its `*:x:*` lines: root still logs in with any password
+    # but root and 123456 (the other benchmarks), other names never do (bench/brute_bench.py).
+    (state / "etc" / "userdb.txt").write_text("root:x:!root\nroot:x:!123456\nroot:x:*\n")
     (state / "etc" / "cowrie.cfg").write_text(
-        "[honeypot]\nhostname = svr04\n"
+        f"[honeypot]\nhostname = svr04\netc_path = {state / 'etc'}\n"
         f"[ssh]\nlisten_endpoints = tcp:{port}:interface=127.0.0.1\n"
         "[telnet]\nenabled = false\n"
     )
@@ -256,4 +260,5 @@ def start_cowrie(cowrie: Path, cleanup: Cleanup, user: str = "nobody") -> Peer:
     cleanup.push("cowrie", lambda: stop_tree(proc))
     if not wait_port(port, 60, lambda: proc.poll() is None):
         raise RuntimeError(f"Cowrie did not start: {(state / 'cowrie.out').read_text()[-500:]}")
-    return Peer("Cowrie", port, "root", PEER_PASSWORD, proc.pid)
+    log = state / "var" / "log" / "cowrie" / "cowrie.json"
+    return Peer("Cowrie", port, "root", PEER_PASSWORD, proc.pid, log=log)

@@ -23,16 +23,21 @@ _LIFTED_LIMITS: dict[str, Any] = {
 
 
 def bench_config(
-    data_dir: Path, sensor: str, image: str, max_sandboxes: int, pool_size: int | None = None
+    data_dir: Path,
+    sensor: str,
+    image: str,
+    max_sandboxes: int,
+    pool_size: int | None = None,
+    lift_limits: bool = True,
 ) -> Config:
     """SandTrap's defaults (pool size unless given, hardening) with loopback listen and one
-    known login."""
+    known login; the per-IP limits lifted unless `lift_limits` is False."""
     pool: dict[str, int] = {"max_sandboxes": max_sandboxes}
     if pool_size is not None:
         pool["size"] = pool_size
     extra: dict[str, Any] = {}
     limits_model = getattr(Config.model_fields.get("limits"), "annotation", None)
-    if limits_model is not None:
+    if limits_model is not None and lift_limits:
         # Per-IP and per-connection limits would throttle a harness whose every client comes
         # from 127.0.0.1: lift those the config has (the harness itself bounds its load).
         known = getattr(limits_model, "model_fields", {})

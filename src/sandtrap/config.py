@@ -121,13 +121,23 @@ class SSHConfig(_Model):
 class LimitsConfig(_Model):
     """What one client, and all of them together, may take from the front (SECURITY.md)."""
 
-    max_connections: int = Field(default=200, ge=1, le=100_000)
-    max_connections_per_ip: int = Field(default=10, ge=1, le=10_000)
-    connections_per_ip_per_minute: int = Field(default=30, ge=1, le=100_000)
+    # Far above one source's MaxStartups `full`, so one flooding address cannot shut others out.
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    max_connections_per_ip: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="logged-in connections (each holds a sandbox) per source address",
+    )
+    # None: off. Refusing connections loses every password they would have tried (issue 13).
+    connections_per_ip_per_minute: int | None = Field(default=None, ge=1, le=100_000)
     max_startups: str = Field(
         default="10:30:100",
-        description="sshd's MaxStartups start:rate:full for unauthenticated connections",
+        description="sshd's MaxStartups start:rate:full for unauthenticated connections, decided "
+        "per source address",
     )
+    refusal_report_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    refusal_report_max_sources: int = Field(default=10_000, ge=1, le=1_000_000)
     session_idle_timeout_seconds: float = Field(default=900.0, gt=0, le=7 * 86400)
     session_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     max_bytes_in: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -1,9 +1,10 @@
 """Limit decisions: pure, synchronous, no I/O, every clock and random source injected.
 
-Owns admission of new connections (per-IP token bucket, sshd-style MaxStartups random early drop,
-concurrent connections globally and per source IP), session deadlines (idle, absolute), byte
-budgets, and the caps on attacker strings we store. Enforcement (closing sockets, writing the
-auto-logout line, events) is left to ssh/ and session.py.
+Owns admission of new connections (sshd-style MaxStartups random early drop per source address,
+concurrent connections globally and logged-in ones per source, an optional per-IP token bucket),
+the aggregation of refusals into one report per source and interval, session deadlines (idle,
+absolute), byte budgets, and the caps on attacker strings we store. Enforcement (closing
+sockets, writing the auto-logout line, events) is left to ssh/ and session.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # --- caps on attacker strings (docs/events.md "Hostile input") ----------------------------------
 # UTF-8 bytes kept of each attacker string in events. OpenSSH itself never accepts more than
@@ -150,9 +151,13 @@ RefusalReason = Literal["rate_limited", "max_connections", "max_connections_per_
 
 @dataclass(frozen=True)
 class AdmissionSettings:
+    """`max_startups` applies per source address; `max_connections` to all connections together;
+    `max_connections_per_ip` to a source's logged-in connections; the rate limit (None: off) to
+    every new connection of a source."""
+
     max_connections: int
     max_connections_per_ip: int
-    connections_per_ip_per_minute: int
+    connections_per_ip_per_minute: int | None
     max_startups: MaxStartups
     memory_max_ips: int = 100_000
 
@@ -167,7 +172,10 @@ class AdmissionStatistics:
 class Admission:
     """Who may connect now. `admit` on accept; `authenticated` and `closed` as the connection goes.
 
-    The caller pairs every admitted connection with exactly one `closed` call.
+    MaxStartups is decided per source address (issue 13): a source's own unauthenticated
+    connections decide its random early drop, so one flooding address sees sshd's behaviour while
+    other addresses are admitted; `max_connections` bounds everything together. The caller pairs
+    every admitted connection with exactly one `closed` call.
     """
 
     def __init__(
@@ -176,45 +184,134 @@ class Admission:
         self._settings = settings
         self._clock = clock
         self._draw = draw
-        self._bucket = TokenBucket(
-            settings.connections_per_ip_per_minute, 60.0, settings.memory_max_ips
-        )
-        self._per_ip: dict[str, int] = {}
+        rate = settings.connections_per_ip_per_minute
+        self._bucket = None if rate is None else TokenBucket(rate, 60.0, settings.memory_max_ips)
+        # Both hold only sources with a live connection, so at most `max_connections` keys.
+        self._unauthenticated: dict[str, int] = {}
+        self._authenticated: dict[str, int] = {}
         self._total = 0
-        self._unauthenticated = 0
 
     def admit(self, ip: str) -> RefusalReason | None:
         """None (and the connection is counted) or why it is refused (and nothing is counted)."""
         s = self._settings
-        if not self._bucket.take(ip, self._clock()):
+        if self._bucket is not None and not self._bucket.take(ip, self._clock()):
             return "rate_limited"
         if self._total >= s.max_connections:
             return "max_connections"
-        if self._per_ip.get(ip, 0) >= s.max_connections_per_ip:
+        if self._authenticated.get(ip, 0) >= s.max_connections_per_ip:
             return "max_connections_per_ip"
-        if s.max_startups.should_drop(self._unauthenticated, self._draw()):
+        if s.max_startups.should_drop(self._unauthenticated.get(ip, 0), self._draw()):
             return "max_startups"
         self._total += 1
-        self._unauthenticated += 1
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        _add(self._unauthenticated, ip, 1)
         return None
 
-    def authenticated(self) -> None:
-        """An admitted connection logged in: it no longer counts towards MaxStartups."""
-        self._unauthenticated = max(0, self._unauthenticated - 1)
+    def authenticated(self, ip: str) -> None:
+        """An admitted connection of `ip` logged in: it leaves MaxStartups and counts towards
+        `max_connections_per_ip`."""
+        _add(self._unauthenticated, ip, -1)
+        _add(self._authenticated, ip, 1)
 
     def closed(self, ip: str, authenticated: bool) -> None:
         self._total = max(0, self._total - 1)
-        if not authenticated:
-            self._unauthenticated = max(0, self._unauthenticated - 1)
-        left = self._per_ip.get(ip, 0) - 1
-        if left > 0:
-            self._per_ip[ip] = left
-        else:
-            self._per_ip.pop(ip, None)
+        _add(self._authenticated if authenticated else self._unauthenticated, ip, -1)
 
     def statistics(self) -> AdmissionStatistics:
-        return AdmissionStatistics(self._total, self._unauthenticated, len(self._per_ip))
+        sources = self._unauthenticated.keys() | self._authenticated.keys()
+        return AdmissionStatistics(self._total, sum(self._unauthenticated.values()), len(sources))
+
+
+def _add(counts: dict[str, int], key: str, delta: int) -> None:
+    left = counts.get(key, 0) + delta
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+# --- aggregated refusals ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefusalCount:
+    """Refusals of one (kind, source, listener port, reason) within one report interval.
+
+    `src_ip` None counts refusals of sources beyond the ledger's bound; `src_port` is the first
+    refused connection's (None for the overflow); `amount` sums what the caller passed with each
+    refusal (bytes received, for instance).
+    """
+
+    kind: str
+    src_ip: str | None
+    src_port: int | None
+    dst_port: int
+    reason: str
+    count: int
+    first: float
+    last: float
+    amount: int
+
+
+_LedgerKey = tuple[str, str | None, int, str]
+
+
+class RefusalLedger:
+    """Counts refused connections so they are reported one line per source and interval.
+
+    A refused socket costs its sender nothing, so one event per socket would let anyone flood or
+    rotate the event log (issue 13: one ssh-audit run gave 3,070 events). `record` counts; `drain`
+    returns what was counted since the last drain and starts a new interval; the caller drains at
+    each interval's end and at shutdown. At most `max_sources` keys are held per interval;
+    refusals of further keys are counted per (kind, port, reason) in an overflow entry with
+    `src_ip` None, never dropped. Times are the caller's clock readings.
+    """
+
+    def __init__(self, max_sources: int) -> None:
+        self._max_sources = max_sources
+        self._counts: dict[_LedgerKey, list[Any]] = {}
+        self._tracked = 0
+
+    def record(
+        self,
+        kind: str,
+        src_ip: str,
+        src_port: int,
+        dst_port: int,
+        reason: str,
+        now: float,
+        amount: int = 0,
+    ) -> bool:
+        """Count one refusal; True when it is the first of this interval (schedule a drain)."""
+        first_of_interval = not self._counts
+        key: _LedgerKey = (kind, src_ip, dst_port, reason)
+        tally = self._counts.get(key)
+        if tally is None and self._tracked >= self._max_sources:
+            key = (kind, None, dst_port, reason)
+            tally = self._counts.get(key)
+        if tally is None:
+            self._tracked += key[1] is not None
+            # [src_port, count, first, last, amount]: mutable, a flood updates it in place.
+            self._counts[key] = [src_port if key[1] is not None else None, 1, now, now, amount]
+        else:
+            tally[1] += 1
+            tally[3] = now
+            tally[4] += amount
+        return first_of_interval
+
+    def drain(self) -> list[RefusalCount]:
+        """Everything counted since the last drain (tracked sources first), and reset."""
+        counts = [
+            RefusalCount(kind, ip, port, dst_port, reason, count, first, last, amount)
+            for (kind, ip, dst_port, reason), (port, count, first, last, amount) in sorted(
+                self._counts.items(), key=lambda item: item[0][1] is None
+            )
+        ]
+        self._counts = {}
+        self._tracked = 0
+        return counts
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
 
 # --- deadlines and byte budgets ------------------------------------------------------------------
@@ -273,6 +370,8 @@ __all__ = [
     "AdmissionStatistics",
     "ByteBudget",
     "MaxStartups",
+    "RefusalCount",
+    "RefusalLedger",
     "TokenBucket",
     "accepted_env",
     "cap_text",

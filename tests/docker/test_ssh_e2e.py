@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import subprocess
@@ -13,6 +14,8 @@ import asyncssh
 import pexpect
 import pytest
 
+from sandtrap.config import SSHConfig
+from sandtrap.ssh.client import guess_passwords
 from tests.docker.service import SSH_OPTS, RunningService, remove_sensor_containers, service_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
@@ -269,3 +272,58 @@ def test_allocation_timeout_closes_like_a_loaded_sshd(tmp_path: Path) -> None:
     finally:
         running.stop()
         remove_sensor_containers(config.sensor)
+
+
+async def _openssh_guesses(port: int, source: str, passwords: list[str], at_once: int) -> list[int]:
+    """One OpenSSH client per password (sshpass answers one prompt), `at_once` at a time."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(password: str) -> int:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                *("sshpass", "-p", password, "ssh", "-p", str(port), "-b", source, *SSH_OPTS),
+                *("-o", "NumberOfPasswordPrompts=1", "root@127.0.0.1", "true"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            return await asyncio.wait_for(proc.wait(), 60)
+
+    return await asyncio.gather(*(one(p) for p in passwords))
+
+
+def test_brute_force_of_96_passwords_8_at_a_time_is_recorded_whole(tmp_path: Path) -> None:
+    # Issue 13: default limits and the default failed-password delay; 48 OpenSSH clients of one
+    # password each, then the scripted guesser with 6 a connection, 8 at a time from 127.0.0.2.
+    delay = SSHConfig.model_fields["auth_failure_delay_seconds"].default
+    config = service_config(
+        tmp_path / "var",
+        ssh={"auth_failure_delay_seconds": delay},
+        pool={"size": 1, "max_sandboxes": 2},
+    )
+    openssh_passwords = [f"bf-ssh-{n:02d}" for n in range(47)] + ["123456"]
+    bot_passwords = [f"bf-bot-{n:02d}" for n in range(48)]
+    running = RunningService(config).start()
+    try:
+        codes = asyncio.run(_openssh_guesses(running.port, "127.0.0.2", openssh_passwords, 8))
+        assert sorted(codes).count(0) == 1  # the bait password logs in and runs `true`
+        result = asyncio.run(
+            guess_passwords(
+                "127.0.0.1",
+                running.port,
+                "root",
+                bot_passwords,
+                concurrency=8,
+                per_connection=6,
+                local_addr=("127.0.0.2", 0),
+                within_seconds=120,
+            )
+        )
+        assert (sorted(result.sent), result.refused) == (bot_passwords, 0)
+    finally:
+        running.stop()
+        remove_sensor_containers(config.sensor)
+    attempts = running.events("auth.failed") + running.events("auth.success")
+    recorded = collections.Counter(e["password"] for e in attempts if e["method"] == "password")
+    assert recorded == collections.Counter(openssh_passwords + bot_passwords)
+    assert {e["src_ip"] for e in attempts} == {"127.0.0.2"}
+    assert running.events("session.refused") == []

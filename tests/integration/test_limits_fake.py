@@ -109,14 +109,14 @@ async def test_input_budget_ends_the_session(start: Start) -> None:
 # --- admission -----------------------------------------------------------------------------------
 
 
-async def test_concurrent_connections_per_ip_refused_like_maxstartups(start: Start) -> None:
+async def test_logged_in_connections_per_ip_refused_like_maxstartups(start: Start) -> None:
     h = await start(limits={"max_connections_per_ip": 2})
     first, second = await h.connect(), await h.connect()
     reader, writer = await _raw(h.port)
     assert await _read_all(reader) == DEBIAN12.max_startups_text
     writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
-    assert (refused.reason, refused.limit) == ("max_connections_per_ip", 2)
+    assert (refused.reason, refused.limit, refused.count) == ("max_connections_per_ip", 2, 1)
     assert not isinstance(refused, ev.SessionEvent)
     first.close()
     await first.wait_closed()
@@ -127,34 +127,100 @@ async def test_concurrent_connections_per_ip_refused_like_maxstartups(start: Sta
     second.close()
 
 
-async def test_global_cap_and_max_startups(start: Start) -> None:
-    h = await start(limits={"max_startups": "2", "max_connections_per_ip": 50})
-    idle = [await _raw(h.port) for _ in range(2)]
-    for reader, _ in idle:
-        assert (await reader.readline()).startswith(b"SSH-2.0-OpenSSH_")
+async def _hold_unauthenticated(
+    port: int, source: str, limit: int
+) -> tuple[list[asyncio.StreamWriter], int]:
+    """Open sockets from `source` (sending nothing) until `limit` of them got a banner; returns
+    them and how many were refused with `Exceeded MaxStartups` on the way."""
+    held: list[asyncio.StreamWriter] = []
+    refused = 0
+    for _ in range(50 * limit):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        line = await asyncio.wait_for(reader.readline(), 5)
+        if line.startswith(b"SSH-2.0-OpenSSH_"):
+            held.append(writer)
+            if len(held) == limit:
+                break
+        else:
+            assert line + await _read_all(reader) == DEBIAN12.max_startups_text
+            refused += 1
+            writer.close()
+    return held, refused
+
+
+async def test_one_flooding_address_does_not_shut_others_out(start: Start) -> None:
+    # Issue 13: MaxStartups per source address. 127.0.0.2 fills its own `full`, then sees what
+    # sshd sends; 127.0.0.3 still logs in, and the flood is one aggregated event.
+    h = await start(limits={"max_startups": "4:30:12"})
+    held, refused = await _hold_unauthenticated(h.port, "127.0.0.2", 12)
+    assert len(held) == 12
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", h.port, local_addr=("127.0.0.2", 0)
+        )
+        assert await _read_all(reader) == DEBIAN12.max_startups_text  # at full: every one
+        writer.close()
+    async with await h.connect(local_addr=("127.0.0.3", 0)) as other:
+        assert (await other.run("echo ok")).stdout == "ok\n"
+    (event,) = await h.sink.wait_for(ev.SessionRefused)
+    assert (event.src_ip, event.reason, event.limit) == ("127.0.0.2", "max_startups", 12)
+    assert event.count == refused + 5
+    assert event.first_timestamp <= event.last_timestamp
+    for writer in held:
+        writer.close()
+    await asyncio.sleep(0.3)
+    assert len(h.sink.of(ev.SessionRefused)) == 1  # one line for the whole flood
+
+
+async def test_global_cap_bounds_all_sources(start: Start) -> None:
+    h = await start(limits={"max_connections": 3})
+    held = []
+    for n in range(3):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", h.port, local_addr=(f"127.0.0.{n + 2}", 0)
+        )
+        assert (await reader.readline()).startswith(b"SSH-2.0-")
+        held.append(writer)
     reader, writer = await _raw(h.port)
     assert await _read_all(reader) == DEBIAN12.max_startups_text
     writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
-    assert refused.reason == "max_startups"
-    for _, w in idle:
+    assert (refused.reason, refused.limit, refused.src_ip) == ("max_connections", 3, "127.0.0.1")
+    for w in held:
         w.close()
-    await h.sink.wait_for(ev.SessionClosed, 2)
+    await h.sink.wait_for(ev.SessionClosed, 3)
     async with await h.connect() as conn:
         assert (await conn.run("echo ok")).stdout == "ok\n"
 
 
-async def test_new_connections_per_ip_are_rate_limited(start: Start) -> None:
-    h = await start(limits={"connections_per_ip_per_minute": 3, "max_connections_per_ip": 50})
+async def test_rate_limit_is_opt_in(start: Start) -> None:
+    h = await start(limits={"connections_per_ip_per_minute": 3})
     for _ in range(3):
         reader, writer = await _raw(h.port)
         assert (await reader.readline()).startswith(b"SSH-2.0-")
         writer.close()
-    reader, writer = await _raw(h.port)
-    assert await _read_all(reader) == b""  # closed before the banner, no text
-    writer.close()
+    for _ in range(4):
+        reader, writer = await _raw(h.port)
+        assert await _read_all(reader) == b""  # closed before the banner, no text
+        writer.close()
     (refused,) = await h.sink.wait_for(ev.SessionRefused)
-    assert (refused.reason, refused.src_ip) == ("rate_limited", "127.0.0.1")
+    assert (refused.reason, refused.src_ip, refused.count) == ("rate_limited", "127.0.0.1", 4)
+
+
+async def test_refusals_are_reported_at_shutdown(start: Start) -> None:
+    h = await start(limits={"max_startups": "1", "refusal_report_interval_seconds": 3600})
+    reader, held = await _raw(h.port)
+    assert (await reader.readline()).startswith(b"SSH-2.0-")
+    for _ in range(3):
+        reader, writer = await _raw(h.port)
+        assert await _read_all(reader) == DEBIAN12.max_startups_text
+        writer.close()
+    await asyncio.sleep(0.2)
+    assert not h.sink.of(ev.SessionRefused)  # the interval has not ended
+    held.close()
+    await h.front.wait_closed()
+    (refused,) = h.sink.of(ev.SessionRefused)
+    assert (refused.reason, refused.count) == ("max_startups", 3)
 
 
 # --- PROXY protocol ------------------------------------------------------------------------------

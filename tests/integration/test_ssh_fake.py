@@ -93,6 +93,8 @@ async def start(tmp_path: Path, host_keys_dir: Path) -> AsyncIterator[Start]:
         """A front on a pool of `engine` (a working FakeEngine by default)."""
         data: dict[str, Any] = {
             "ssh": {"listen": ["127.0.0.1:0"], "auth_failure_delay_seconds": 0.05},
+            # Refusal reports every 0.1 s, so tests see them without waiting a minute.
+            "limits": {"refusal_report_interval_seconds": 0.1},
             "storage": {"data_dir": str(tmp_path)},
             "pool": {"allocate_timeout_seconds": 2},
         }

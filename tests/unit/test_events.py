@@ -11,6 +11,7 @@ from sandtrap.events import (
     AuthFailed,
     Peer,
     SessionConnect,
+    SessionRefused,
     record_keys,
     to_json_line,
     to_record,
@@ -30,6 +31,23 @@ def test_record_has_common_fields_first() -> None:
     assert record["timestamp"] == "2026-01-02T03:04:05.000006Z"
     assert record["eventid"] == "session.connect"
     assert record["src_ip"] == "203.0.113.7"
+
+
+def test_refusal_counts_serialise_with_the_common_keys_once() -> None:
+    overflow = SessionRefused(
+        src_ip=None,
+        src_port=None,
+        dst_port=22,
+        reason="max_startups",
+        limit=100,
+        count=7655,
+        first_timestamp="2026-01-02T03:04:05.000006Z",
+        last_timestamp="2026-01-02T03:04:15.000006Z",
+    )
+    record = json.loads(to_json_line(overflow, "sensor-1"))
+    assert list(record) == record_keys(SessionRefused)
+    assert list(record)[3:7] == ["session", "src_ip", "src_port", "dst_port"]
+    assert (record["src_ip"], record["src_port"], record["count"]) == (None, None, 7655)
 
 
 def test_hostile_strings_stay_on_one_line() -> None:

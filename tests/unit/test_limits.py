@@ -10,8 +10,11 @@ from sandtrap.limits import (
     MAX_COMMAND_BYTES,
     Admission,
     AdmissionSettings,
+    AdmissionStatistics,
     ByteBudget,
     MaxStartups,
+    RefusalCount,
+    RefusalLedger,
     TokenBucket,
     accepted_env,
     cap_text,
@@ -63,44 +66,70 @@ def test_max_startups_parse_and_drop_curve() -> None:
             MaxStartups.parse(bad)
 
 
-def _admission(clock: FakeClock, draw: float = 99.9, **kw: int) -> Admission:
-    settings = {
-        "max_connections": 5,
-        "max_connections_per_ip": 2,
-        "connections_per_ip_per_minute": 100,
-    } | kw
-    return Admission(
-        AdmissionSettings(max_startups=MaxStartups(3, 50, 4), **settings),
-        clock=clock,
-        draw=lambda: draw,
+def _admission(
+    clock: FakeClock,
+    draw: float = 99.9,
+    max_connections: int = 6,
+    max_connections_per_ip: int = 2,
+    connections_per_ip_per_minute: int | None = None,
+) -> Admission:
+    settings = AdmissionSettings(
+        max_connections=max_connections,
+        max_connections_per_ip=max_connections_per_ip,
+        connections_per_ip_per_minute=connections_per_ip_per_minute,
+        max_startups=MaxStartups(3, 50, 4),
     )
+    return Admission(settings, clock=clock, draw=lambda: draw)
 
 
-def test_admission_counts_per_ip_and_globally() -> None:
-    clock = FakeClock()
-    gate = _admission(clock)
+def test_max_startups_is_decided_per_source() -> None:
+    gate = _admission(FakeClock(), max_connections=100)
+    for _ in range(3):
+        assert gate.admit("1.1.1.1") is None
+    assert gate.admit("1.1.1.1") is None  # 3 of its own: 50% drop, the draw says no
+    assert gate.admit("1.1.1.1") == "max_startups"  # 4 of its own = full
+    # Another source has none of its own: admitted whatever the draw.
+    assert _admission(FakeClock(), draw=0.0).admit("2.2.2.2") is None
+    for n in range(3):
+        assert gate.admit("2.2.2.2") is None, n
+    gate.closed("1.1.1.1", authenticated=False)
     assert gate.admit("1.1.1.1") is None
+    assert gate.statistics() == AdmissionStatistics(7, 7, 2)
+
+
+def test_per_ip_cap_counts_logged_in_connections_only() -> None:
+    gate = _admission(FakeClock(), max_connections=100)
+    for _ in range(3):
+        assert gate.admit("1.1.1.1") is None  # 3 unauthenticated: no per-IP cap on them
+    gate.authenticated("1.1.1.1")
+    gate.authenticated("1.1.1.1")
+    assert gate.statistics() == AdmissionStatistics(3, 1, 1)
+    assert gate.admit("1.1.1.1") == "max_connections_per_ip"  # 2 logged in
+    assert gate.admit("2.2.2.2") is None
+    gate.closed("1.1.1.1", authenticated=True)
     assert gate.admit("1.1.1.1") is None
-    assert gate.admit("1.1.1.1") == "max_connections_per_ip"
-    gate.authenticated()
-    gate.authenticated()
-    for ip in ("2.2.2.2", "3.3.3.3", "4.4.4.4"):
-        assert gate.admit(ip) is None
-    assert gate.admit("5.5.5.5") == "max_connections"
+    gate.closed("1.1.1.1", authenticated=False)
+    gate.closed("1.1.1.1", authenticated=False)
     gate.closed("1.1.1.1", authenticated=True)
-    assert gate.statistics().connections == 4
-    assert gate.admit("5.5.5.5") is None  # 3 unauthenticated: 50% drop, the draw says no
-    gate.closed("1.1.1.1", authenticated=True)
-    assert gate.admit("6.6.6.6") == "max_startups"  # 4 unauthenticated = full
     gate.closed("2.2.2.2", authenticated=False)
-    assert gate.statistics().unauthenticated == 3
-    assert gate.statistics().source_ips == 3
-    # Below start: admitted whatever the draw.
-    assert _admission(clock, draw=0.0).admit("9.9.9.9") is None
+    assert gate.statistics() == AdmissionStatistics(0, 0, 0)
 
 
-def test_admission_rate_limit_uses_the_clock() -> None:
+def test_global_cap_bounds_all_sources() -> None:
+    gate = _admission(FakeClock())
+    for n in range(6):
+        assert gate.admit(f"10.0.0.{n}") is None
+    assert gate.admit("10.0.0.9") == "max_connections"
+    gate.closed("10.0.0.0", authenticated=False)
+    assert gate.admit("10.0.0.9") is None
+
+
+def test_rate_limit_is_off_unless_configured() -> None:
     clock = FakeClock()
+    gate = _admission(clock, max_connections=10_000, max_connections_per_ip=100)
+    for _ in range(1000):
+        assert gate.admit("1.1.1.1") is None
+        gate.closed("1.1.1.1", authenticated=False)
     gate = _admission(clock, connections_per_ip_per_minute=2, max_connections_per_ip=100)
     assert gate.admit("1.1.1.1") is None
     assert gate.admit("1.1.1.1") is None
@@ -110,14 +139,34 @@ def test_admission_rate_limit_uses_the_clock() -> None:
     assert gate.admit("1.1.1.1") == "rate_limited"
 
 
-def test_max_startups_random_early_drop_uses_the_draw() -> None:
-    clock = FakeClock()
-    low, high = _admission(clock, draw=10.0), _admission(clock, draw=90.0)
-    for gate in (low, high):
-        for n in range(3):
-            assert gate.admit(f"10.0.0.{n}") is None
-    assert low.admit("10.0.0.9") == "max_startups"  # 10 < 50% at start
-    assert high.admit("10.0.0.9") is None
+def test_refusal_ledger_counts_per_source_and_reason_then_resets() -> None:
+    ledger = RefusalLedger(max_sources=10)
+    assert ledger.record("session", "1.1.1.1", 5000, 22, "max_startups", 1.0)
+    for n in range(999):
+        assert not ledger.record("session", "1.1.1.1", 5001 + n, 22, "max_startups", 2.0 + n)
+    ledger.record("session", "1.1.1.1", 7000, 22, "max_connections", 3.0)
+    ledger.record("proxy", "1.1.1.1", 7001, 2223, "timeout", 4.0, amount=10)
+    ledger.record("proxy", "1.1.1.1", 7002, 2223, "timeout", 5.0, amount=5)
+    assert len(ledger) == 3
+    assert ledger.drain() == [
+        RefusalCount("session", "1.1.1.1", 5000, 22, "max_startups", 1000, 1.0, 1000.0, 0),
+        RefusalCount("session", "1.1.1.1", 7000, 22, "max_connections", 1, 3.0, 3.0, 0),
+        RefusalCount("proxy", "1.1.1.1", 7001, 2223, "timeout", 2, 4.0, 5.0, 15),
+    ]
+    assert ledger.drain() == []
+    assert ledger.record("session", "1.1.1.1", 5000, 22, "max_startups", 9.0)  # a new interval
+
+
+def test_refusal_ledger_counts_sources_beyond_its_bound_without_holding_them() -> None:
+    ledger = RefusalLedger(max_sources=2)
+    for n in range(10_000):  # a flood from rotating addresses
+        ledger.record("session", f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", n, 22, "x", n)
+    ledger.record("session", "10.0.0.1", 1, 22, "x", 20_000.0)  # tracked: counted on its own
+    assert len(ledger) == 3
+    tracked_a, tracked_b, overflow = ledger.drain()
+    assert (tracked_a.src_ip, tracked_a.count) == ("10.0.0.0", 1)
+    assert (tracked_b.src_ip, tracked_b.count, tracked_b.last) == ("10.0.0.1", 2, 20_000.0)
+    assert overflow == RefusalCount("session", None, None, 22, "x", 9998, 2.0, 9999.0, 0)
 
 
 def test_expired_names_the_deadline() -> None:

@@ -60,11 +60,22 @@ class SessionEvent(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class SourceEvent(Event):
-    """An event about a source that never became a session (refused before any SSH data)."""
+    """Refused connections of one source that never became sessions, counted per interval.
 
-    src_ip: str
-    src_port: int
+    One event per (source, listener port, reason) and `limits.refusal_report_interval_seconds`,
+    written when the interval ends (or at shutdown), so a flood of refused sockets is a few lines,
+    never one per socket. `src_ip` None counts the refusals of sources beyond
+    `limits.refusal_report_max_sources` (`src_port` is None then); otherwise `src_port` is the
+    first refused connection's. `first_timestamp`/`last_timestamp` are the first and last refusal.
+    """
+
+    src_ip: str | None
+    src_port: int | None
     dst_port: int
+    reason: str
+    count: int
+    first_timestamp: str
+    last_timestamp: str
 
 
 def to_record(event: Event, sensor: str) -> dict[str, Any]:
@@ -97,7 +108,7 @@ def record_keys(event_type: type[Event]) -> list[str]:
         "eventid",
         "sensor",
         *COMMON_KEYS,
-        *(name for name in own if name not in ("timestamp", "peer")),
+        *(name for name in own if name not in ("timestamp", "peer", *COMMON_KEYS)),
     ]
 
 

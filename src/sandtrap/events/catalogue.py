@@ -27,23 +27,23 @@ class SessionConnect(SessionEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class SessionRefused(SourceEvent):
-    """A new connection was refused by a limit before any SSH data (the client sees what a loaded
-    sshd sends: `Exceeded MaxStartups`, or a bare close when rate limited)."""
+    """New connections refused by a limit before any SSH data (the client sees what a loaded sshd
+    sends: `Exceeded MaxStartups`, or a bare close when rate limited); counted per source and
+    interval."""
 
     eventid: ClassVar[str] = "session.refused"
-    reason: str
     limit: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProxyRefused(SourceEvent):
-    """A connection on a PROXY protocol listener sent no valid header in time; it was closed.
+    """Connections on a PROXY protocol listener that sent no valid header in time; each was closed.
 
-    `src_ip`/`src_port` are the socket's peer (the balancer, or whoever reached the listener).
+    `src_ip`/`src_port` are the socket's peer (the balancer, or whoever reached the listener);
+    `bytes_received` is the sum over the counted connections.
     """
 
     eventid: ClassVar[str] = "proxy.refused"
-    reason: str
     bytes_received: int
 
 

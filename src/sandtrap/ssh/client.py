@@ -1,7 +1,8 @@
-"""SandTrap as an SSH client of itself: one password login that runs one command.
+"""SandTrap as an SSH client of itself: one password login that runs one command, and a scripted
+password guesser.
 
-Used by `sandtrap verify-security` to time a fresh login after its bombs; kept here because
-asyncssh lives only in `ssh/` (DESIGN.md).
+The login is `sandtrap verify-security`'s (a fresh login after its bombs); the guesser drives the
+brute-force tests and benchmark. Kept here because asyncssh lives only in `ssh/` (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -43,3 +44,83 @@ async def login_and_run(
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         return LoginResult("", time.monotonic() - started, str(exc) or type(exc).__name__)
     return LoginResult(str(result.stdout or ""), time.monotonic() - started)
+
+
+# --- a scripted password guesser (tests and bench/: "every attempt recorded") -----------------
+
+
+@dataclass(frozen=True)
+class GuessResult:
+    """What a guessing run saw: passwords sent (an answer came or the connection ended after it),
+    connections opened and refused before authentication, and the run's length."""
+
+    sent: list[str]
+    connections: int
+    refused: int
+    elapsed: float
+
+
+class _Guesser(asyncssh.SSHClient):
+    def __init__(self, pending: list[str], sent: list[str], per_connection: int) -> None:
+        self._pending = pending
+        self._sent = sent
+        self._left = per_connection
+
+    def password_auth_requested(self) -> str | None:
+        if not self._left or not self._pending:
+            return None
+        self._left -= 1
+        password = self._pending.pop()
+        self._sent.append(password)
+        return password
+
+
+async def guess_passwords(
+    host: str,
+    port: int,
+    username: str,
+    passwords: list[str],
+    *,
+    concurrency: int,
+    per_connection: int,
+    local_addr: tuple[str, int] | None = None,
+    within_seconds: float = 600,
+) -> GuessResult:
+    """Try `passwords` as a brute-forcer does: `concurrency` connections at once, each trying up
+    to `per_connection` passwords (the server may end it sooner), a new connection when one ends,
+    until every password was sent. A connection refused before authentication sends nothing, so
+    nothing is lost on the client's side: its passwords go to the next connection.
+
+    Raises:
+        TimeoutError: not done within `within_seconds`.
+    """
+    pending = list(reversed(passwords))
+    sent: list[str] = []
+    connections = refused = 0
+    started = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal connections, refused
+        while pending:
+            connections += 1
+            before = len(sent)
+            try:
+                conn, _ = await asyncssh.create_connection(
+                    lambda: _Guesser(pending, sent, per_connection),
+                    host,
+                    port,
+                    username=username,
+                    known_hosts=None,
+                    client_keys=None,
+                    agent_path=None,
+                    preferred_auth="password",
+                    local_addr=local_addr,
+                )
+                conn.close()  # a password was accepted: this bot moves on
+            except (OSError, asyncssh.Error):
+                if len(sent) == before:
+                    refused += 1
+
+    async with asyncio.timeout(within_seconds):
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return GuessResult(sent, connections, refused, time.monotonic() - started)

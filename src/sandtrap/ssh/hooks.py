@@ -98,7 +98,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         self.session.logged_in(username)
         if not self._authenticated:
             self._authenticated = True
-            self._front.admission.authenticated()
+            self._front.admission.authenticated(self.peer.src_ip)
 
     def client_kex_received(self, client_version: str, kexinit: ClientKexInit) -> None:
         digest, algorithms = hassh(

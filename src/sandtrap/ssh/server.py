@@ -12,13 +12,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sandtrap import events as ev
 from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config, parse_listen
-from sandtrap.events import EventSink, Peer
-from sandtrap.limits import Admission, AdmissionSettings, MaxStartups
+from sandtrap.events import EventSink, Peer, rfc3339
+from sandtrap.limits import Admission, AdmissionSettings, MaxStartups, RefusalLedger
 from sandtrap.paths import DataLayout
 from sandtrap.persona import Persona, persona_for
 from sandtrap.sandbox.base import SandboxProvider
@@ -78,6 +79,9 @@ class SSHFront:
             clock=time.monotonic,
             draw=lambda: _random.uniform(0.0, 100.0),
         )
+        self._refusals = RefusalLedger(limits.refusal_report_max_sources)
+        self._refusal_timer: asyncio.TimerHandle | None = None
+        self._final_report_done = False
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -147,31 +151,63 @@ class SSHFront:
     def admit(self, peer: Address, local: Address) -> str | None:
         refusal = self.admission.admit(peer[0])
         if refusal is not None:
-            limits = self.config.limits
-            limit = {
-                "rate_limited": limits.connections_per_ip_per_minute,
-                "max_connections": limits.max_connections,
-                "max_connections_per_ip": limits.max_connections_per_ip,
-                "max_startups": MaxStartups.parse(limits.max_startups).full,
-            }[refusal]
-            log.info("refused connection from %s:%d: %s", peer[0], peer[1], refusal)
-            self.events.emit(
-                ev.SessionRefused(
-                    src_ip=peer[0], src_port=peer[1], dst_port=local[1], reason=refusal, limit=limit
-                )
-            )
+            # Per socket only at DEBUG: a refused socket costs its sender nothing (issue 13).
+            log.debug("refused connection from %s:%d: %s", peer[0], peer[1], refusal)
+            self._count_refusal("session", peer, local, refusal, 0)
         return refusal
 
     def proxy_refused(self, peer: Address, local: Address, reason: str, received: int) -> None:
-        self.events.emit(
-            ev.ProxyRefused(
-                src_ip=peer[0],
-                src_port=peer[1],
-                dst_port=local[1],
-                reason=reason,
-                bytes_received=received,
-            )
-        )
+        self._count_refusal("proxy", peer, local, reason, received)
+
+    # --- refusal reports (limits.RefusalLedger) ---------------------------------------------------
+
+    def _count_refusal(
+        self, kind: str, peer: Address, local: Address, reason: str, amount: int
+    ) -> None:
+        now = time.time()
+        if self._refusals.record(kind, peer[0], peer[1], local[1], reason, now, amount):
+            if self._final_report_done:
+                # A PROXY header timing out after shutdown's report: nothing left to wait for.
+                self.report_refusals()
+                return
+            interval = self.config.limits.refusal_report_interval_seconds
+            loop = asyncio.get_running_loop()
+            self._refusal_timer = loop.call_later(interval, self.report_refusals)
+
+    def report_refusals(self) -> None:
+        """Emit one event per source and reason counted since the last report (the interval's
+        end, and shutdown)."""
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        limits = self.config.limits
+        limit_of = {
+            "rate_limited": limits.connections_per_ip_per_minute or 0,
+            "max_connections": limits.max_connections,
+            "max_connections_per_ip": limits.max_connections_per_ip,
+            "max_startups": MaxStartups.parse(limits.max_startups).full,
+        }
+        for tally in self._refusals.drain():
+            common: dict[str, Any] = {
+                "src_ip": tally.src_ip,
+                "src_port": tally.src_port,
+                "dst_port": tally.dst_port,
+                "reason": tally.reason,
+                "count": tally.count,
+                "first_timestamp": rfc3339(datetime.fromtimestamp(tally.first, UTC)),
+                "last_timestamp": rfc3339(datetime.fromtimestamp(tally.last, UTC)),
+            }
+            if tally.src_ip is None:
+                log.warning(
+                    "%d refusals (%s) from sources beyond limits.refusal_report_max_sources",
+                    tally.count,
+                    tally.reason,
+                )
+            if tally.kind == "session":
+                event: ev.Event = ev.SessionRefused(limit=limit_of[tally.reason], **common)
+            else:
+                event = ev.ProxyRefused(bytes_received=tally.amount, **common)
+            self.events.emit(event)
 
     def new_session(self, peer: Peer, link: Link, on_disconnected: Callable[[], None]) -> Session:
         """The Session of a new connection (not yet running: `adopt` starts it)."""
@@ -222,6 +258,8 @@ class SSHFront:
         await self.wait_connections_closed()
         for server in self._servers:
             await server.wait_closed()
+        self.report_refusals()
+        self._final_report_done = True
 
 
 async def start_ssh_server(
