@@ -190,12 +190,25 @@ def _ssh_benchmarks(
         peer_results = {
             t.peer.name: load_bench.burst_results(t, sizes, load_steps.burst_warmup) for t in others
         }
+        running.stop()  # one SandTrap at a time: first on its shipped defaults, then a big pool
+        default = RunningService(
+            bench_config(
+                workdir / "sandtrap-default", run.sensor, args.image, None, lift_limits=False
+            )
+        )
+        cleanup.push("SandTrap service (default config)", default.stop)
+        default.start()
+        default.wait_warm(600)
+        default_target = load_bench.LoadTarget(
+            Peer(ssh_bench.SANDTRAP, default.port, BENCH_USER, BENCH_PASSWORD, os.getpid()),
+            lambda: _settle(default, 600),
+        )
         our_results = {
-            f"pool {running.config.pool.size}": load_bench.burst_results(
-                ours, sizes, load_steps.burst_warmup
+            "default config": load_bench.burst_results(
+                default_target, sizes, load_steps.burst_warmup
             )
         }
-        running.stop()  # one SandTrap at a time: the next one keeps a pool of `big_pool`
+        default.stop()
         big = RunningService(
             bench_config(
                 workdir / "sandtrap-big-pool",

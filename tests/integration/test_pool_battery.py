@@ -19,6 +19,8 @@ from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected 
     Sink,
     peer,
     sh,
+    test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served,
+    test_concurrent_connections_of_one_source_share_one_sandbox,
     test_max_sandboxes_and_allocation_timeout,
     test_outage_members_are_rechecked_and_refill_resumes,
     test_release_stops_and_keeps_the_sandbox,
@@ -84,7 +86,9 @@ async def test_slow_creates_time_the_allocation_out(backend: Backend, engine: Fa
     async with backend.pool(backend.config(pool={"size": 1}), Sink()) as pool:
         with pytest.raises(PoolExhausted):
             await pool.allocate(peer(1))
-        assert pool.statistics().creating == 1
+        # The warm member and one more for the login that waited: both still being created.
+        assert pool.statistics().creating == 2
+        assert pool.statistics().waiting == 0
 
 
 async def test_members_from_before_an_outage_are_checked_before_use(
