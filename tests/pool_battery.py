@@ -300,14 +300,14 @@ async def test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served(
     backend: Backend,
 ) -> None:
     """Logins that find no idle sandbox wait while one is created for each (no drop), and the
-    warm target grows with the arrivals, then shrinks back once the window is quiet."""
+    warm target grows with the arrivals (the shrink back is tested on the fake engine)."""
     sink = Sink()
     config = backend.config(
         pool={
             "size": 1,
             "max_warm": 3,
             "max_sandboxes": 8,
-            "grow_window_seconds": backend.health_interval * 4,
+            "grow_window_seconds": backend.patience * 2,
             "allocate_timeout_seconds": backend.patience,
         }
     )
@@ -320,11 +320,4 @@ async def test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served(
         # Five arrivals in the window: the warm target is max_warm (3), within the cap (8 - 5).
         assert pool.statistics().target == 3
         await backend.warm(pool, 3)
-        for box, p in zip(boxes, peers, strict=True):
-            await pool.release(box, p)
-        # The window empties, the health check trims the surplus down to size.
-        async with asyncio.timeout(backend.patience):
-            while pool.statistics().idle > 1:
-                await asyncio.sleep(backend.health_interval / 2)
-        assert pool.statistics().target == 1
-        assert len(await backend.pool_members()) == 1
+        assert len(await backend.pool_members()) == 3

@@ -33,7 +33,7 @@ from sandtrap.sandbox.hardening import (
 )
 from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
-from sandtrap.sandbox.retention import enforce_retention
+from sandtrap.sandbox.retention import Retention
 from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
@@ -85,7 +85,7 @@ class Pool:
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = DataLayout(config.storage.data_dir).artifacts
         self._log_hostnames: dict[str, str | None] = {}
-        self._pruning = asyncio.Lock()
+        self._retention = Retention(self._engine, config.retention, events, config.sensor)
         self._sources = SourceLocks()
 
     # --- views -------------------------------------------------------------------------------
@@ -118,6 +118,7 @@ class Pool:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
             tasks.create_task(self._health_loop(), name="pool-health")
+            tasks.create_task(self._retention_loop(), name="pool-retention")
             if started is not None:
                 started.set()
             self._wanted.set()
@@ -149,15 +150,11 @@ class Pool:
                 await self.release(busy.sandbox, peer)
 
     async def prune(self) -> list[str]:
-        """Apply the retention policy now; returns the ids removed.
+        """Apply the retention policy now; returns the ids removed."""
+        return await self._retention.prune()
 
-        One at a time: sessions that end together would otherwise race to remove the same
-        oldest sandbox.
-        """
-        async with self._pruning:
-            return await enforce_retention(
-                self._engine, self._config.retention, self._events, self._config.sensor
-            )
+    async def _retention_loop(self) -> None:
+        await self._retention.run(lambda exc: self._engine_failed("prune", exc))
 
     def _engine_failed(self, operation: str, exc: Exception) -> None:
         message = str(exc)
@@ -435,10 +432,7 @@ class Pool:
             if released is not None:
                 released.set()
         self._wanted.set()
-        try:
-            await self.prune()
-        except SandboxError as exc:
-            self._engine_failed("prune", exc)
+        self._retention.wanted()
 
 
 __all__ = ["Pool", "PoolStatistics"]
