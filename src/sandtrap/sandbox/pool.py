@@ -31,7 +31,7 @@ from sandtrap.sandbox.hardening import (
     prepare,
     session_name,
 )
-from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
+from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.retention import Retention
 from sandtrap.sandbox.sources import SourceLocks
@@ -85,6 +85,7 @@ class Pool:
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = DataLayout(config.storage.data_dir).artifacts
         self._log_hostnames: dict[str, str | None] = {}
+        self._forensics = ForensicsTurns()
         self._retention = Retention(self._engine, config.retention, events, config.sensor)
         self._sources = SourceLocks()
 
@@ -371,12 +372,14 @@ class Pool:
                         if (sandbox := self._state.take_idle()) is None:
                             # A waiting login is demand: the refill creates one for it.
                             self._state.begin_wait()
+                            self._forensics.logins_waiting(True)
                             try:
                                 while (sandbox := self._state.take_idle()) is None:
                                     self._wanted.set()
                                     await self._changed.wait()
                             finally:
                                 self._state.end_wait()
+                                self._forensics.logins_waiting(self._state.statistics().waiting > 0)
                     if await self._still_alive(sandbox):
                         break
         except TimeoutError:
@@ -425,6 +428,7 @@ class Pool:
                 self._artifacts,
                 self._config.sandbox.artifact_max_bytes,
                 self._engine_failed,
+                self._forensics.turn,
             )
         finally:
             self._state.end_release(release)
