@@ -62,15 +62,7 @@ class Subprocess:
                 "max_startups": "1000:30:1000",
                 **limits,
             },
-            # A fixed pool (no growth with arrivals): the figure under test is the front's latency
-            # during a flood, not refill CPU competing with it.
-            "pool": {
-                "size": 3,
-                "max_warm": 3,
-                "max_sandboxes": 8,
-                "allocate_timeout_seconds": 20,
-                "create_concurrency": 2,
-            },
+            "pool": {"size": 3, "max_sandboxes": 8, "allocate_timeout_seconds": 20},
             "sandbox": {"image": IMAGE},
             "storage": {"data_dir": str(self.data_dir)},
         }

@@ -29,8 +29,6 @@ from tests.docker.service import dockerd_pid, dockerd_restart, remove_sensor_con
 from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected here
     Backend,
     sh,
-    test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served,
-    test_concurrent_connections_of_one_source_share_one_sandbox,
     test_max_sandboxes_and_allocation_timeout,
     test_outage_members_are_rechecked_and_refill_resumes,
     test_release_stops_and_keeps_the_sandbox,
@@ -116,11 +114,8 @@ async def running_pool(config: Config, sink: Sink) -> AsyncIterator[Pool]:
             await engine.close()
 
 
-def info(n: int = 1, ip: str | None = None) -> Peer:
-    """Session `n` from its own source address (connections of one address share a sandbox)."""
-    return Peer(
-        session_id=f"{n:012x}", src_ip=ip or f"203.0.113.{10 + n}", src_port=40000 + n, dst_port=22
-    )
+def info(n: int = 1, ip: str = "203.0.113.10") -> Peer:
+    return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
 
 
 async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -> None:
@@ -144,7 +139,7 @@ async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -
         assert host["NanoCpus"] == 500_000_000
         assert not details["Mounts"]
         assert details["Config"]["Labels"]["sandtrap.sensor"] == sensor
-        assert details["Name"] == "/sandtrap-s-000000000001-203.0.113.11"
+        assert details["Name"] == "/sandtrap-s-000000000001-203.0.113.10"
         assert details["Config"]["Hostname"] in ("web-prod-03", "db-prod-01")
         assert sink.of("sandbox.allocated")[0].container_id == sandbox.id
         # The pool refills to its size behind the allocation.

@@ -220,7 +220,6 @@ class SandboxAllocated(SessionEvent):
     image: str
     wait_ms: float
     sticky: bool = False
-    shared: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
