@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -24,7 +25,7 @@ from bench.peers import Peer
 from bench.resources import Cleanup, Run, become_subreaper, remove_labelled_containers
 from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
 from bench.stats import Figure, render_text
-from sandtrap.config import DEFAULT_IMAGE
+from sandtrap.config import DEFAULT_IMAGE, Config
 
 BENCHMARKS = (
     "pool",
@@ -86,6 +87,24 @@ def _settle(running: RunningService, timeout_seconds: float = 300) -> None:
     while running.busy() and time.monotonic() < deadline:
         time.sleep(0.5)
     running.wait_warm(max(1.0, deadline - time.monotonic()))
+
+
+def _bursts_of(
+    config: Config, label: str, cleanup: Cleanup, sizes: Sequence[int], warmup: int
+) -> dict[int, load_bench.BurstResult]:
+    """A SandTrap started on `config` for the bursts alone, stopped after them."""
+    service = RunningService(config)
+    cleanup.push(f"SandTrap service ({label})", service.stop)
+    service.start()
+    try:
+        service.wait_warm(600)
+        target = load_bench.LoadTarget(
+            Peer(ssh_bench.SANDTRAP, service.port, BENCH_USER, BENCH_PASSWORD, os.getpid()),
+            lambda: _settle(service, 600),
+        )
+        return load_bench.burst_results(target, sizes, warmup)
+    finally:
+        service.stop()
 
 
 def _emit_all(new: list[Figure], figures: list[Figure], targets: list[Peer]) -> None:
@@ -190,31 +209,23 @@ def _ssh_benchmarks(
         peer_results = {
             t.peer.name: load_bench.burst_results(t, sizes, load_steps.burst_warmup) for t in others
         }
-        our_results = {
-            f"pool {running.config.pool.size}": load_bench.burst_results(
-                ours, sizes, load_steps.burst_warmup
-            )
-        }
-        running.stop()  # one SandTrap at a time: the next one keeps a pool of `big_pool`
-        big = RunningService(
-            bench_config(
+        running.stop()  # one SandTrap at a time: first on its shipped defaults, then a big pool
+        configs = {
+            "default config": bench_config(
+                workdir / "sandtrap-default", run.sensor, args.image, None, lift_limits=False
+            ),
+            f"pool {load_steps.big_pool}": bench_config(
                 workdir / "sandtrap-big-pool",
                 run.sensor,
                 args.image,
                 max_sandboxes=MAX_SANDBOXES,
                 pool_size=load_steps.big_pool,
-            )
-        )
-        cleanup.push("SandTrap service (big pool)", big.stop)
-        big.start()
-        big.wait_warm(600)
-        big_target = load_bench.LoadTarget(
-            Peer(ssh_bench.SANDTRAP, big.port, BENCH_USER, BENCH_PASSWORD, os.getpid()),
-            lambda: _settle(big, 600),
-        )
-        our_results[f"pool {load_steps.big_pool}"] = load_bench.burst_results(
-            big_target, sizes, load_steps.burst_warmup
-        )
+            ),
+        }
+        our_results = {
+            label: _bursts_of(config, label, cleanup, sizes, load_steps.burst_warmup)
+            for label, config in configs.items()
+        }
         for figure in load_bench.burst_figures(our_results, peer_results, sizes):
             _emit(figure, figures, targets[:2])
     return figures

@@ -57,17 +57,29 @@ class BurstResult:
     seconds: float  # from the first client's start until the last one finished
 
 
+def source_address(n: int) -> str:
+    """The loopback source of the burst's n-th client (0-based): 127.0.1.1, 127.0.1.2, ...
+
+    A burst of distinct attackers comes from distinct addresses; on loopback every 127/8 address
+    is local, so `ssh -b` binds each client to its own (up to 250 per /24, then the next /24).
+    """
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
 def burst(peer: Peer, count: int, timeout_seconds: float = 240) -> BurstResult:
-    """Start `count` `ssh host 'echo burst-ok'` clients at once; count those that got a shell."""
+    """Start `count` `ssh host 'echo burst-ok'` clients at once, each from its own source address
+    (`ssh -b`); count those that got a shell."""
     argv = ssh_argv(peer.port, peer.user, peer.password, f"echo {_BURST_WORD.decode()}")
+    ssh_at = argv.index("ssh") + 1
     started = time.monotonic()
     deadline = started + timeout_seconds
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(count):
+        for n in range(count):
+            bound = [*argv[:ssh_at], "-b", source_address(n), *argv[ssh_at:]]
             procs.append(
                 subprocess.Popen(
-                    argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+                    bound, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
                 )
             )
         outputs = _collect(procs, deadline)
@@ -158,12 +170,15 @@ def burst_figures(
                 )
             )
     note = (
-        "Each burst starts N `ssh host 'echo burst-ok'` clients (sshpass + OpenSSH) at once; a "
+        "Each burst starts N `ssh host 'echo burst-ok'` clients (sshpass + OpenSSH) at once, each "
+        "bound to its own loopback source address (`ssh -b 127.0.1.N`): N distinct attackers. A "
         "login counts when its client printed `burst-ok` and exited 0. Time: from the first "
         "client's start until the last one finished (got a shell or gave up); bounded at 240 s. "
         "One burst per row after a small warm-up burst, the target settled (sessions closed, "
-        "pool refilled) in between. SandTrap: allocate_timeout_seconds and create_concurrency "
-        "at their defaults, max_sandboxes 220; the peers have no pool (one shared container)."
+        "pool refilled) in between. SandTrap `default config`: Config() as shipped (pool.size, "
+        "max_warm, max_sandboxes, allocate_timeout_seconds, create_concurrency and every limit "
+        "at their defaults); `pool N`: the same with pool.size N and max_sandboxes 220. The "
+        "peers have no pool (one shared container)."
     )
     shells.notes.append(note)
     seconds.notes.append("See the note of the figure above.")

@@ -26,13 +26,15 @@ def bench_config(
     data_dir: Path,
     sensor: str,
     image: str,
-    max_sandboxes: int,
+    max_sandboxes: int | None,
     pool_size: int | None = None,
     lift_limits: bool = True,
 ) -> Config:
-    """SandTrap's defaults (pool size unless given, hardening) with loopback listen and one
-    known login; the per-IP limits lifted unless `lift_limits` is False."""
-    pool: dict[str, int] = {"max_sandboxes": max_sandboxes}
+    """SandTrap's defaults (pool size and max_sandboxes unless given, hardening) with loopback
+    listen and one known login; the per-IP limits lifted unless `lift_limits` is False."""
+    pool: dict[str, int] = {}
+    if max_sandboxes is not None:
+        pool["max_sandboxes"] = max_sandboxes
     if pool_size is not None:
         pool["size"] = pool_size
     extra: dict[str, Any] = {}

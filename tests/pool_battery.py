@@ -115,8 +115,12 @@ class Backend:
         }
 
 
-def peer(n: int, ip: str = "203.0.113.10") -> Peer:
-    return Peer(session_id=f"{n:012x}", src_ip=ip, src_port=40000 + n, dst_port=22)
+def peer(n: int, ip: str | None = None) -> Peer:
+    """Session `n`, from its own source address unless `ip` says otherwise (connections of one
+    address share a sandbox)."""
+    return Peer(
+        session_id=f"{n:012x}", src_ip=ip or f"203.0.113.{10 + n}", src_port=40000 + n, dst_port=22
+    )
 
 
 async def sh(sandbox: Sandbox, command: str, user: str = "root") -> tuple[int, str]:
@@ -146,7 +150,7 @@ async def test_warms_up_to_its_size_and_refills_behind_an_allocation(backend: Ba
         assert await sh(sandbox, "hostname") == (0, f"{sandbox.hostname}\n")
         details = await backend.engine.inspect(sandbox.id)
         assert details["State"]["Running"] is True
-        assert details["Name"] == "/sandtrap-s-000000000001-203.0.113.10"
+        assert details["Name"] == "/sandtrap-s-000000000001-203.0.113.11"
         assert await sandbox.ensure_user("oracle") == "/home/oracle"
         await backend.warm(pool)
         assert pool.statistics().busy == 1
@@ -271,3 +275,49 @@ async def test_restart_reconciles_and_retention_prunes(backend: Backend) -> None
     assert all(item["State"] == "exited" for item in left)
     assert kept[0] not in {item["Id"] for item in left}
     assert [e.reason for e in sink2.of("sandbox.pruned")] == ["max_count"]
+
+
+async def test_concurrent_connections_of_one_source_share_one_sandbox(backend: Backend) -> None:
+    """pool.share_per_source (the default): one machine per source address, as a real server is;
+    the sandbox is stopped only when its last connection lets go."""
+    ip = "198.51.100.20"
+    sink = Sink()
+    async with backend.pool(backend.config(pool={"size": 1}), sink) as pool:
+        boxes = await asyncio.gather(*(pool.allocate(peer(n, ip)) for n in (1, 2, 3)))
+        assert len({box.id for box in boxes}) == 1
+        assert pool.statistics().busy == 1
+        assert [e.shared for e in sink.of("sandbox.allocated")] == [False, True, True]
+        other = await pool.allocate(peer(4))
+        assert other.id != boxes[0].id
+        await pool.release(boxes[0], peer(1, ip))
+        await pool.release(boxes[1], peer(2, ip))
+        assert not sink.of("sandbox.released")
+        await pool.release(boxes[2], peer(3, ip))
+        assert [e.container_id for e in sink.of("sandbox.released")] == [boxes[0].id]
+
+
+async def test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served(
+    backend: Backend,
+) -> None:
+    """Logins that find no idle sandbox wait while one is created for each (no drop), and the
+    warm target grows with the arrivals (the shrink back is tested on the fake engine)."""
+    sink = Sink()
+    config = backend.config(
+        pool={
+            "size": 1,
+            "max_warm": 3,
+            "max_sandboxes": 8,
+            "grow_window_seconds": backend.patience * 2,
+            "allocate_timeout_seconds": backend.patience,
+        }
+    )
+    async with backend.pool(config, sink) as pool:
+        await backend.warm(pool)
+        peers = [peer(n) for n in range(1, 6)]
+        boxes = await asyncio.gather(*(pool.allocate(p) for p in peers))
+        assert len({box.id for box in boxes}) == 5
+        assert not sink.of("sandbox.allocation_failed")
+        # Five arrivals in the window: the warm target is max_warm (3), within the cap (8 - 5).
+        assert pool.statistics().target == 3
+        await backend.warm(pool, 3)
+        assert len(await backend.pool_members()) == 3

@@ -32,7 +32,7 @@ def _service(tmp_path_factory: pytest.TempPathFactory, sticky: bool) -> Iterator
 
 @pytest.fixture(scope="module")
 def honeypot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """One sandbox per connection (the default)."""
+    """One sandbox per source address (the default), fresh for each new connection."""
     yield from _service(tmp_path_factory, sticky=False)
 
 
@@ -187,22 +187,36 @@ def test_sticky_connections_of_one_ip_share_a_sandbox(sticky_honeypot: RunningSe
     assert sticky_honeypot.ssh("cat /root/shared").stdout == b"from-first\n"
 
 
-def test_concurrent_logins_get_different_sandboxes_and_channels_share(
+def test_concurrent_logins_of_one_address_share_a_machine_others_get_their_own(
     honeypot: RunningService,
 ) -> None:
+    """pool.share_per_source: two connections from one address see one machine, as on a real
+    server; a connection from another address (bound to 127.0.0.2) gets a sandbox of its own."""
+
     async def scenario() -> tuple[str, str, str]:
         async with (
             await _connect(honeypot.port) as first,
             await _connect(honeypot.port) as second,
+            await _connect(honeypot.port, local_addr=("127.0.0.2", 0)) as stranger,
         ):
             await first.run("echo shared > /root/mark", check=True)
-            again = await first.run("cat /root/mark; cat /proc/1/cpuset", check=True)
-            other = await second.run("cat /root/mark 2>&1; true", check=True)
-            return str(again.stdout), str(other.stdout), str(first.get_extra_info("local_peername"))
+            again = await second.run("cat /root/mark", check=True)
+            other = await stranger.run("cat /root/mark 2>&1; true", check=True)
+            hostnames = {
+                str((await conn.run("cat /proc/sys/kernel/hostname", check=True)).stdout)
+                for conn in (first, second)
+            }
+            return str(again.stdout), str(other.stdout), str(len(hostnames))
 
-    same, other, _ = asyncio.run(scenario())
-    assert same.startswith("shared\n")
+    same, other, hostnames = asyncio.run(scenario())
+    assert same == "shared\n"
     assert "No such file" in other
+    assert hostnames == "1"
+    allocated = [e for e in honeypot.events("sandbox.allocated") if e["src_ip"] == "127.0.0.1"]
+    assert any(e["shared"] for e in allocated)
+    strangers = [e for e in honeypot.events("sandbox.allocated") if e["src_ip"] == "127.0.0.2"]
+    assert strangers
+    assert strangers[-1]["container_id"] not in {e["container_id"] for e in allocated}
 
 
 def test_forwarding_is_refused_with_the_real_engine(honeypot: RunningService) -> None:
@@ -255,6 +269,10 @@ def test_allocation_timeout_closes_like_a_loaded_sshd(tmp_path: Path) -> None:
                     "-p",
                     str(running.port),
                     *SSH_OPTS,
+                    # Another address: a second login from the holder's own address would share
+                    # the holder's sandbox (pool.share_per_source) instead of waiting for one.
+                    "-b",
+                    "127.0.0.2",
                     "root@127.0.0.1",
                     "echo should-not-run",
                     stdout=asyncio.subprocess.PIPE,

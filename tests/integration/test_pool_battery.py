@@ -19,6 +19,8 @@ from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected 
     Sink,
     peer,
     sh,
+    test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served,
+    test_concurrent_connections_of_one_source_share_one_sandbox,
     test_max_sandboxes_and_allocation_timeout,
     test_outage_members_are_rechecked_and_refill_resumes,
     test_release_stops_and_keeps_the_sandbox,
@@ -84,7 +86,9 @@ async def test_slow_creates_time_the_allocation_out(backend: Backend, engine: Fa
     async with backend.pool(backend.config(pool={"size": 1}), Sink()) as pool:
         with pytest.raises(PoolExhausted):
             await pool.allocate(peer(1))
-        assert pool.statistics().creating == 1
+        # The warm member and one more for the login that waited: both still being created.
+        assert pool.statistics().creating == 2
+        assert pool.statistics().waiting == 0
 
 
 async def test_members_from_before_an_outage_are_checked_before_use(
@@ -99,7 +103,10 @@ async def test_members_from_before_an_outage_are_checked_before_use(
         (before,) = await backend.pool_members()
         engine.outage()
         await pool.release(first, peer(1))
-        # Reported once each; the diff and the retention pass after the stop fail the same way.
+        # Reported once each; the diff and the retention pass (the pool's own task, asked for
+        # by the release) after the stop fail the same way.
+        async with asyncio.timeout(backend.patience):
+            await sink.wait_for("sandbox.error", 3)
         assert [e.operation for e in sink.of("sandbox.error")] == ["stop", "diff", "prune"]
         engine.restore()
         sandbox = await pool.allocate(peer(2))
@@ -150,3 +157,48 @@ async def test_a_sandbox_over_its_disk_budget_is_stopped(
         assert diff.changes == [{"path": "/tmp/dropper.sh", "kind": "added"}]
         (artifact,) = sink.of("sandbox.artifact")
         assert Path(artifact.artifact).read_bytes() == payload
+
+
+async def test_retention_inspects_each_kept_sandbox_once_and_coalesces_after_releases(
+    backend: Backend, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of releases must not make the engine size every kept sandbox once per release
+    (that stalled sandbox creation in a burst of 100): stopped sandboxes are inspected once."""
+    inspected: list[str] = []
+    real_inspect = engine.inspect
+
+    async def counting_inspect(container_id: str, size: bool = False) -> dict[str, object]:
+        if size:
+            inspected.append(container_id)
+        return await real_inspect(container_id, size=size)
+
+    monkeypatch.setattr(engine, "inspect", counting_inspect)
+    sink = Sink()
+    async with backend.pool(backend.config(pool={"size": 1, "max_sandboxes": 8}), sink) as pool:
+        boxes = [await pool.allocate(peer(n)) for n in range(1, 5)]
+        for n, box in enumerate(boxes, 1):
+            await pool.release(box, peer(n))
+        await pool.prune()
+        await pool.prune()
+        assert sorted(inspected) == sorted(box.id for box in boxes)
+
+
+async def test_the_grown_pool_shrinks_back_to_its_size_once_arrivals_are_quiet(
+    backend: Backend,
+) -> None:
+    config = backend.config(
+        pool={"size": 1, "max_warm": 3, "max_sandboxes": 8, "grow_window_seconds": 0.2}
+    )
+    async with backend.pool(config, Sink()) as pool:
+        await backend.warm(pool)
+        peers = [peer(n) for n in range(1, 6)]
+        boxes = await asyncio.gather(*(pool.allocate(p) for p in peers))
+        await backend.warm(pool, 3)
+        for box, p in zip(boxes, peers, strict=True):
+            await pool.release(box, p)
+        # The window empties, the health check trims the surplus down to size.
+        async with asyncio.timeout(backend.patience):
+            while pool.statistics().idle > 1:
+                await asyncio.sleep(backend.health_interval)
+        assert pool.statistics().target == 1
+        assert len(await backend.pool_members()) == 1

@@ -19,7 +19,11 @@ def test_defaults_are_safe() -> None:
     config = Config()
     assert config.ssh.listen == ["0.0.0.0:2222"]
     assert config.sandbox.network == "none"
-    assert config.pool.size == 3
+    # A warm floor, room to grow for a burst of distinct sources, logins that wait (issue 13).
+    assert config.pool.size == 10
+    assert config.pool.warm_ceiling() == 40
+    assert config.pool.max_sandboxes == 200
+    assert config.pool.share_per_source is True
     assert "SYS_ADMIN" not in config.sandbox.cap_add
     assert config.auth.accept_after_failures == 0
 
@@ -184,3 +188,9 @@ def test_docs_list_no_unknown_options() -> None:
         m for m in re.findall(r"^\| `([a-z_.]+)`", docs, flags=re.MULTILINE) if m not in sections
     }
     assert listed <= known, listed - known
+
+
+def test_warm_ceiling_stays_between_size_and_the_cap() -> None:
+    assert Config.model_validate({"pool": {"size": 2, "max_sandboxes": 4}}).pool.warm_ceiling() == 4
+    pool = Config.model_validate({"pool": {"size": 30, "max_warm": 5}}).pool
+    assert pool.warm_ceiling() == 30

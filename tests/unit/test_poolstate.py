@@ -180,3 +180,75 @@ def test_release_of_another_ips_sandbox_leaves_sticky_alone() -> None:
     state.remember_sticky("192.0.2.1", Member("y"))
     release = state.begin_release("x", peer(1, "192.0.2.1"))
     assert release.last and release.sticky is None
+
+
+def make_growing(
+    size: int = 2, max_warm: int = 5, max_sandboxes: int = 10
+) -> tuple[PoolState[Member], Clock]:
+    clock = Clock()
+    state = PoolState(
+        [WeightedImage(image="a", weight=1)],
+        size=size,
+        max_warm=max_warm,
+        grow_window_seconds=60,
+        max_sandboxes=max_sandboxes,
+        sticky_ttl_seconds=60,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    return state, clock
+
+
+def test_warm_target_follows_recent_arrivals_between_size_and_max_warm() -> None:
+    state, clock = make_growing(size=2, max_warm=5)
+    assert state.target() == 2
+    for _ in range(3):
+        state.record_arrival()
+    assert state.target() == 3
+    for _ in range(10):
+        state.record_arrival()
+    assert state.target() == 5  # capped at max_warm
+    clock.now += 61
+    assert state.target() == 2  # a quiet window: back to the floor
+    assert state.statistics().target == 2
+
+
+def test_waiting_logins_are_demand_beyond_the_target_within_the_cap() -> None:
+    state, _ = make_growing(size=2, max_warm=5, max_sandboxes=6)
+    for _ in range(4):
+        state.begin_wait()
+    # Target 2 plus 4 waiting, and the cap leaves room for all six.
+    assert len(state.plan_refill()) == 6
+    assert state.statistics().waiting == 4
+    for n in range(3):
+        state.take_busy(Member(f"b{n}"), peer(n, ip=f"198.51.100.{n}"))
+    assert len(state.plan_refill()) == 3  # the cap (6) minus three busy
+    for _ in range(4):
+        state.end_wait()
+    assert len(state.plan_refill()) == 2
+
+
+def test_surplus_idle_is_trimmed_only_when_nobody_waits() -> None:
+    state, clock = make_growing(size=1, max_warm=4)
+    for _ in range(4):
+        state.record_arrival()
+    for n in range(4):
+        state.add_idle(Member(f"m{n}"))
+    assert state.surplus_idle() == []
+    clock.now += 61
+    assert [m.id for m in state.surplus_idle()] == ["m0", "m1", "m2"]  # the oldest first
+    state.begin_wait()
+    assert state.surplus_idle() == []
+
+
+def test_a_source_address_finds_the_sandbox_its_other_connection_holds() -> None:
+    state, _ = make_growing()
+    box = Member("box")
+    state.take_busy(box, peer(1, ip="198.51.100.7"))
+    assert state.busy_for_source("198.51.100.7") is box
+    assert state.busy_for_source("198.51.100.8") is None
+    state.share("box", peer(2, ip="198.51.100.7"))
+    assert not state.begin_release("box", peer(1, ip="198.51.100.7")).last
+    assert state.busy_for_source("198.51.100.7") is box
+    assert state.begin_release("box", peer(2, ip="198.51.100.7")).last
+    assert state.busy_for_source("198.51.100.7") is None

@@ -220,6 +220,7 @@ class SandboxAllocated(SessionEvent):
     image: str
     wait_ms: float
     sticky: bool = False
+    shared: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

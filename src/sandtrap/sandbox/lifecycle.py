@@ -7,8 +7,11 @@ removed) and recorded. Retention is left to `sandbox/retention.py`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from sandtrap.errors import SandboxError, SandboxGone
@@ -20,6 +23,41 @@ from sandtrap.sandbox.forensics import capture_changes
 from sandtrap.sandbox.hardening import POOL_PREFIX, SESSION_PREFIX, sandbox_labels
 
 log = logging.getLogger(__name__)
+
+# A session's forensics (the engine's layer diff, the archive reads of changed files) contends
+# with sandbox creation for the engine's storage driver: in a burst of 60 logins from distinct
+# addresses, the diffs of sessions already ended made the burst take 90 s instead of 27 s
+# (docs/performance.md). A released sandbox is stopped at once, so its disk no longer changes and
+# its diff can wait its turn: at most FORENSICS_CONCURRENCY at a time, and for at most
+# FORENSICS_YIELD_SECONDS while logins wait for a sandbox.
+FORENSICS_CONCURRENCY = 2
+FORENSICS_YIELD_SECONDS = 30.0
+
+
+class ForensicsTurns:
+    """Who records a released sandbox's changes when: logins waiting for a sandbox go first."""
+
+    def __init__(self, yield_seconds: float = FORENSICS_YIELD_SECONDS) -> None:
+        self._slots = asyncio.Semaphore(FORENSICS_CONCURRENCY)
+        self._no_login_waits = asyncio.Event()
+        self._no_login_waits.set()
+        self._yield_seconds = yield_seconds
+
+    def logins_waiting(self, waiting: bool) -> None:
+        """The pool says whether any login now waits for a sandbox."""
+        if waiting:
+            self._no_login_waits.clear()
+        else:
+            self._no_login_waits.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait while logins wait (bounded, so forensics is never starved), then take a slot."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._yield_seconds):
+                await self._no_login_waits.wait()
+        async with self._slots:
+            yield
 
 
 async def reconcile(engine: ContainerEngine, sensor: str) -> None:
@@ -43,8 +81,9 @@ async def stop_and_record(
     artifacts_dir: Path,
     artifact_max_bytes: int,
     failed: Callable[[str, Exception], None],
+    turn: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
 ) -> None:
-    """Stop the sandbox, emit `sandbox.released`, then its diff and artifacts.
+    """Stop the sandbox, emit `sandbox.released`, then (in its `turn`) its diff and artifacts.
 
     Never raises for engine failures: `failed` reports them (the pool's own accounting).
     """
@@ -60,6 +99,9 @@ async def stop_and_record(
     # Only the pool's own sandboxes carry the baseline that keeps our preparation out of the diff.
     if isinstance(sandbox, ContainerSandbox):
         try:
-            await capture_changes(engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes)
+            async with turn():
+                await capture_changes(
+                    engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes
+                )
         except SandboxError as exc:
             failed("diff", exc)

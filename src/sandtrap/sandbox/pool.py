@@ -31,9 +31,10 @@ from sandtrap.sandbox.hardening import (
     prepare,
     session_name,
 )
-from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
+from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
-from sandtrap.sandbox.retention import enforce_retention
+from sandtrap.sandbox.retention import Retention
+from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
 
@@ -68,6 +69,8 @@ class Pool:
         self._state: PoolState[ContainerSandbox] = PoolState(
             self._images,
             size=config.pool.size,
+            max_warm=config.pool.warm_ceiling(),
+            grow_window_seconds=config.pool.grow_window_seconds,
             max_sandboxes=config.pool.max_sandboxes,
             sticky_ttl_seconds=config.pool.sticky_ttl_seconds,
             clock=time.monotonic,
@@ -82,8 +85,9 @@ class Pool:
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = DataLayout(config.storage.data_dir).artifacts
         self._log_hostnames: dict[str, str | None] = {}
-        self._create_slots = asyncio.Semaphore(config.pool.create_concurrency)
-        self._pruning = asyncio.Lock()
+        self._forensics = ForensicsTurns()
+        self._retention = Retention(self._engine, config.retention, events, config.sensor)
+        self._sources = SourceLocks()
 
     # --- views -------------------------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Pool:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
             tasks.create_task(self._health_loop(), name="pool-health")
+            tasks.create_task(self._retention_loop(), name="pool-retention")
             if started is not None:
                 started.set()
             self._wanted.set()
@@ -146,15 +151,11 @@ class Pool:
                 await self.release(busy.sandbox, peer)
 
     async def prune(self) -> list[str]:
-        """Apply the retention policy now; returns the ids removed.
+        """Apply the retention policy now; returns the ids removed."""
+        return await self._retention.prune()
 
-        One at a time: sessions that end together would otherwise race to remove the same
-        oldest sandbox.
-        """
-        async with self._pruning:
-            return await enforce_retention(
-                self._engine, self._config.retention, self._events, self._config.sensor
-            )
+    async def _retention_loop(self) -> None:
+        await self._retention.run(lambda exc: self._engine_failed("prune", exc))
 
     def _engine_failed(self, operation: str, exc: Exception) -> None:
         message = str(exc)
@@ -165,34 +166,33 @@ class Pool:
     # --- refill ------------------------------------------------------------------------------
 
     async def _refill_loop(self) -> None:
+        # create_concurrency workers, each re-planning after every sandbox: demand that arrives
+        # during a burst is planned at once, never after a whole batch. The engine serialises
+        # much of container start-up, so a few at a time refill fastest and leave the CPU to the
+        # sessions being served meanwhile.
+        async with asyncio.TaskGroup() as workers:
+            for n in range(self._config.pool.create_concurrency):
+                workers.create_task(self._refill_worker(), name=f"pool-refill-{n}")
+
+    async def _refill_worker(self) -> None:
         delay = self._retry_delays[0]
         while True:
-            await self._wanted.wait()
-            self._wanted.clear()
             plan = self._state.plan_refill()
             if not plan:
+                await self._wanted.wait()
+                self._wanted.clear()
                 continue
-            results = await asyncio.gather(
-                *(self._create_limited(image) for image in plan), return_exceptions=True
-            )
-            failures = [r for r in results if isinstance(r, BaseException)]
-            for failure in failures:
-                if not isinstance(failure, Exception):
-                    raise failure
-                self._engine_failed("create", failure)
-            if failures:
+            if len(plan) > 1:
+                self._wanted.set()  # more to do than this worker takes: wake another
+            try:
+                await self._create_one(plan[0])
+            except Exception as exc:  # any engine failure: counted, retried with backoff
+                self._engine_failed("create", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_delays[1])
             else:
                 delay = self._retry_delays[0]
                 self._state.engine_answered(clear_error=True)
-            self._wanted.set()
-
-    async def _create_limited(self, image: str) -> None:
-        # The engine serialises much of container start-up; a few at a time refill fastest and
-        # leave the CPU to the sessions being served meanwhile.
-        async with self._create_slots:
-            await self._create_one(image)
 
     async def _create_one(self, image: str) -> None:
         self._state.begin_create(image)
@@ -228,6 +228,7 @@ class Pool:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.pool.health_interval_seconds)
+            await self._trim()
             for sandbox in self._state.idle_members():
                 try:
                     state = (await self._engine.inspect(sandbox.id)).get("State", {})
@@ -247,10 +248,61 @@ class Pool:
                     self._wanted.set()
             self._state.forget_expired_sticky()
 
+    async def _trim(self) -> None:
+        """Shrink back towards the warm target once arrivals are quiet (surplus idle removed)."""
+        surplus = self._state.surplus_idle()
+        for sandbox in surplus:
+            if self._state.drop_idle(sandbox):
+                with contextlib.suppress(SandboxError):
+                    await self._engine.remove(sandbox.id)
+        if surplus:
+            log.info("pool shrank by %d idle sandboxes to its target", len(surplus))
+
     # --- allocation ---------------------------------------------------------------------------
 
     async def allocate(self, peer: Peer) -> ContainerSandbox:
+        """A sandbox for `peer`: the one its source address already uses (pool.share_per_source),
+        its sticky one, or an idle member, waiting for one to be created when none is idle.
+
+        Raises:
+            PoolExhausted: none within pool.allocate_timeout_seconds.
+        """
         started = time.monotonic()
+        if not (self._config.pool.share_per_source or self._config.pool.sticky):
+            return await self._allocate(peer, started)
+        # One allocation at a time per source address, so that its concurrent logins share.
+        async with self._sources.hold(peer.src_ip):
+            # Sticky mode shares through its own entry (and marks the allocation sticky).
+            if self._config.pool.share_per_source and not self._config.pool.sticky:
+                shared = self._state.busy_for_source(peer.src_ip)
+                if shared is not None:
+                    self._state.share(shared.id, peer)
+                    self._emit_allocated(peer, shared, started, sticky=False, shared=True)
+                    return shared
+            return await self._allocate(peer, started)
+
+    def _emit_allocated(
+        self,
+        peer: Peer,
+        sandbox: ContainerSandbox,
+        started: float,
+        *,
+        sticky: bool,
+        shared: bool,
+    ) -> None:
+        self._events.emit(
+            SandboxAllocated(
+                peer=peer,
+                container_id=sandbox.id,
+                hostname=sandbox.hostname,
+                image=sandbox.image,
+                wait_ms=round((time.monotonic() - started) * 1000, 3),
+                sticky=sticky,
+                shared=shared,
+            )
+        )
+
+    async def _allocate(self, peer: Peer, started: float) -> ContainerSandbox:
         sandbox = None
         if self._config.pool.sticky:
             try:
@@ -263,26 +315,19 @@ class Pool:
                     "sticky sandbox for %s still being released; using a fresh one", peer.src_ip
                 )
         sticky = sandbox is not None
-        if sandbox is not None and self._state.is_busy(sandbox.id):
+        shared = sandbox is not None and self._state.is_busy(sandbox.id)
+        if sandbox is not None and shared:
             # The IP's sandbox is in use by another of its connections: one machine, shared.
             self._state.share(sandbox.id, peer)
         else:
             if sandbox is None:
+                self._state.record_arrival()
                 sandbox = await self._wait_idle(peer)
             await self._take_busy(sandbox, peer, rename=not sticky)
         if self._config.pool.sticky:
             self._state.remember_sticky(peer.src_ip, sandbox)
         self._wanted.set()
-        self._events.emit(
-            SandboxAllocated(
-                peer=peer,
-                container_id=sandbox.id,
-                hostname=sandbox.hostname,
-                image=sandbox.image,
-                wait_ms=round((time.monotonic() - started) * 1000, 3),
-                sticky=sticky,
-            )
-        )
+        self._emit_allocated(peer, sandbox, started, sticky=sticky, shared=shared)
         return sandbox
 
     async def _take_busy(self, sandbox: ContainerSandbox, peer: Peer, rename: bool) -> None:
@@ -324,9 +369,17 @@ class Pool:
             async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
                 while True:
                     async with self._changed:
-                        while (sandbox := self._state.take_idle()) is None:
-                            self._wanted.set()
-                            await self._changed.wait()
+                        if (sandbox := self._state.take_idle()) is None:
+                            # A waiting login is demand: the refill creates one for it.
+                            self._state.begin_wait()
+                            self._forensics.logins_waiting(True)
+                            try:
+                                while (sandbox := self._state.take_idle()) is None:
+                                    self._wanted.set()
+                                    await self._changed.wait()
+                            finally:
+                                self._state.end_wait()
+                                self._forensics.logins_waiting(self._state.statistics().waiting > 0)
                     if await self._still_alive(sandbox):
                         break
         except TimeoutError:
@@ -375,6 +428,7 @@ class Pool:
                 self._artifacts,
                 self._config.sandbox.artifact_max_bytes,
                 self._engine_failed,
+                self._forensics.turn,
             )
         finally:
             self._state.end_release(release)
@@ -382,10 +436,7 @@ class Pool:
             if released is not None:
                 released.set()
         self._wanted.set()
-        try:
-            await self.prune()
-        except SandboxError as exc:
-            self._engine_failed("prune", exc)
+        self._retention.wanted()
 
 
 __all__ = ["Pool", "PoolStatistics"]

@@ -1,8 +1,9 @@
 """The pool's decisions as a plain state object: no I/O, no asyncio, clock and randomness injected.
 
-Owns what the pool knows (idle, busy and creating members, sticky entries, engine outages) and
-decides from it (how many to create of which image, which idle member to hand out, whether one
-must be re-checked first, what a release leaves). `sandbox/pool.py` does the I/O around it.
+Owns what the pool knows (idle, busy and creating members, logins waiting and recently arrived,
+sticky entries, engine outages) and decides from it (the warm target, how many to create of which
+image, which idle member to hand out or trim, whether one must be re-checked first, which busy
+sandbox a source already has, what a release leaves). `sandbox/pool.py` does the I/O around it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class PoolStatistics:
     created_total: int
     errors_total: int
     engine_ok: bool
+    waiting: int = 0
+    target: int = 0
 
 
 @dataclass
@@ -121,10 +124,18 @@ class PoolState(Generic[S]):
         sticky_ttl_seconds: float,
         clock: Callable[[], float],
         rng: random.Random,
+        max_warm: int | None = None,
+        grow_window_seconds: float = 120.0,
     ) -> None:
+        """`size` is the warm floor; with `max_warm` above it the warm target follows the logins
+        of the last `grow_window_seconds` (None: a fixed pool of `size`)."""
         self.images = list(images)
         self.size = size
+        self.max_warm = max(size, max_warm if max_warm is not None else size)
+        self.grow_window_seconds = grow_window_seconds
         self.max_sandboxes = max_sandboxes
+        self._arrivals: deque[float] = deque()
+        self._waiting = 0
         self.sticky_ttl_seconds = sticky_ttl_seconds
         self._clock = clock
         self._rng = rng
@@ -150,6 +161,8 @@ class PoolState(Generic[S]):
             created_total=self.created_total,
             errors_total=self.errors_total,
             engine_ok=self.engine_ok,
+            waiting=self._waiting,
+            target=self.target(),
         )
 
     def room(self) -> int:
@@ -157,11 +170,62 @@ class PoolState(Generic[S]):
         stats = self.statistics()
         return self.max_sandboxes - stats.idle - stats.busy - stats.creating
 
+    # --- demand ----------------------------------------------------------------------------
+
+    def record_arrival(self) -> None:
+        """A login asked for a sandbox: it counts towards the warm target for the window."""
+        self._arrivals.append(self._clock())
+        self._expire_arrivals()
+
+    def _expire_arrivals(self) -> None:
+        cutoff = self._clock() - self.grow_window_seconds
+        while self._arrivals and self._arrivals[0] < cutoff:
+            self._arrivals.popleft()
+        # The window never needs more entries than the ceiling it can raise the target to.
+        while len(self._arrivals) > self.max_warm:
+            self._arrivals.popleft()
+
+    def target(self) -> int:
+        """Warm sandboxes wanted now: the recent logins, between size and max_warm."""
+        self._expire_arrivals()
+        return max(self.size, min(self.max_warm, len(self._arrivals)))
+
+    def begin_wait(self) -> None:
+        """A login waits for an idle member: one more to create beyond the warm target."""
+        self._waiting += 1
+
+    def end_wait(self) -> None:
+        self._waiting -= 1
+
     # --- refill ----------------------------------------------------------------------------
 
     def plan_refill(self) -> list[str]:
+        """What to create now: the warm target plus one per waiting login, within max_sandboxes."""
         idle = {image: len(queue) for image, queue in self._idle.items()}
-        return plan_refill(self.images, idle, self._creating, self.size, self.room())
+        wanted = self.target() + self._waiting
+        return plan_refill(self.images, idle, self._creating, wanted, self.room())
+
+    def surplus_idle(self) -> list[S]:
+        """Idle members beyond the warm target while nobody waits: the oldest, to remove."""
+        if self._waiting:
+            return []
+        extra = sum(len(queue) for queue in self._idle.values()) - self.target()
+        if extra <= 0:
+            return []
+        # Trim the image furthest above its share first; within an image, the oldest first.
+        target = self.target()
+        total_weight = sum(item.weight for item in self.images)
+        left = {image: len(queue) for image, queue in self._idle.items()}
+        surplus: list[S] = []
+        for _ in range(extra):
+            image = max(
+                (item for item in self.images if left[item.image]),
+                key=lambda item: left[item.image] - target * item.weight / total_weight,
+            ).image
+            queue = self._idle[image]
+            surplus.append(queue[len(queue) - left[image]])
+            left[image] -= 1
+        return surplus
 
     def begin_create(self, image: str) -> None:
         self._creating[image] = self._creating.get(image, 0) + 1
@@ -217,6 +281,13 @@ class PoolState(Generic[S]):
 
     def is_busy(self, sandbox_id: str) -> bool:
         return sandbox_id in self._busy
+
+    def busy_for_source(self, src_ip: str) -> S | None:
+        """The sandbox another live connection of `src_ip` holds, if any (per-source sharing)."""
+        for busy in self._busy.values():
+            if any(peer.src_ip == src_ip for peer in busy.sessions.values()):
+                return busy.sandbox
+        return None
 
     def take_busy(self, sandbox: S, peer: Peer) -> InUse[S]:
         busy = InUse(sandbox, {peer.session_id: peer}, self._clock())
