@@ -131,6 +131,8 @@ SECCOMP_ALLOW = 'seccomp={"defaultAction":"SCMP_ACT_ALLOW"}'
         ("HostConfig.Runtime", "runsc-debug", 'Runtime must be "runc"'),
         ("HostConfig.PidMode", "host", "HostConfig.PidMode is not a field"),
         ("HostConfig.IpcMode", "host", "IpcMode must be"),
+        ("HostConfig.CgroupnsMode", "host", 'CgroupnsMode must be "private"'),
+        ("HostConfig.CgroupnsMode", KeyError, "CgroupnsMode is missing"),
         ("HostConfig.UTSMode", "host", "HostConfig.UTSMode is not a field"),
         ("HostConfig.UsernsMode", "host", "HostConfig.UsernsMode is not a field"),
         ("HostConfig.VolumesFrom", ["other"], "HostConfig.VolumesFrom is not a field"),

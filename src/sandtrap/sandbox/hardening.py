@@ -157,6 +157,9 @@ def container_body(
         ],
         "Runtime": config.runtime,
         "IpcMode": "private",
+        # Its own cgroup namespace: /proc/self/cgroup shows "/" instead of /docker/<id> (issue 15),
+        # and the sandbox cannot see the host's cgroup tree.
+        "CgroupnsMode": "private",
         "ReadonlyRootfs": False,
         "Binds": [],
         "Mounts": [],
