@@ -2,7 +2,8 @@
 password guesser.
 
 The login is `sandtrap verify-security`'s (a fresh login after its bombs) and, with a PTY,
-`sandtrap verify-realism`'s; the guesser drives the brute-force tests and benchmark. Kept here because asyncssh lives only in `ssh/` (DESIGN.md).
+`sandtrap verify-realism`'s; the guesser drives the brute-force tests and benchmark. Kept here
+because asyncssh lives only in `ssh/` (DESIGN.md).
 """
 
 from __future__ import annotations
