@@ -258,3 +258,25 @@ def test_verify_realism_sees_no_tell_we_mean_to_hide(tmp_path: Path, lxcfs: Path
     for check in ("/proc/1/cgroup", "who shows this login", "host key fingerprint",
                   "free: memory total", "cron and rsyslogd under PID 1", "PID 1"):  # fmt: skip
         assert rows[check]["status"] == "PASS", rows[check]
+
+
+async def test_a_restarted_sticky_sandbox_runs_its_daemons_again(
+    sensor: str, tmp_path: Path
+) -> None:
+    config = make_config(sensor, tmp_path, pool={"size": 1, "sticky": True})
+    async with running_pool(config, Sink()) as pool, asyncio.timeout(120):
+        await pool.wait_warm()
+        first = await pool.allocate(info(1, "198.51.100.7"))
+        await pool.release(first, info(1, "198.51.100.7"))
+        again = await pool.allocate(info(2, "198.51.100.7"))
+        assert again.id == first.id
+        code, out = await sh(again, "ps -eo ppid=,args= | awk '$1 == 1'; who -b")
+        assert code == 0 and "/usr/sbin/cron -f" in out and "rsyslogd" in out, out
+        assert "system boot" in out
+
+
+def test_a_users_login_is_recorded_under_its_name(honeypot: RunningService) -> None:
+    done = honeypot.ssh("sleep 1.5; who", user="oracle", password="anything", extra=["-tt"])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().replace("\r\n", "\n").splitlines()
+    assert any(line.startswith("oracle ") and "(127.0.0.1)" in line for line in lines), lines

@@ -288,7 +288,11 @@ class Pool:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
                     sandbox = await sticky_sandbox(
-                        self._engine, self._state, self._releasing, peer.src_ip
+                        self._engine,
+                        self._state,
+                        self._releasing,
+                        peer.src_ip,
+                        daemons=self._config.sandbox.daemons,
                     )
             except TimeoutError:
                 log.warning(

@@ -40,7 +40,7 @@ def host_keys_payload(keys: Sequence[HostKeyFiles]) -> bytes:
 # file replaced keeping the image's mtime, the public line ending in root@<host name> as
 # ssh-keygen writes it. Then utmp's boot record and, when asked, the daemons systemd would have
 # started, reparented to /sbin/init once this shell exits.
-PREPARE_REALISM = r"""
+_HOST_KEYS = r"""
 while IFS='	' read -r name mode data; do
   case $name in
     ssh_host_rsa_key|ssh_host_ecdsa_key|ssh_host_ed25519_key) ;;
@@ -58,6 +58,8 @@ while IFS='	' read -r name mode data; do
   mv -f "$f.new" "$f"
   set -- "$@" "$f"
 done
+"""
+_BOOT = r"""
 if command -v python3 >/dev/null 2>&1; then
   python3 -c "$UTMP_SCRIPT" boot "$(uname -r)" >/dev/null 2>&1
   set -- "$@" /run /run/utmp /var/log/wtmp
@@ -73,6 +75,15 @@ if [ "$daemons" = 1 ]; then
     /run/crond.reboot /run/rsyslogd.pid /dev
 fi
 """
+PREPARE_REALISM = _HOST_KEYS + _BOOT
+# A sticky sandbox started again (a returning source): a fresh boot record and daemons, as after
+# a reboot. $1: daemons (1/0), $2: UTMP_SCRIPT.
+# /run is not a tmpfs in a container: what a boot would have cleared goes first.
+RESTART_SCRIPT = (
+    "daemons=$1 UTMP_SCRIPT=$2\nset --\nrm -f /run/crond.reboot /run/crond.pid\n"
+    + _BOOT
+    + "exit 0\n"
+)
 
 # utmp(5) as glibc lays it out on 64-bit Linux (384 bytes; 32-bit times for compatibility).
 # `boot KERNEL`: a fresh /run/utmp with the boot and run-level records at the boot time the
@@ -178,6 +189,11 @@ sys.exit(boot(sys.argv[2]) if sys.argv[1] == "boot" else login(sys.argv[2], sys.
 _ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 
 
+def restart_argv(daemons: bool) -> list[str]:
+    """The root exec that makes a restarted sandbox look freshly booted (`RESTART_SCRIPT`)."""
+    return ["/bin/sh", "-c", RESTART_SCRIPT, "sh", "1" if daemons else "0", UTMP_SCRIPT]
+
+
 def login_record_argv(username: str, src_ip: str) -> list[str]:
     """The root exec that records a PTY login in utmp, wtmp and lastlog (as sshd does).
 
@@ -196,4 +212,5 @@ __all__ = [
     "HostKeyFiles",
     "host_keys_payload",
     "login_record_argv",
+    "restart_argv",
 ]
