@@ -244,11 +244,16 @@ async def run_channel(
                 # The login record never raises, so what leaves this group is the pump's alone.
                 try:
                     async with asyncio.TaskGroup() as tasks:
-                        if plan.tty:
+                        record = (
                             tasks.create_task(_record_login(sandbox, request.username, peer))
+                            if plan.tty
+                            else None
+                        )
                         result = await pump(
                             stream, io, on_resize=resized, tap=_Tap(totals, recorder), tty=plan.tty
                         )
+                        if record is not None:
+                            record.cancel()  # a process that is gone needs no utmp line
                 except BaseExceptionGroup as group:
                     if len(group.exceptions) == 1:
                         raise group.exceptions[0] from None
