@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,11 +18,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from sandtrap.sandbox.hardening import is_lxcfs_serving, lxcfs_mounts
 from tests.conftest import IMAGE
-from tests.docker.service import RunningService, remove_sensor_containers, service_config
+from tests.docker.service import (
+    SSH_OPTS,
+    RunningService,
+    remove_sensor_containers,
+    service_config,
+)
 from tests.docker.test_pool import Sink, info, make_config, running_pool
 from tests.pool_battery import sh
 
@@ -106,7 +113,16 @@ def test_init_without_a_command_ignores_signals_from_inside() -> None:
 def honeypot(tmp_path_factory: pytest.TempPathFactory, lxcfs: Path) -> Iterator[RunningService]:
     """The whole service, its gate included, with LXCFS."""
     config = service_config(
-        tmp_path_factory.mktemp("var"), pool={"size": 1}, sandbox={"lxcfs_dir": str(lxcfs)}
+        tmp_path_factory.mktemp("var"),
+        pool={"size": 1},
+        sandbox={"lxcfs_dir": str(lxcfs)},
+        auth={
+            "credentials": [
+                {"username": "root", "password": "123456"},
+                {"username": "oracle", "password": "*"},
+                {"username": "admin", "password": "*"},
+            ]
+        },
     )
     running = RunningService(config).start()
     running.call(running.service.pool.wait_warm)
@@ -280,3 +296,26 @@ def test_a_users_login_is_recorded_under_its_name(honeypot: RunningService) -> N
     assert done.returncode == 0, done.stderr
     lines = done.stdout.decode().replace("\r\n", "\n").splitlines()
     assert any(line.startswith("oracle ") and "(127.0.0.1)" in line for line in lines), lines
+
+
+def test_a_shell_login_prints_the_previous_login_as_sshd_does(honeypot: RunningService) -> None:
+    # admin's last login in the image's fake past, as lastlog has it.
+    seen = _docker_run("--entrypoint", "lastlog", IMAGE, "-u", "admin").stdout.splitlines()[1]
+    _user, _port, host, *when = seen.split()
+    day, month, date, clock, _zone, year = when
+    expected = f"Last login: {day} {month} {int(date):2d} {clock} {year} from {host}"
+    argv = ["-p", "x", "ssh", "-tt", "-p", str(honeypot.port), *SSH_OPTS, "admin@127.0.0.1"]
+    child = pexpect.spawn("sshpass", argv, timeout=30, dimensions=(30, 100))
+    try:
+        child.expect(re.escape(expected) + "\r\n")
+        child.expect(r"admin@[\w-]+:~\$ ")
+        child.sendline("sleep 2.5; lastlog -u admin | tail -n 1")
+        child.expect(r"pts/\d+ +127\.0\.0\.1 ")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    # root never logged in on this image: no line, as sshd prints none.
+    done = honeypot.ssh(None, stdin=b"sleep 1; exit\n", extra=["-tt"])
+    assert b"The programs included with the Debian" in done.stdout, done.stdout[-500:]
+    assert b"Last login" not in done.stdout

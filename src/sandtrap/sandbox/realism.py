@@ -89,7 +89,8 @@ RESTART_SCRIPT = (
 # `boot KERNEL`: a fresh /run/utmp with the boot and run-level records at the boot time the
 # kernel reports (/proc/uptime), appended to wtmp too when later than its last record.
 # `login USER HOST`: waits up to 2 s for USER's newest PTY session leader without a utmp entry
-# and records it (utmp, wtmp, lastlog) as sshd's loginrec.c does; prints what it changed.
+# and records it (utmp, wtmp, lastlog) as sshd's loginrec.c does; prints what it changed. lastlog
+# waits (2 s at most) for the login shell, whose wrapper prints the previous login first.
 UTMP_SCRIPT = r"""
 import os, socket, struct, sys, time
 F = "<h2xi32s4s32s256shhiii16s20s"
@@ -173,6 +174,15 @@ def login(user, host):
         slots.append(entry)
     write(UTMP, b"".join(slots), False, 0o664)
     write(WTMP, entry, True, 0o664)
+    # lastlog after the login shell has printed the previous login ("-bash" runs by then).
+    deadline = time.time() + 2
+    while time.time() < deadline:
+        try:
+            if open("/proc/%d/cmdline" % pid, "rb").read(1) == b"-":
+                break
+        except OSError:
+            break
+        time.sleep(0.02)
     ll = struct.pack("<i32s256s", int(now), line.encode(), host.encode()[:256])
     fd = os.open(LASTLOG, os.O_WRONLY | os.O_CREAT, 0o664)
     try:
