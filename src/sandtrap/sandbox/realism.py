@@ -174,15 +174,17 @@ def login(user, host):
         slots.append(entry)
     write(UTMP, b"".join(slots), False, 0o664)
     write(WTMP, entry, True, 0o664)
-    # lastlog after the login shell has printed the previous login ("-bash" runs by then).
+    # lastlog after the login wrapper has printed the previous login ("-bash" runs by then);
+    # a command with a PTY prints none, so nothing to wait for (and no helper left in ps).
     deadline = time.time() + 2
     while time.time() < deadline:
         try:
-            if open("/proc/%d/cmdline" % pid, "rb").read(1) == b"-":
-                break
+            cmdline = open("/proc/%d/cmdline" % pid, "rb").read()
         except OSError:
             break
-        time.sleep(0.02)
+        if b"exec -a -bash" not in cmdline:
+            break
+        time.sleep(0.01)
     ll = struct.pack("<i32s256s", int(now), line.encode(), host.encode()[:256])
     fd = os.open(LASTLOG, os.O_WRONLY | os.O_CREAT, 0o664)
     try:
