@@ -26,6 +26,7 @@ from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body, pool_name
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh import SSHFront, start_ssh_server
+from sandtrap.ssh.hostkeys import sandbox_host_keys
 from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog, open_event_log
 
@@ -126,7 +127,11 @@ async def serve(
         await gate.start()
         await _preflight(config, engine)
         config = await _with_persona_banner(config, engine)
-        pool = Pool(config, engine, events)
+        # The front's host keys, generated here on first start, so sandboxes show them too.
+        host_keys = await asyncio.to_thread(
+            sandbox_host_keys, DataLayout(config.storage.data_dir).keys, config.sandbox.host_keys
+        )
+        pool = Pool(config, engine, events, host_keys=host_keys)
         pool_ready = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             # The index's one writer: fed by the log, never blocking it (store/index.py).

@@ -257,6 +257,23 @@ class SandboxConfig(_Model):
         description="used when hostnames is empty; fields: role, env, n",
     )
     artifact_max_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+    # Looking like a server from the inside (issue 15, docs/fingerprinting.md, SECURITY.md).
+    host_keys: Literal["public", "private", "image"] = Field(
+        default="public",
+        description="what of the front's host keys each sandbox's /etc/ssh holds: 'public' (the "
+        ".pub files; the private files stay the image's), 'private' (both halves: the attacker "
+        "gets the front's private keys), 'image' (the image's own keys)",
+    )
+    daemons: bool = Field(
+        default=True, description="start the image's cron and rsyslogd when a sandbox is prepared"
+    )
+    lxcfs: Literal["auto", "off"] = Field(
+        default="auto",
+        description="'auto': when LXCFS serves lxcfs_dir, its /proc files (meminfo, cpuinfo, "
+        "stat, loadavg, diskstats, swaps) are bound read-only over each new sandbox's; "
+        "'off': never",
+    )
+    lxcfs_dir: str = Field(default="/var/lib/lxcfs", pattern=r"^/[A-Za-z0-9._/-]{0,200}$")
 
     @field_validator("cap_add")
     @classmethod

@@ -30,6 +30,7 @@ for _command in (
     analysis.export,
     analysis.stats,
     verify.verify_security,
+    verify.verify_realism,
     deploy.gate,
     deploy.health,
 ):

@@ -81,8 +81,16 @@ def image() -> None:
     help="The containers/targets folder (default: found next to the source tree).",
 )
 @click.option("--mirror", default=None, help="Debian mirror for debootstrap.")
+@click.option(
+    "--tag", default=None, help="Image tag (default: the target's, e.g. sandtrap/target-debian:12)."
+)
 def image_build(
-    target: str, base: str | None, force: bool, context: Path | None, mirror: str | None
+    target: str,
+    base: str | None,
+    force: bool,
+    context: Path | None,
+    mirror: str | None,
+    tag: str | None,
 ) -> None:
     """Build the target image unless it is up to date (skipped when its inputs hash matches)."""
     from rich.markup import escape
@@ -105,6 +113,7 @@ def image_build(
                 context=context,
                 mirror=mirror or DEFAULT_MIRROR,
                 report=report,
+                tag=tag,
             )
     except SandTrapError as exc:
         fail(f"sandtrap: {exc}")

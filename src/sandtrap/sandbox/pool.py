@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,12 +28,14 @@ from sandtrap.sandbox.hardening import (
     HostnamePicker,
     blkio_device_for,
     container_body,
+    is_lxcfs_serving,
     pool_name,
     prepare,
     session_name,
 )
 from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
+from sandtrap.sandbox.realism import HostKeyFiles
 from sandtrap.sandbox.retention import Retention
 from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
@@ -58,9 +61,13 @@ class Pool:
         events: EventSink,
         *,
         retry_delays: tuple[float, float] = (_BACKOFF_START, _BACKOFF_MAX),
+        host_keys: Sequence[HostKeyFiles] = (),
     ) -> None:
         """`retry_delays`: the first and the longest wait before retrying a failing engine
-        (doubling in between); tests on the fake engine shorten them."""
+        (doubling in between); tests on the fake engine shorten them. `host_keys`: the files
+        each sandbox's /etc/ssh gets (`sandbox.host_keys`, ssh/hostkeys.py)."""
+        self._host_keys = tuple(host_keys)
+        self._lxcfs: bool | None = None  # last seen: LXCFS serving sandbox.lxcfs_dir
         self._config = config
         self._retry_delays = retry_delays
         self._engine = engine
@@ -115,6 +122,7 @@ class Pool:
             self._log_hostnames[item.image] = await self._engine.image_label(
                 item.image, LABEL_LOG_HOSTNAME
             )
+        await self._lxcfs_serving()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
@@ -206,11 +214,17 @@ class Pool:
                 sensor=self._config.sensor,
                 created=datetime.now(UTC),
                 blkio_device=self._blkio,
+                lxcfs=await self._lxcfs_serving(),
             )
             container_id = await self._engine.create(body, pool_name())
             await self._engine.start(container_id)
             prepared = await prepare(
-                self._engine, container_id, hostname, self._log_hostnames.get(image)
+                self._engine,
+                container_id,
+                hostname,
+                self._log_hostnames.get(image),
+                host_keys=self._host_keys,
+                daemons=self._config.sandbox.daemons,
             )
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
@@ -224,6 +238,24 @@ class Pool:
             self._state.end_create(image)
         self._state.add_idle(sandbox)
         await self._notify()
+
+    async def _lxcfs_serving(self) -> bool:
+        """Whether new sandboxes get LXCFS's /proc files; says so at start and on each change."""
+        sandbox = self._config.sandbox
+        if sandbox.lxcfs == "off":
+            return False
+        serving = await asyncio.to_thread(is_lxcfs_serving, sandbox.lxcfs_dir)
+        if serving != self._lxcfs:
+            if serving:
+                log.info("LXCFS serves %s: sandboxes show their own memory", sandbox.lxcfs_dir)
+            else:
+                log.warning(
+                    "LXCFS is not running at %s: sandboxes show the host's memory and CPUs "
+                    "(install and start lxcfs, see docs/fingerprinting.md)",
+                    sandbox.lxcfs_dir,
+                )
+            self._lxcfs = serving
+        return serving
 
     async def _health_loop(self) -> None:
         while True:
@@ -308,7 +340,11 @@ class Pool:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
                     sandbox = await sticky_sandbox(
-                        self._engine, self._state, self._releasing, peer.src_ip
+                        self._engine,
+                        self._state,
+                        self._releasing,
+                        peer.src_ip,
+                        daemons=self._config.sandbox.daemons,
                     )
             except TimeoutError:
                 log.warning(

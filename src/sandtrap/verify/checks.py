@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sandtrap.sandbox.hardening import LXCFS_PROC_FILES
+
 Status = Literal["PASS", "FAIL", "WARN", "INFO"]
 Runtime = Literal["runc", "runsc"]
 
@@ -34,6 +36,8 @@ VIRTUAL_FS = frozenset(
 # The OCI default character devices. Inside a user namespace the runtime cannot mknod them, so it
 # binds the host's nodes in (from devtmpfs), and masks /proc files with /dev/null the same way.
 DEFAULT_DEVICES = frozenset({"/null", "/zero", "/full", "/random", "/urandom", "/tty"})
+# LXCFS's /proc files (sandbox.lxcfs), the only mounts the pool adds.
+LXCFS_TARGETS = frozenset(f"/proc/{name}" for name in LXCFS_PROC_FILES)
 # Host processes whose presence would mean the sandbox sees the host's PID namespace.
 HOST_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "runc", "systemd-journal"})
 
@@ -287,6 +291,8 @@ def mount_row(mounts: list[list[str]], who: str, ctx: Context) -> Row:
             continue
         if fstype == "devtmpfs" and root in DEFAULT_DEVICES:
             continue  # userns-remap: the host's /dev/null and friends, bound in by the runtime
+        if fstype == "fuse.lxcfs" and target in LXCFS_TARGETS:
+            continue  # sandbox.lxcfs: LXCFS's read-only /proc files, nothing of the host's disk
         host.append(f"{target} ({fstype} {root})")
     return _row(
         "host paths mounted",
