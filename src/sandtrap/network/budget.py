@@ -21,9 +21,7 @@ class _Bucket:
 class Budget:
     """`allow(src, kind, now)` says whether one more record of `src` may be written."""
 
-    def __init__(
-        self, rate: float, burst: int, interval: float, max_sources: int = 4096
-    ) -> None:
+    def __init__(self, rate: float, burst: int, interval: float, max_sources: int = 4096) -> None:
         self.rate, self.burst, self.interval = rate, burst, interval
         self.max_sources = max_sources
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()

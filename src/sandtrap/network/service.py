@@ -96,8 +96,8 @@ def setup(address: str, device: str = "eth0") -> bool:
     _run("ip", "rule", "add", "iif", device, "lookup", "100", "pref", "100")
     _run("ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
     for tproxy in (True, False):
-        done = subprocess.run(  # noqa: S603
-            ["nft", "-f", "-"], input=ruleset(device, subnet, tproxy), text=True,
+        done = subprocess.run(
+            ["nft", "-f", "-"], input=ruleset(device, subnet, tproxy), text=True,  # noqa: S607
             capture_output=True, check=False,
         )  # fmt: skip
         if done.returncode == 0:
@@ -123,10 +123,10 @@ class Emitter:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
 
-    def emit(self, kind: str, src: str, **fields: Any) -> None:
-        if kind not in ("ready", "flood") and not self.budget.allow(src, kind, time.monotonic()):
+    def emit(self, what: str, src: str, **fields: Any) -> None:
+        if what not in ("ready", "flood") and not self.budget.allow(src, what, time.monotonic()):
             return
-        record = {"k": kind, "src": src, **fields}
+        record = {"k": what, "src": src, **fields}
         sys.stdout.write(json.dumps(record, ensure_ascii=True, separators=(",", ":"))[:8000] + "\n")
         sys.stdout.flush()
 
@@ -198,8 +198,9 @@ class Sinkhole:
             return
         if tls_record_size(data) is not None:
             hello = parse_client_hello(data)
-            self.out.emit("tls", src, **where, sni=hello.sni if hello else "",
-                          ja3=hello.ja3_hash if hello else "", alpn=list(hello.alpn) if hello else [])  # fmt: skip
+            sni, ja3 = (hello.sni, hello.ja3_hash) if hello else ("", "")
+            alpn = list(hello.alpn) if hello else []
+            self.out.emit("tls", src, **where, sni=sni, ja3=ja3, alpn=alpn)
             writer.write(TLS_ALERT)
             await writer.drain()
             return
@@ -334,7 +335,9 @@ def main() -> None:
     try:
         ipaddress.IPv4Interface(address)
     except ValueError:
-        raise SystemExit(f"sinkhole: STSINK_ADDRESS {address!r} is not an IPv4 address/prefix") from None
+        raise SystemExit(
+            f"sinkhole: STSINK_ADDRESS {address!r} is not an IPv4 address/prefix"
+        ) from None
     tproxy = setup(address)
     sockets = _sockets(tproxy)
     drop_privileges()

@@ -127,7 +127,7 @@ def tls_record_size(prefix: bytes) -> int | None:
     """Bytes of the first TLS handshake record (header included), or None if not TLS."""
     if len(prefix) < 5 or prefix[0] != 0x16 or prefix[1] != 3:
         return None
-    return 5 + struct.unpack_from("!H", prefix, 3)[0]
+    return 5 + int(struct.unpack_from("!H", prefix, 3)[0])
 
 
 def _u16_list(raw: bytes) -> list[int]:

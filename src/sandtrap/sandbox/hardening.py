@@ -20,6 +20,7 @@ from sandtrap.config import HOSTNAME_RE, SandboxConfig
 from sandtrap.errors import ConfigError
 from sandtrap.events import rfc3339
 from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.sinknet import sandbox_host_config
 
 LABEL_ROLE = "sandtrap.role"
 LABEL_CREATED = "sandtrap.created"
@@ -167,6 +168,7 @@ def container_body(
         # The image's own /sbin/init reaps zombies; Docker's --init would show docker-init in ps.
         "Init": False,
     }
+    host.update(sandbox_host_config(config, sensor))  # network: sinkhole (issue 16)
     if blkio_device and config.io_bps_limit:
         rate = [{"Path": blkio_device, "Rate": config.io_bps_limit}]
         host["BlkioDeviceReadBps"] = rate
@@ -175,7 +177,7 @@ def container_body(
         "Image": image,
         "Hostname": hostname,
         "Domainname": "",
-        "NetworkDisabled": True,
+        "NetworkDisabled": config.network == "none",
         "Tty": False,
         "OpenStdin": False,
         "AttachStdin": False,

