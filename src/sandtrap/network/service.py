@@ -294,6 +294,8 @@ def _sockets(tproxy: bool) -> tuple[socket.socket, socket.socket, socket.socket,
     tcp.bind(("0.0.0.0", TCP_PORT))  # noqa: S104 - the sinkhole's only interface is the sandboxes'
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    # Answers come from the address asked (8.8.8.8, ...), which is local only for what arrives.
+    dns.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
     dns.bind(("0.0.0.0", DNS_PORT))  # noqa: S104
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if tproxy:
@@ -330,6 +332,40 @@ async def serve(address: str, tproxy: bool, sockets: tuple[socket.socket, ...]) 
     emitter.flush_floods(flush=True)
 
 
+ANNOUNCER = 65533  # not nobody: the service (nobody) can neither ptrace it nor read its fds
+ANNOUNCE_SECONDS = 1.0
+
+
+def garp_frame(mac: bytes, address: str) -> bytes:
+    """A gratuitous ARP reply, broadcast: `address` is at `mac` (RFC 5227 section 3); pure."""
+    ip = socket.inet_aton(address)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, mac, ip, b"\xff" * 6, ip)
+    return b"\xff" * 6 + mac + b"\x08\x06" + arp
+
+
+def announce(address: str, device: str = "eth0") -> None:
+    """Fork the announcer: the only way a sandbox learns the gateway's MAC (sandboxes never send
+    broadcast ARP, `mcast_solicit` 0, so they cannot resolve each other). It holds the one raw
+    socket, sends one fixed frame a second, reads nothing and parses nothing."""
+    with open(f"/sys/class/net/{device}/address", encoding="ascii") as handle:
+        mac = bytes.fromhex(handle.read().strip().replace(":", ""))
+    frame = garp_frame(mac, address)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+    sock.bind((device, 0))
+    if os.fork():
+        sock.close()
+        return
+    os.closerange(3, sock.fileno())
+    os.closerange(sock.fileno() + 1, 1024)
+    os.setgroups([])
+    os.setresgid(ANNOUNCER, ANNOUNCER, ANNOUNCER)
+    os.setresuid(ANNOUNCER, ANNOUNCER, ANNOUNCER)
+    while True:
+        with contextlib.suppress(OSError):
+            sock.send(frame)
+        time.sleep(ANNOUNCE_SECONDS)
+
+
 def main() -> None:
     address = os.environ.get("STSINK_ADDRESS", "")
     try:
@@ -339,6 +375,7 @@ def main() -> None:
             f"sinkhole: STSINK_ADDRESS {address!r} is not an IPv4 address/prefix"
         ) from None
     tproxy = setup(address)
+    announce(str(ipaddress.IPv4Interface(address).ip))
     sockets = _sockets(tproxy)
     drop_privileges()
     asyncio.run(serve(address, tproxy, sockets))

@@ -27,6 +27,13 @@ NO_IPV6_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "1",
     "net.ipv6.conf.default.disable_ipv6": "1",
 }
+# Sandboxes share one bridge, but never ask who has an address (no broadcast ARP), so they cannot
+# resolve each other; they learn only the gateway, from the sinkhole's gratuitous ARP (accepted).
+ISOLATION_SYSCTLS = {
+    "net.ipv4.neigh.eth0.mcast_solicit": "0",
+    "net.ipv4.conf.eth0.arp_accept": "1",
+    "net.ipv4.conf.all.arp_accept": "1",
+}
 SINKHOLE_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID")
 
 
@@ -79,7 +86,7 @@ def sandbox_host_config(config: SandboxConfig, sensor: str) -> dict[str, Any]:
         "Dns": [addresses(config).gateway],
         "DnsOptions": [],
         "DnsSearch": [],
-        "Sysctls": dict(NO_IPV6_SYSCTLS),
+        "Sysctls": {**NO_IPV6_SYSCTLS, **ISOLATION_SYSCTLS},
     }
 
 
@@ -153,6 +160,7 @@ def sinkhole_body(config: SandboxConfig, sensor: str, created: datetime) -> dict
                 **NO_IPV6_SYSCTLS,
                 "net.ipv4.ip_forward": "0",
                 "net.ipv4.conf.all.send_redirects": "0",
+                "net.ipv4.conf.all.arp_announce": "2",
             },
             "RestartPolicy": {"Name": "always"},
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "20m", "max-file": "3"}},
