@@ -116,7 +116,10 @@ def parse_record(line: bytes) -> dict[str, Any]:
     kind = record["k"]
     if kind == "ready":
         return {"k": kind, "address": _ip(record.get("address"))}
-    out: dict[str, Any] = {"k": kind, "src": _ip(record.get("src"))}
+    if kind == "flood" and record.get("src") == "*":
+        out: dict[str, Any] = {"k": kind, "src": "*"}  # the sources beyond the sinkhole's table
+    else:
+        out = {"k": kind, "src": _ip(record.get("src"))}
     if kind == "flood":
         count = record.get("seconds")
         if not isinstance(count, int | float) or isinstance(count, bool) or not 0 <= count < 1e7:
