@@ -15,12 +15,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from sandtrap.cli import cli
 from sandtrap.network.image import build_sinkhole
 from sandtrap.sandbox.sinknet import bridge_name, network_name
+from tests.conftest import IMAGE
 from tests.docker.service import (
     SSH_OPTS,
     RunningService,
@@ -261,3 +265,39 @@ def test_sandboxes_cannot_reach_each_other(sinkholed: RunningService) -> None:
     finally:
         server.kill()
         server.communicate(timeout=10)
+
+
+def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
+    """`sandtrap verify-security` with `sandbox.network: sinkhole`: every row passes, as root and
+    as the login user, including the host listeners on every host address never being reached."""
+    build_sinkhole(SINKHOLE_IMAGE)
+    sensor = f"verify-sink-{random.randint(0, 1 << 30):x}"
+    subnet = f"10.{random.randint(120, 250)}.0.0/16"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"sensor: {sensor}\nstorage:\n  data_dir: {tmp_path / 'var'}\nsandbox:\n  image: {IMAGE}\n"
+        f"  network: sinkhole\n  sinkhole:\n    image: {SINKHOLE_IMAGE}\n    subnet: {subnet}\n"
+    )
+    try:
+        result = CliRunner().invoke(
+            cli, ["verify-security", "--config", str(config), "--runtime", "runc", "--json"]
+        )
+    finally:
+        remove_sensor_containers(sensor)
+        subprocess.run(["docker", "network", "rm", network_name(sensor)], capture_output=True,
+                       check=False)  # fmt: skip
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    failed = [row for row in rows if row["status"] == "FAIL"]
+    assert result.exit_code == 0 and not failed, (failed, result.stderr[-3000:])
+    checks = {(row["check"], row["who"]): row for row in rows}
+    for who in ("root", "user"):
+        for name in (
+            "network: interfaces", "network: routes", "network: IPv6",
+            "network: DNS answered by the sinkhole", "network: TCP to a documentation address",
+            "network: TCP to another sandbox", "network: raw ICMP socket",
+            "network: packet socket",
+        ):  # fmt: skip
+            assert checks[(name, who)]["status"] == "PASS", checks.get((name, who))
+    assert checks[("network: host listeners reached", "host")]["status"] == "PASS"
+    peer = checks[("network: TCP to another sandbox", "root")]["observed"]
+    assert peer in ("EHOSTUNREACH", "timeout"), peer
