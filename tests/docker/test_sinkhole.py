@@ -12,6 +12,7 @@ import json
 import random
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 
 from sandtrap.cli import cli
 from sandtrap.network.image import build_sinkhole
-from sandtrap.sandbox.sinknet import bridge_name, network_name
+from sandtrap.sandbox.sinknet import addresses, bridge_name, container_name, network_name
 from tests.conftest import IMAGE
 from tests.docker.service import (
     SSH_OPTS,
@@ -118,6 +119,59 @@ def test_attacker_commands_behave_like_a_network_and_become_events(
     )
     data = _wait_events(sinkholed, "network.data", lambda e: mine(e) and e["dst_port"] == 4444)
     assert data[0]["first_bytes"] == "aGVsbG8K"  # "hello\n"
+    _analyst_sees_the_network(sinkholed, session)
+
+
+def _analyst_sees_the_network(service: RunningService, session: str) -> None:
+    """`sessions show` and the export bundle carry the session's network events."""
+    config = service.config.storage.data_dir / "analyst.yaml"
+    data_dir = service.config.storage.data_dir
+    config.write_text(f"sensor: {service.config.sensor}\nstorage:\n  data_dir: {data_dir}\n")
+    time.sleep(1)  # the index's writer commits in batches
+    shown = CliRunner().invoke(
+        cli, ["sessions", "show", "--config", str(config), session, "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    details = [row["detail"] for row in json.loads(shown.stdout)["network"]]
+    assert "GET http://203.0.113.7/bins.sh" in details and "A c2.example" in details, details
+    bundle = service.config.storage.data_dir / "bundle.tar.gz"
+    done = CliRunner().invoke(
+        cli, ["export", "--config", str(config), session, "-o", str(bundle), "--no-engine"]
+    )
+    assert done.exit_code == 0, done.output
+    with tarfile.open(bundle) as archive:
+        names = archive.getnames()
+        member = next(n for n in names if n.endswith("events.jsonl"))
+        handle = archive.extractfile(member)
+        assert handle is not None
+        ids = {json.loads(line)["eventid"] for line in handle.read().splitlines()}
+    assert {"network.http", "network.tls", "network.dns", "network.connect"} <= ids, ids
+
+
+def test_the_sinkhole_itself_reaches_nothing(sinkholed: RunningService) -> None:
+    """Its service runs as nobody without capabilities; even so, no route and output dropped."""
+    name = container_name(sinkholed.config.sensor)
+    top = subprocess.run(["docker", "top", name], capture_output=True, text=True, check=True).stdout
+    users = {line.split()[0] for line in top.splitlines()[1:]}
+    assert users <= {"nobody", "65533"} and "root" not in users, top
+    targets = [*_host_addresses(), "172.17.0.1", "203.0.113.7"]
+    targets.append(addresses(sinkholed.config.sandbox).gateway)
+    script = (
+        f"import socket\nfor ip in {targets!r}:\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    try:\n        s.connect((ip, 22)); print(ip, 'connected')\n"
+        "    except OSError as e:\n        print(ip, type(e).__name__, e.errno)\n"
+    )
+    out = subprocess.run(
+        ["docker", "exec", "--user", "65534", name, "python3", "-c", script],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "connected" not in out, out
+    status = subprocess.run(
+        ["docker", "exec", name, "sh", "-c", "grep -E '^(Uid|CapEff)' /proc/1/status; ip route"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "CapEff:\t0000000000000000" in status and "default" not in status, status
 
 
 def _host_addresses() -> list[str]:
