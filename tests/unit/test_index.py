@@ -187,12 +187,29 @@ def test_network_events_are_indexed_and_shown(tmp_path: Path) -> None:
     for event in [
         *_story(),
         NetworkDns(**common, dst_ip="10.118.0.1", dst_port=53, query="c2.example", qtype="A"),
-        NetworkHttp(**common, dst_ip="203.0.113.7", dst_port=80, method="GET", host="h",
-                    url="http://203.0.113.7/bins.sh", user_agent="Wget", headers=[],
-                    body_bytes=0, body=""),  # fmt: skip
+        NetworkHttp(
+            **common,
+            dst_ip="203.0.113.7",
+            dst_port=80,
+            method="GET",
+            host="h",
+            url="http://203.0.113.7/bins.sh",
+            user_agent="Wget",
+            headers=[],
+            body_bytes=0,
+            body="",
+        ),
         NetworkFlood(**common, dst_ip="", dst_port=0, kind="connect", count=9, seconds=60.0),
-        NetworkDns(session=None, src_ip=None, container_id=None, sandbox_ip="10.118.0.9",
-                   dst_ip="10.118.0.1", dst_port=53, query="pool.example", qtype="A"),  # fmt: skip
+        NetworkDns(
+            session=None,
+            src_ip=None,
+            container_id=None,
+            sandbox_ip="10.118.0.9",
+            dst_ip="10.118.0.1",
+            dst_port=53,
+            query="pool.example",
+            qtype="A",
+        ),
     ]:
         log.emit(event)
     log.close()
