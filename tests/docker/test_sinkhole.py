@@ -8,6 +8,7 @@ own, counting only, removed afterwards).
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
@@ -65,7 +66,14 @@ def sinkholed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServi
     config = service_config(
         tmp_path_factory.mktemp("var"),
         pool={"size": 2, "max_sandboxes": 6},
-        sandbox={"network": "sinkhole", "sinkhole": {"image": SINKHOLE_IMAGE, "subnet": subnet}},
+        sandbox={
+            "network": "sinkhole",
+            "sinkhole": {
+                "image": SINKHOLE_IMAGE,
+                "subnet": subnet,
+                "flood_report_interval_seconds": 2,
+            },
+        },
     )
     running = RunningService(config).start()
     try:
@@ -355,3 +363,60 @@ def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
     assert checks[("network: host listeners reached", "host")]["status"] == "PASS"
     peer = checks[("network: TCP to another sandbox", "root")]["observed"]
     assert peer in ("EHOSTUNREACH", "timeout"), peer
+
+
+# Root's tricks inside a sandbox: spoofed sources, IPv6, oversized datagrams, a connection flood.
+TRICKS = r"""
+import errno, socket
+def err(f):
+    try:
+        return f() or "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def transparent():
+    socket.socket().setsockopt(socket.SOL_IP, 19, 1)
+def freebind():
+    s = socket.socket(); s.setsockopt(socket.SOL_IP, 15, 1); s.settimeout(2)
+    s.bind(("%(spoof)s", 0)); s.connect(("203.0.113.7", 80))
+    return "connected-from-" + s.getsockname()[0]
+def six():
+    s = socket.socket(socket.AF_INET6); s.settimeout(2); s.connect(("fe80::1%%eth0", 80))
+def big():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"B" * 65000, ("203.0.113.7", 9))
+def flood():
+    n = 0
+    for i in range(1500):
+        try:
+            socket.create_connection(("198.51.100.%%d" %% (i %% 200 + 1), 7000), 2).close(); n += 1
+        except OSError:
+            pass
+    return "flood-%%d" %% n
+for name, f in (("transparent", transparent), ("freebind", freebind), ("six", six),
+                ("big", big), ("flood", flood)):
+    print(name, err(f))
+"""
+
+
+def test_root_tricks_get_nowhere(sinkholed: RunningService) -> None:
+    spoof = addresses(sinkholed.config.sandbox).ip_range.rsplit(".", 2)[0] + ".1.77"
+    script = TRICKS % {"spoof": spoof}
+    proc = sinkholed.ssh(f"python3 -c '{script}'; echo tricks-done")
+    out = dict(line.split(" ", 1) for line in proc.stdout.decode().splitlines() if " " in line)
+    assert out["transparent"] == "EPERM", out  # no IP_TRANSPARENT: no foreign source address
+    assert not out["freebind"].startswith("connected"), out
+    assert out["six"] in ("ENETUNREACH", "EADDRNOTAVAIL", "EINVAL", "EAFNOSUPPORT"), out
+    assert out["big"] == "ok", out
+    assert out["flood"].startswith("flood-"), out
+    session = _session_of(sinkholed, "tricks-done")
+    mine = lambda e: e["session"] == session  # noqa: E731
+    big = _wait_events(sinkholed, "network.udp", lambda e: mine(e) and e["dst_port"] == 9)
+    assert big[0]["dst_ip"] == "203.0.113.7" and len(base64.b64decode(big[0]["first_bytes"])) == 512
+    flood = _wait_events(sinkholed, "network.flood", mine, timeout=30)
+    connects = [e for e in sinkholed.events("network.connect") if mine(e)]
+    burst = sinkholed.config.sandbox.sinkhole.events_burst
+    assert len(connects) < 1500 and sum(e["count"] for e in flood) > 0
+    assert len(connects) + sum(e["count"] for e in flood) >= 1000, (len(connects), flood)
+    assert len(connects) <= burst + 200, len(connects)
+    # The sinkhole still serves everyone after the flood.
+    again = sinkholed.ssh("wget -q -O- http://203.0.113.7/after.sh")
+    assert b"#!/bin/sh" in again.stdout
