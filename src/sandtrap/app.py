@@ -20,6 +20,8 @@ from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.network.deploy import ensure_sinkhole, supervise
+from sandtrap.network.feed import SinkholeFeed
 from sandtrap.paths import DataLayout
 from sandtrap.persona import banner_from_package, package_version, persona_for
 from sandtrap.sandbox.docker import Engine
@@ -105,6 +107,18 @@ async def _preflight(config: Config, engine: Engine) -> None:
             raise ImageMissing(f"target image {item.image} is missing: run `sandtrap image build`")
 
 
+def _sinkhole_tasks(
+    config: Config, engine: Engine, events: EventLog, tasks: asyncio.TaskGroup
+) -> list[asyncio.Task[None]]:
+    """`sandbox.network: sinkhole`: its records become events; without a gate, we keep it up."""
+    if config.sandbox.network != "sinkhole":
+        return []
+    out = [tasks.create_task(SinkholeFeed(config, engine, events).run(), name="sinkhole-feed")]
+    if config.sandbox.gate == "off":
+        out.append(tasks.create_task(supervise(engine, config), name="sinkhole"))
+    return out
+
+
 async def serve(
     config: Config,
     *,
@@ -131,9 +145,12 @@ async def serve(
         host_keys = await asyncio.to_thread(
             sandbox_host_keys, DataLayout(config.storage.data_dir).keys, config.sandbox.host_keys
         )
+        if config.sandbox.network == "sinkhole" and config.sandbox.gate == "off":
+            await ensure_sinkhole(engine, config)  # otherwise the gate has made it
         pool = Pool(config, engine, events, host_keys=host_keys)
         pool_ready = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
+            network_tasks = _sinkhole_tasks(config, engine, events, tasks)
             # The index's one writer: fed by the log, never blocking it (store/index.py).
             index_task = tasks.create_task(index.run(), name="index")
             events.subscribe(index.offer)
@@ -159,6 +176,8 @@ async def serve(
             await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
             pool_task.cancel()
             status_task.cancel()
+            for task in network_tasks:
+                task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task

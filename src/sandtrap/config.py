@@ -225,6 +225,34 @@ class WeightedImage(_Model):
     weight: float = Field(default=1.0, gt=0)
 
 
+class SinkholeConfig(_Model):
+    """The network sinkhole of `sandbox.network: sinkhole` (docs/configuration.md, SECURITY.md)."""
+
+    image: str = Field(default="sandtrap/sinkhole:12", min_length=1, max_length=255)
+    subnet: str = Field(
+        default="10.118.0.0/16",
+        description="the sandboxes' network: the first address is their gateway and resolver "
+        "(the sinkhole), sandboxes take the lower half, the sinkhole the last address",
+    )
+    events_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    events_burst: int = Field(default=200, ge=1, le=100_000)
+    flood_report_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    memory_mb: int = Field(default=128, ge=64, le=4096)
+
+    @field_validator("subnet")
+    @classmethod
+    def _check_subnet(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(
+                f"subnet must be an IPv4 network like 10.0.0.0/16: {value!r}"
+            ) from None
+        if not net.is_private or not 8 <= net.prefixlen <= 24:
+            raise ValueError("subnet must be a private IPv4 network with a prefix of /8 to /24")
+        return str(net)
+
+
 class SandboxConfig(_Model):
     """How every sandbox is created and hardened."""
 
@@ -238,7 +266,12 @@ class SandboxConfig(_Model):
     image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=255)
     images: list[WeightedImage] = Field(default_factory=list)
     runtime: Literal["runc", "runsc"] = "runc"
-    network: Literal["none"] = "none"
+    network: Literal["none", "sinkhole"] = Field(
+        default="none",
+        description="'none': only lo; 'sinkhole': eth0 on this sensor's sinkhole network, every "
+        "packet caught and logged by the sinkhole (sandbox.sinkhole)",
+    )
+    sinkhole: SinkholeConfig = Field(default_factory=SinkholeConfig)
     cap_add: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     seccomp_profile: str = Field(
         default="default", description="'default' for Docker's profile, or a path to a JSON file"
@@ -433,6 +466,7 @@ __all__ = [
     "RetentionConfig",
     "SSHConfig",
     "SandboxConfig",
+    "SinkholeConfig",
     "StorageConfig",
     "WeightedImage",
     "dump_config",

@@ -92,6 +92,7 @@ def session_view(detail: dict[str, Any]) -> Group:
         ("commands", "commands", ("timestamp", "channel", "source", "input")),
         ("files changed", "diffs", ("kind", "path")),
         ("artifacts", "artifacts", ("path", "size", "sha256")),
+        ("network (sinkhole)", "network", ("timestamp", "eventid", "dst_ip", "dst_port", "detail")),
     )
     for title, key, columns in sections:
         rows = detail[key]

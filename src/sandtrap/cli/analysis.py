@@ -86,7 +86,7 @@ def sessions_list(
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def sessions_show(config_path: Path | None, session_id: str, as_json: bool) -> None:
-    """Metadata, auth attempts, channels, commands, files changed and artifacts of a session."""
+    """Metadata, auth attempts, channels, commands, files changed, artifacts and network events."""
     from sandtrap.analysis.query import resolve_session, session_detail
     from sandtrap.analysis.render import print_view, session_view
 

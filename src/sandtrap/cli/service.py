@@ -84,6 +84,13 @@ def image() -> None:
 @click.option(
     "--tag", default=None, help="Image tag (default: the target's, e.g. sandtrap/target-debian:12)."
 )
+@click.option(
+    "--sinkhole",
+    "sinkhole_tag",
+    default=None,
+    help="Build the network sinkhole's image under this tag instead (sandbox.sinkhole.image, "
+    "e.g. sandtrap/sinkhole:12) on the Debian base.",
+)
 def image_build(
     target: str,
     base: str | None,
@@ -91,11 +98,23 @@ def image_build(
     context: Path | None,
     mirror: str | None,
     tag: str | None,
+    sinkhole_tag: str | None,
 ) -> None:
     """Build the target image unless it is up to date (skipped when its inputs hash matches)."""
     from rich.markup import escape
 
     from sandtrap.sandbox.images import DEFAULT_MIRROR, build_target
+
+    if sinkhole_tag is not None:
+        from sandtrap.network.image import build_sinkhole
+
+        try:
+            done = build_sinkhole(sinkhole_tag, force=force)
+        except SandTrapError as exc:
+            fail(f"sandtrap: {exc}")
+            raise SystemExit(EXIT_FAILURE) from None
+        click.echo(f"{done.tag}: {done.reason} (inputs {done.inputs_hash[:12]})")
+        return
 
     out = Console(stderr=True)
     try:

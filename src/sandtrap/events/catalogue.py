@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
+from sandtrap.events.network import NETWORK_EVENTS
 
 # --- connection and authentication -------------------------------------------------------------
 
@@ -361,6 +362,7 @@ CATALOGUE: dict[str, type[Event]] = {
         GateRefused,
     )
 }
+CATALOGUE.update({cls.eventid: cls for cls in NETWORK_EVENTS})
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from sandtrap.sandbox.realism import (
     HostKeyFiles,
     host_keys_payload,
 )
+from sandtrap.sandbox.sinknet import sandbox_host_config
 
 LABEL_ROLE = "sandtrap.role"
 LABEL_CREATED = "sandtrap.created"
@@ -208,6 +209,7 @@ def container_body(
         # The image's own /sbin/init reaps zombies; Docker's --init would show docker-init in ps.
         "Init": False,
     }
+    host.update(sandbox_host_config(config, sensor))  # network: sinkhole (issue 16)
     if blkio_device and config.io_bps_limit:
         rate = [{"Path": blkio_device, "Rate": config.io_bps_limit}]
         host["BlkioDeviceReadBps"] = rate
@@ -216,7 +218,7 @@ def container_body(
         "Image": image,
         "Hostname": hostname,
         "Domainname": "",
-        "NetworkDisabled": True,
+        "NetworkDisabled": config.network == "none",
         "Tty": False,
         "OpenStdin": False,
         "AttachStdin": False,

@@ -37,6 +37,7 @@ from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_recor
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.realism import HostKeyFiles
 from sandtrap.sandbox.retention import Retention
+from sandtrap.sandbox.sinknet import resolv_conf_argv
 from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
@@ -226,6 +227,8 @@ class Pool:
                 host_keys=self._host_keys,
                 daemons=self._config.sandbox.daemons,
             )
+            if self._config.sandbox.network == "sinkhole":
+                await self._engine.run(container_id, resolv_conf_argv(self._config.sandbox))
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)

@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, container_id TEXT, path TEXT,
     size INTEGER, sha256 TEXT, artifact TEXT
 );
+CREATE TABLE IF NOT EXISTS network (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, eventid TEXT, dst_ip TEXT,
+    dst_port INTEGER, detail TEXT
+);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_src_ip ON sessions (src_ip);
 CREATE INDEX IF NOT EXISTS auth_session ON auth_attempts (session);
@@ -63,8 +67,26 @@ CREATE INDEX IF NOT EXISTS commands_session ON commands (session);
 CREATE INDEX IF NOT EXISTS commands_timestamp ON commands (timestamp);
 CREATE INDEX IF NOT EXISTS diffs_session ON diffs (session);
 CREATE INDEX IF NOT EXISTS artifacts_session ON artifacts (session);
+CREATE INDEX IF NOT EXISTS network_session ON network (session);
 """
-TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts")
+TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts", "network")
+
+
+def network_detail(record: dict[str, Any]) -> str:
+    """One line saying what a network.* event was (the sinkhole, issue 16); pure."""
+    kind = str(record.get("eventid", "")).removeprefix("network.")
+    if kind == "dns":
+        return f"{record.get('qtype')} {record.get('query')}"
+    if kind == "http":
+        return f"{record.get('method')} {record.get('url')}"
+    if kind == "tls":
+        return f"TLS sni={record.get('sni')} ja3={record.get('ja3')}"
+    if kind == "flood":
+        return f"{record.get('count')} {record.get('kind')} records over {record.get('seconds')}s"
+    if kind in ("data", "udp"):
+        return f"{kind} {record.get('bytes')} bytes"
+    return str(record.get("proto", kind))
+
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -206,6 +228,21 @@ def statements(record: dict[str, Any]) -> list[Statement]:
                     record.get("size"),
                     record.get("sha256"),
                     record.get("artifact"),
+                ),
+            )
+        ]
+    if isinstance(eventid, str) and eventid.startswith("network."):
+        return [
+            (
+                "INSERT INTO network (session, timestamp, eventid, dst_ip, dst_port, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    when,
+                    eventid,
+                    record.get("dst_ip"),
+                    record.get("dst_port"),
+                    network_detail(record)[:2048],
                 ),
             )
         ]

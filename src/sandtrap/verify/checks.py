@@ -60,6 +60,8 @@ class Context:
     runtime: Runtime
     cap_add: tuple[str, ...]
     targets: Mapping[str, str]  # "ip:port" -> what it is ("host loopback", "docker0 gateway", ...)
+    network: Literal["none", "sinkhole"] = "none"
+    gateway: str = ""  # sinkhole mode: the sandboxes' gateway and resolver (the sinkhole)
 
 
 def cap_names(mask_hex: str) -> set[str]:
@@ -95,11 +97,36 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def sinkhole_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    """`sandbox.network: sinkhole`: a network that ends at the sinkhole (issue 16)."""
+    sink = obs.get("sink") or {}
+    routes = obs["routes"]
+    return [
+        _row("network: interfaces", who, "eth0 and lo", obs["interfaces"],
+             obs["interfaces"] == ["eth0", "lo"]),
+        _row("network: routes", who, "IPv4 on eth0 only, no IPv6", routes,
+             bool(routes) and all(r.startswith("route:eth0:") for r in routes)),
+        _row("network: IPv6", who, "unreachable", obs.get("ipv6"),
+             not str(obs.get("ipv6")).startswith("connected")),
+        _row("network: DNS answered by the sinkhole", who, ctx.gateway, sink.get("dns"),
+             sink.get("dns") == ctx.gateway),
+        _row("network: TCP to a documentation address", who, "caught by the sinkhole",
+             sink.get("far"), str(sink.get("far")).startswith("connected")),
+        _row("network: TCP to another sandbox", who,
+             "unreachable (sandboxes never send broadcast ARP)", sink.get("peer"),
+             not str(sink.get("peer")).startswith(("connected", "ECONNREFUSED"))),
+    ]  # fmt: skip
+
+
 def network_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
-    rows = [
-        _row("network: interfaces", who, "lo only", obs["interfaces"], obs["interfaces"] == ["lo"]),
-        _row("network: routes", who, "none (outside lo)", obs["routes"], not obs["routes"]),
-    ]
+    if ctx.network == "sinkhole":
+        rows = sinkhole_rows(obs, who, ctx)
+    else:
+        rows = [
+            _row("network: interfaces", who, "lo only", obs["interfaces"],
+                 obs["interfaces"] == ["lo"]),
+            _row("network: routes", who, "none (outside lo)", obs["routes"], not obs["routes"]),
+        ]  # fmt: skip
     for target, result in obs["tcp"].items():
         what = ctx.targets.get(target, target)
         rows.append(
@@ -112,6 +139,10 @@ def network_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
             )
         )
     for target, result in obs["icmp"].items():
+        if ctx.network == "sinkhole":  # routed to the gateway, which answers every address
+            rows.append(Row(f"network: ICMP echo to {target}", who, "to the sinkhole only",
+                            str(result), "INFO"))  # fmt: skip
+            continue
         rows.append(
             _row(f"network: ICMP echo to {target}", who, "not sent", result, result != "sent")
         )
