@@ -135,6 +135,17 @@ class SessionExec(SessionEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SessionEnv(SessionEvent):
+    """An environment variable the client asked for (`env` request), passed on or not; the
+    outputs' `cowrie.client.var`."""
+
+    eventid: ClassVar[str] = "session.env"
+    channel: int
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionCommand(SessionEvent):
     """A line entered in an interactive shell, as the shell had it when Enter was pressed."""
 
@@ -342,6 +353,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SessionShell,
         SessionExec,
         SessionCommand,
+        SessionEnv,
         SessionSubsystem,
         SessionResize,
         ChannelClosed,
@@ -385,6 +397,7 @@ __all__ = [
     "SessionClosed",
     "SessionCommand",
     "SessionConnect",
+    "SessionEnv",
     "SessionExec",
     "SessionRefused",
     "SessionResize",
