@@ -123,11 +123,11 @@ class AlertRules:
             window = rule.window
             if window.started is None:
                 window.started = now
-            source = record.get("src_ip")
-            if isinstance(source, str) and len(window.sources) < MAX_SOURCES:
-                window.sources.add(source)
             if window.sent >= rule.config.max_per_interval:
                 window.suppressed += 1
+                source = record.get("src_ip")
+                if isinstance(source, str) and len(window.sources) < MAX_SOURCES:
+                    window.sources.add(source)
                 continue
             window.sent += 1
             alert = Alert(
@@ -156,7 +156,7 @@ class AlertRules:
                     f"[{rule.config.name}] digest: {window.suppressed} more matches in "
                     f"{now - window.started:.0f} s from {sources}{more} sources "
                     f"(limit {rule.config.max_per_interval} per "
-                    f"{rule.config.interval_seconds:.0f} s)"
+                    f"{rule.config.interval_seconds:g} s)"
                 )
                 alert = Alert(
                     rule=rule.config.name,
