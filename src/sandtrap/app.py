@@ -20,6 +20,7 @@ from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.metrics import Metrics
 from sandtrap.outputs import Outputs, drain
 from sandtrap.paths import DataLayout
 from sandtrap.persona import banner_from_package, package_version, persona_for
@@ -94,6 +95,7 @@ class Service:
     stop: asyncio.Event
     index: EventIndex | None = None
     outputs: Outputs | None = None
+    metrics: Metrics | None = None
 
 
 async def _preflight(config: Config, engine: Engine) -> None:
@@ -128,6 +130,7 @@ async def serve(
     events = open_event_log(config.storage, config.sensor)
     index = EventIndex(DataLayout(config.storage.data_dir).index_db, config.sensor)
     outputs = Outputs(config)
+    metrics = Metrics() if config.metrics.listen is not None else None
     try:
         await gate.start()
         await _preflight(config, engine)
@@ -141,10 +144,20 @@ async def serve(
             # Outputs (issue 17): each drains its own bounded queue; offer never waits.
             outputs_task = tasks.create_task(outputs.run(), name="outputs")
             events.subscribe(outputs.offer)
+            if metrics is not None:
+                events.subscribe(metrics.observe)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)
-            service = Service(config, front, pool, events, stop, index, outputs)
+            metrics_task = None
+            if metrics is not None:
+                metrics.track(pool.statistics, outputs.statistics)
+                metrics_ready = asyncio.Event()
+                metrics_task = tasks.create_task(
+                    metrics.serve(config, metrics_ready), name="metrics"
+                )
+                await metrics_ready.wait()
+            service = Service(config, front, pool, events, stop, index, outputs, metrics)
             status_task = tasks.create_task(
                 write_status(config, front.addresses, pool.statistics), name="status"
             )
@@ -163,6 +176,8 @@ async def serve(
             await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
             pool_task.cancel()
             status_task.cancel()
+            if metrics_task is not None:
+                metrics_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task

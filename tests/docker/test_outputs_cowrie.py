@@ -26,13 +26,18 @@ import json
 import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
+from sandtrap.cli import cli
+from sandtrap.config import dump_config
 from tests.docker.service import SSH_OPTS, RunningService, remove_sensor_containers, service_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
@@ -97,7 +102,11 @@ def logstash_view(record: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def honeypot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    config = service_config(tmp_path_factory.mktemp("var"), outputs=[{"type": "cowrie"}])
+    config = service_config(
+        tmp_path_factory.mktemp("var"),
+        outputs=[{"type": "cowrie"}],
+        metrics={"listen": "127.0.0.1:0"},
+    )
     running = RunningService(config).start()
     running.call(running.service.pool.wait_warm)
     yield running
@@ -215,3 +224,51 @@ def test_cowrie_json_reads_as_tpot_and_ewsposter_expect(
     assert all(s["version"].startswith("SSH-2.0-") for s in sessions.values())
     assert all("timestamp_close" in s for s in sessions.values())
     assert all(s["target_port"] == honeypot.port for s in sessions.values())
+
+
+def test_metrics_scrape_with_bounded_labels(honeypot: RunningService, tmp_path: Path) -> None:
+    """Issue 17: /metrics read with Prometheus' own text parser; no attacker value as a label."""
+    assert honeypot.ssh("true", user="admin", password="hunter2-\x1b", timeout=30).returncode
+    assert honeypot.ssh("id").returncode == 0
+    metrics = honeypot.service.metrics
+    assert metrics is not None
+    host, port = metrics.addresses[0]
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        if samples.get(("sandtrap_sessions_active", ()), 1) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("sandtrap_connections_total") >= 2
+    assert value("sandtrap_auth_attempts_total", result="failed", method="password") >= 1
+    assert value("sandtrap_auth_attempts_total", result="success", method="password") >= 1
+    assert value("sandtrap_sessions_total") >= 2 and value("sandtrap_sessions_active") == 0
+    assert value("sandtrap_sandbox_allocation_seconds_count") >= 1
+    assert value("sandtrap_login_seconds_count") >= 1
+    assert value("sandtrap_sandboxes", state="warm") >= 0
+    assert value("sandtrap_output_delivered_total", output="cowrie") > 0
+    assert value("sandtrap_output_dropped_total", output="cowrie") == 0
+    assert ("sandtrap_event_loop_lag_seconds", ()) in samples
+    assert value("sandtrap_events_total", eventid="session.connect") >= 2
+    labels = {v for (_, pairs) in samples for (_, v) in pairs}
+    for hostile in ("admin", "root", "hunter2", "127.0.0.1", "not-the-password"):
+        assert not any(hostile in label for label in labels), hostile
+    # `sandtrap health` scrapes it the same way.
+    config = honeypot.config.model_copy(
+        update={"metrics": honeypot.config.metrics.model_copy(update={"listen": f"{host}:{port}"})}
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
+    result = CliRunner().invoke(cli, ["health", "--config", str(path), "--check", "metrics"])
+    assert result.exit_code == 0, result.output
+    assert "metric families; sessions active 0, output drops 0" in result.output
