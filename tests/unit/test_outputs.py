@@ -118,12 +118,15 @@ async def test_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None
     spool = Spool(tmp_path / "s.jsonl", max_bytes=100)
     assert spool.append([{"n": n} for n in range(20)]) > 0
     assert spool.size <= 100 and spool.dropped > 0
-    kept = await spool.take()
-    assert kept[0] == {"n": 0}
-    await spool.keep(kept[1:])
-    assert (await spool.take())[0] == {"n": 1}
-    await spool.keep([])
-    assert not spool.has_data()
+    kept, sizes = await spool.take(2)
+    assert kept == [{"n": 0}, {"n": 1}] and sizes == [len('{"n":0}\n')] * 2
+    spool.consumed(sizes[0])
+    assert (await spool.take(10))[0][0] == {"n": 1}
+    spool.consumed(spool.size)
+    assert not spool.has_data() and not spool.path.exists()
+    (tmp_path / "torn.jsonl").write_bytes(b'{"n":1}\nnot json\n{"n":2}\n{"n":3')
+    torn = Spool(tmp_path / "torn.jsonl", max_bytes=1000)
+    assert (await torn.take(10))[0] == [{"n": 1}, {"n": 2}]
 
 
 def test_chat_escaping() -> None:

@@ -215,20 +215,25 @@ class OutputRunner:
         return True
 
     async def _replay(self) -> None:
-        if self._spool is None:
+        """Send the spool's front in batches until it is empty or the sink fails again."""
+        spool = self._spool
+        if spool is None:
             return
-        records = await self._spool.take()
         step = max(1, self.sink.batch_max_events)
-        for start in range(0, len(records), step):
-            chunk = records[start : start + step]
-            if not await self._send(chunk):
-                self._inflight = []
-                await self._spool.keep(records[start:])
-                self._retry_at = self._clock() + self._backoff.failed()
-                return
-        await self._spool.keep([])
-        if records:
-            log.info("output %s: replayed %d spooled records", self.name, len(records))
+        replayed = 0
+        while spool.has_data():
+            records, sizes = await spool.take(step * 20)
+            if not records:
+                break
+            for start in range(0, len(records), step):
+                if not await self._send(records[start : start + step]):
+                    self._inflight = []
+                    self._retry_at = self._clock() + self._backoff.failed()
+                    return
+                spool.consumed(sum(sizes[start : start + step]))
+                replayed += len(records[start : start + step])
+        if replayed:
+            log.info("output %s: replayed %d spooled records", self.name, replayed)
 
     def _to_spool(self, records: list[Record]) -> None:
         if self._spool is None:

@@ -2,7 +2,8 @@
 
 One JSON line per record in var/spool/<output>.jsonl, appended with single small writes (as the
 event log is), bounded by `max_bytes` (records beyond are dropped and counted, never silently).
-Reading back and rewriting run in a worker thread. Only the output's runner task touches it.
+Reading back runs in a worker thread; a delivered front is skipped (an offset) and the file
+removed once all of it is delivered. Only the output's runner task touches it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.dropped = 0
         self._size: int | None = None
+        self._offset = 0
 
     @property
     def size(self) -> int:
@@ -35,9 +37,6 @@ class Spool:
             except OSError:
                 self._size = 0
         return self._size
-
-    def has_data(self) -> bool:
-        return self.size > 0
 
     def append(self, records: list[Record]) -> int:
         """Write `records` at the end; returns how many were dropped (full spool or disk)."""
@@ -70,44 +69,51 @@ class Spool:
         self.dropped += dropped
         return dropped
 
-    async def take(self) -> list[Record]:
-        """Every spooled record, oldest first (the file stays until `keep` says what remains)."""
-        return await asyncio.to_thread(self._read)
+    async def take(self, limit: int) -> tuple[list[Record], list[int]]:
+        """Up to `limit` records from the unsent front of the spool, and each one's size in bytes.
 
-    def _read(self) -> list[Record]:
+        Nothing is removed until `consumed` says how much arrived.
+        """
+        return await asyncio.to_thread(self._read, limit)
+
+    def _read(self, limit: int) -> tuple[list[Record], list[int]]:
+        records: list[Record] = []
+        sizes: list[int] = []
         try:
-            text = self.path.read_text(encoding="ascii", errors="replace")
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                for line in handle:
+                    if len(records) >= limit or not line.endswith(b"\n"):
+                        break
+                    try:
+                        value = json.loads(line)
+                    except ValueError:
+                        value = None
+                    if not isinstance(value, dict):
+                        # A torn line after a crash mid-write: nothing else writes here.
+                        log.warning("skipping an unreadable line in %s", self.path)
+                        self._offset += len(line)
+                        continue
+                    records.append(value)
+                    sizes.append(len(line))
         except FileNotFoundError:
-            return []
-        records = []
-        for line in text.splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                # A torn last line after a crash mid-write: nothing else writes here.
-                log.warning("skipping an unreadable line in %s", self.path)
-                continue
-            if isinstance(value, dict):
-                records.append(value)
-        return records
-
-    async def keep(self, records: list[Record]) -> None:
-        """Replace the spool's content with `records` (what a replay could not send)."""
-        await asyncio.to_thread(self._rewrite, records)
-
-    def _rewrite(self, records: list[Record]) -> None:
-        if not records:
-            self.path.unlink(missing_ok=True)
             self._size = 0
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        data = "".join(
-            json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
-            for record in records
-        )
-        tmp.write_text(data, encoding="ascii")
-        tmp.replace(self.path)
-        self._size = len(data)
+        return records, sizes
+
+    def consumed(self, nbytes: int) -> None:
+        """`nbytes` from the front were delivered; an emptied spool file is removed.
+
+        The read offset is kept in memory: after a crash mid-replay the delivered front is sent
+        again (at least once, never lost).
+        """
+        self._offset += nbytes
+        if self._offset >= self.size:
+            self.path.unlink(missing_ok=True)
+            self._offset = 0
+            self._size = 0
+
+    def has_data(self) -> bool:
+        return self.size > self._offset
 
 
 __all__ = ["Spool"]
