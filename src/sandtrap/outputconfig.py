@@ -161,10 +161,24 @@ class WebhookOutput(_RemoteOutput):
         return self
 
 
-OutputConfig = Annotated[CowrieOutput | SyslogOutput | WebhookOutput, Field(discriminator="type")]
+class PostgresqlOutput(_RemoteOutput):
+    """Every event into one PostgreSQL database shared by a fleet (idempotent inserts)."""
+
+    type: Literal["postgresql"]
+    url: str = Field(
+        pattern=r"^postgres(ql)?://\S+$",
+        max_length=2048,
+        description="libpq URL, e.g. postgresql://sandtrap:secret@db.example:5432/sandtrap",
+    )
+    batch_max_events: int = Field(default=500, ge=1, le=10_000)
+    batch_max_seconds: float = Field(default=1.0, ge=0, le=600)
 
 
-def output_name(output: CowrieOutput | SyslogOutput | WebhookOutput) -> str:
+AnyOutput = CowrieOutput | SyslogOutput | WebhookOutput | PostgresqlOutput
+OutputConfig = Annotated[AnyOutput, Field(discriminator="type")]
+
+
+def output_name(output: AnyOutput) -> str:
     return output.name or output.type
 
 
@@ -209,9 +223,7 @@ class MetricsConfig(_Model):
     loop_lag_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
 
-def check_outputs(
-    outputs: list[CowrieOutput | SyslogOutput | WebhookOutput], alerts: list[AlertRule]
-) -> None:
+def check_outputs(outputs: list[AnyOutput], alerts: list[AlertRule]) -> None:
     """Names unique, cowrie paths distinct, every alert aimed at an existing syslog/webhook.
 
     Raises:
@@ -227,7 +239,7 @@ def check_outputs(
         kind = kinds.get(rule.output)
         if kind is None:
             raise ValueError(f"alerts: rule {rule.name!r} names no output {rule.output!r}")
-        if kind == "cowrie":
+        if kind not in ("syslog", "webhook"):
             raise ValueError(f"alerts: rule {rule.name!r}: alerts go to syslog or webhook outputs")
     names = [rule.name for rule in alerts]
     if len(set(names)) != len(names):
@@ -242,9 +254,11 @@ def resolve_path(data_dir: Path, path: Path) -> Path:
 __all__ = [
     "FACILITIES",
     "AlertRule",
+    "AnyOutput",
     "CowrieOutput",
     "MetricsConfig",
     "OutputConfig",
+    "PostgresqlOutput",
     "SyslogOutput",
     "WebhookOutput",
     "check_outputs",

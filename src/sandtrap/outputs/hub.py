@@ -15,14 +15,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from sandtrap.config import Config, CowrieOutput, SyslogOutput, WebhookOutput
+from sandtrap.config import Config, CowrieOutput, PostgresqlOutput, SyslogOutput, WebhookOutput
 from sandtrap.events import Event
 from sandtrap.events.base import to_record
-from sandtrap.outputconfig import output_name, resolve_path
+from sandtrap.outputconfig import AnyOutput, output_name, resolve_path
 from sandtrap.outputs.alerts import AlertRules
 from sandtrap.outputs.base import Backoff, EventFilter, OutputStatistics, Sink
 from sandtrap.outputs.cowrie import CowrieMapper
 from sandtrap.outputs.jsonfile import CowrieFileSink, sensor_uuid
+from sandtrap.outputs.postgresql import PostgresqlSink
 from sandtrap.outputs.runner import REPORT_INTERVAL_SECONDS, OutputRunner
 from sandtrap.outputs.spool import Spool
 from sandtrap.outputs.syslog import SyslogSink
@@ -35,7 +36,7 @@ ALERT_QUEUE_SIZE = 10_000
 ALERT_FLUSH_SECONDS = 1.0
 
 
-def build_sink(output: CowrieOutput | SyslogOutput | WebhookOutput, config: Config) -> Sink:
+def build_sink(output: AnyOutput, config: Config) -> Sink:
     """The sink of one configured output (no I/O: the cowrie uuid file is read at first use)."""
     layout = DataLayout(config.storage.data_dir)
     if isinstance(output, CowrieOutput):
@@ -45,6 +46,8 @@ def build_sink(output: CowrieOutput | SyslogOutput | WebhookOutput, config: Conf
         )
     if isinstance(output, SyslogOutput):
         return SyslogSink(output, config.sensor, _cowrie_mapper(output.format, layout))
+    if isinstance(output, PostgresqlOutput):
+        return PostgresqlSink(output, config.sensor)
     return WebhookSink(output, config.sensor, _cowrie_mapper(output.format, layout))
 
 
@@ -57,7 +60,7 @@ def _cowrie_mapper(fmt: str, layout: DataLayout) -> CowrieMapper | None:
 
 
 def build_runner(
-    output: CowrieOutput | SyslogOutput | WebhookOutput,
+    output: AnyOutput,
     config: Config,
     *,
     sink: Sink | None = None,
@@ -66,7 +69,7 @@ def build_runner(
 ) -> OutputRunner:
     name = output_name(output)
     spool = None
-    if isinstance(output, SyslogOutput | WebhookOutput):
+    if isinstance(output, SyslogOutput | WebhookOutput | PostgresqlOutput):
         backoff = Backoff(output.retry_initial_seconds, output.retry_max_seconds)
         if output.spool_max_bytes:
             path = DataLayout(config.storage.data_dir).spool_file(name)
