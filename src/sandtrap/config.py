@@ -20,6 +20,7 @@ from sandtrap.limits import MaxStartups
 from sandtrap.outputconfig import (
     AlertRule,
     CowrieOutput,
+    HpfeedsOutput,
     MetricsConfig,
     OutputConfig,
     PostgresqlOutput,
@@ -408,6 +409,7 @@ __all__ = [
     "Config",
     "CowrieOutput",
     "Credential",
+    "HpfeedsOutput",
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",

@@ -174,7 +174,24 @@ class PostgresqlOutput(_RemoteOutput):
     batch_max_seconds: float = Field(default=1.0, ge=0, le=600)
 
 
-AnyOutput = CowrieOutput | SyslogOutput | WebhookOutput | PostgresqlOutput
+class HpfeedsOutput(_RemoteOutput):
+    """Cowrie's `cowrie.sessions` summaries (one per session, at its end) to an hpfeeds broker."""
+
+    type: Literal["hpfeeds"]
+    address: str = Field(description="the broker's host:port")
+    ident: str = Field(min_length=1, max_length=255)
+    secret: str = Field(min_length=1, max_length=1024)
+    channel: str = Field(default="cowrie.sessions", min_length=1, max_length=255)
+    tls: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
+AnyOutput = CowrieOutput | SyslogOutput | WebhookOutput | PostgresqlOutput | HpfeedsOutput
 OutputConfig = Annotated[AnyOutput, Field(discriminator="type")]
 
 
@@ -256,6 +273,7 @@ __all__ = [
     "AlertRule",
     "AnyOutput",
     "CowrieOutput",
+    "HpfeedsOutput",
     "MetricsConfig",
     "OutputConfig",
     "PostgresqlOutput",

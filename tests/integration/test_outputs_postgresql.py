@@ -65,10 +65,10 @@ def database() -> Iterator[str]:
     data = home / "data"
     run = {"check": True, "capture_output": True, "timeout": 120}
     subprocess.run([*as_user, INITDB, "-D", str(data), "-A", "trust", "-U", "sandtrap",
-                    "--no-sync"], **run)  # type: ignore[call-overload]  # fmt: skip
+                    "--no-sync"], **run)  # fmt: skip
     options = f"-k {home} -h 127.0.0.1 -p {port} -F"
     subprocess.run([*as_user, PG_CTL, "-D", str(data), "-o", options, "-l", str(home / "log"),
-                    "-w", "start"], **run)  # type: ignore[call-overload]  # fmt: skip
+                    "-w", "start"], **run)  # fmt: skip
     try:
         yield f"postgresql://sandtrap@127.0.0.1:{port}/postgres"
     finally:

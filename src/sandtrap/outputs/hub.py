@@ -15,13 +15,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from sandtrap.config import Config, CowrieOutput, PostgresqlOutput, SyslogOutput, WebhookOutput
+from sandtrap.config import (
+    Config,
+    CowrieOutput,
+    HpfeedsOutput,
+    PostgresqlOutput,
+    SyslogOutput,
+)
 from sandtrap.events import Event
 from sandtrap.events.base import to_record
 from sandtrap.outputconfig import AnyOutput, output_name, resolve_path
 from sandtrap.outputs.alerts import AlertRules
 from sandtrap.outputs.base import Backoff, EventFilter, OutputStatistics, Sink
 from sandtrap.outputs.cowrie import CowrieMapper
+from sandtrap.outputs.hpfeeds import HpfeedsSink
 from sandtrap.outputs.jsonfile import CowrieFileSink, sensor_uuid
 from sandtrap.outputs.postgresql import PostgresqlSink
 from sandtrap.outputs.runner import REPORT_INTERVAL_SECONDS, OutputRunner
@@ -48,6 +55,8 @@ def build_sink(output: AnyOutput, config: Config) -> Sink:
         return SyslogSink(output, config.sensor, _cowrie_mapper(output.format, layout))
     if isinstance(output, PostgresqlOutput):
         return PostgresqlSink(output, config.sensor)
+    if isinstance(output, HpfeedsOutput):
+        return HpfeedsSink(output, config.sensor, CowrieMapper(_uuid_of(layout)))
     return WebhookSink(output, config.sensor, _cowrie_mapper(output.format, layout))
 
 
@@ -69,7 +78,7 @@ def build_runner(
 ) -> OutputRunner:
     name = output_name(output)
     spool = None
-    if isinstance(output, SyslogOutput | WebhookOutput | PostgresqlOutput):
+    if not isinstance(output, CowrieOutput):
         backoff = Backoff(output.retry_initial_seconds, output.retry_max_seconds)
         if output.spool_max_bytes:
             path = DataLayout(config.storage.data_dir).spool_file(name)
