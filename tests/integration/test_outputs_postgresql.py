@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,22 @@ async def test_two_sensors_one_store_idempotent_and_readable_by_the_cli(
     )
     assert counted.exit_code == 0, counted.output
     assert "123456" in counted.output
+    config = tmp_path / "analyst.yaml"
+    config.write_text(f"storage:\n  data_dir: {tmp_path / 'analyst'}\n")
+    bundle = tmp_path / "bundle.tar.gz"
+    exported = await asyncio.to_thread(
+        runner.invoke,
+        cli,
+        ["export", "--config", str(config), "--store", database, "00000000000b", "-o",
+         str(bundle), "--no-engine"],
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    with tarfile.open(bundle) as archive:
+        member = archive.extractfile("00000000000b/events.jsonl")
+        assert member is not None
+        lines = [json.loads(line) for line in member.read().splitlines()]
+    assert lines[0]["eventid"] == "session.connect" and len(lines) == 5
+    assert {r["sensor"] for r in lines} == {"sensor-b"}
     refused = await asyncio.to_thread(
         runner.invoke, cli, ["stats", "--store", "postgresql://nobody@127.0.0.1:1/x"]
     )

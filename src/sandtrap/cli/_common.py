@@ -94,6 +94,19 @@ def open_index(config: Config, store: str | None = None) -> sqlite3.Connection:
     return open_index(paths.index_db, paths.events_log)
 
 
+def store_records(url: str, session: str) -> list[dict[str, Any]]:
+    """One session's events from the PostgreSQL store (for `export --store`)."""
+    import psycopg
+
+    from sandtrap.store.postgres import session_records
+
+    try:
+        return session_records(url, session)
+    except psycopg.Error as exc:
+        fail(f"sandtrap: cannot read the store: {type(exc).__name__}: {safe_text(str(exc))}")
+        raise SystemExit(EXIT_FAILURE) from None
+
+
 def _store_index(url: str) -> sqlite3.Connection:
     if not url.startswith(("postgresql://", "postgres://")):
         fail("sandtrap: --store takes a postgresql:// URL")

@@ -26,6 +26,7 @@ from sandtrap.cli._common import (
     query,
     since_bound,
     store_option,
+    store_records,
 )
 from sandtrap.textsafe import safe_text
 
@@ -147,6 +148,7 @@ def replay(
 
 @click.command()
 @config_option
+@store_option
 @click.argument("session_id")
 @click.option(
     "-o",
@@ -156,7 +158,9 @@ def replay(
     help="The bundle to write (.tar.gz).",
 )
 @click.option("--no-engine", is_flag=True, help="Do not read the kept container; use artifacts.")
-def export(config_path: Path | None, session_id: str, output: Path, no_engine: bool) -> None:
+def export(
+    config_path: Path | None, store: str | None, session_id: str, output: Path, no_engine: bool
+) -> None:
     """Write a forensic bundle of a session: events, recordings, diff, files, sha256 manifest."""
     from sandtrap.analysis.export import collect, write_bundle
     from sandtrap.analysis.query import resolve_session
@@ -164,13 +168,14 @@ def export(config_path: Path | None, session_id: str, output: Path, no_engine: b
     from sandtrap.sandbox.docker import Engine
 
     config = load(config_path)
-    db = open_index(config)
+    db = open_index(config, store)
     session = query(lambda: resolve_session(db, session_id))
+    records = store_records(store, session) if store is not None else None
 
     async def gather() -> Bundle:
         engine = None if no_engine else Engine(engine_url(config))
         try:
-            return await collect(session, layout(config), engine)
+            return await collect(session, layout(config), engine, records)
         finally:
             if engine is not None:
                 await engine.close()

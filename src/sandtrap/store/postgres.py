@@ -127,4 +127,19 @@ def load_index(url: str, sensor: str | None = None, batch: int = 5000) -> sqlite
     return db
 
 
-__all__ = ["MIGRATIONS", "canonical", "insert", "load_index", "migrate", "row"]
+def session_records(url: str, session: str) -> list[Record]:
+    """Every event of one session in the store, in order.
+
+    Raises:
+        psycopg.Error: the store cannot be read.
+    """
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT line FROM events WHERE session = %s ORDER BY timestamp, id", (session,)
+        ).fetchall()
+    return [json.loads(line) for (line,) in rows]
+
+
+__all__ = ["MIGRATIONS", "canonical", "insert", "load_index", "migrate", "row", "session_records"]
