@@ -227,3 +227,42 @@ async def test_receiver_down_spools_then_replays_in_order(tmp_path: Path, rsyslo
     assert all(fields[5] == "cowrie.command.input" for fields in lines)
     assert not spool.exists()
     assert outputs.statistics()[0].dropped == 0
+
+
+async def test_alerts_reach_rsyslog_as_warnings_with_a_digest(
+    tmp_path: Path, rsyslog: Rsyslog
+) -> None:
+    config = parse_config(
+        {
+            "sensor": "honeypot-01",
+            "storage": {"data_dir": str(tmp_path / "var")},
+            "outputs": [
+                {
+                    "type": "syslog",
+                    "name": "siem",
+                    "transport": "tcp",
+                    "address": f"127.0.0.1:{rsyslog.tcp}",
+                    "eventids": [],
+                }
+            ],
+            "alerts": [
+                {
+                    "name": "dropper",
+                    "on": "command",
+                    "pattern": "wget|curl",
+                    "output": "siem",
+                    "max_per_interval": 2,
+                    "interval_seconds": 0.3,
+                }
+            ],
+        }
+    )
+    outputs = Outputs(config)
+    events = [SessionCommand(peer=PEER, channel=0, input=f"wget http://x/{n}") for n in range(9)]
+    await _run(outputs, [SessionCommand(peer=PEER, channel=0, input="ls"), *events])
+    lines = await asyncio.to_thread(rsyslog.wait_lines, 3)
+    assert [f[5] for f in lines] == ["alert", "alert", "alert.digest"]
+    assert all(f[2] == "warning" for f in lines)
+    first = json.loads(lines[0][7].strip())
+    assert first["rule"] == "dropper" and first["event"]["input"] == "wget http://x/0"
+    assert "7 more matches" in json.loads(lines[2][7].strip())["message"]
