@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,21 @@ async def test_runner_full_queue_drops_and_counts_never_blocks(
         await task
     # The held batch timed out and was retried: nothing queued was lost.
     assert len(sink.sent) + runner.statistics().dropped == 201
+
+
+async def test_cowrie_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) -> None:
+    from sandtrap.outputs.jsonfile import CowrieFileSink, sensor_uuid
+
+    uuid_file = tmp_path / "cowrie.uuid"
+    assert sensor_uuid(uuid_file) == sensor_uuid(uuid_file)  # made once, then kept
+    path = tmp_path / "log" / "cowrie.json"
+    sink = CowrieFileSink(path, "s", CowrieMapper("u"))
+    await sink.send(sink.format(SessionCommand(peer=PEER, channel=0, input="one")))
+    path.rename(path.with_name("cowrie.json.1"))  # logrotate's default: rename, then create
+    await sink.send(sink.format(SessionCommand(peer=PEER, channel=0, input="two")))
+    await sink.close()
+    assert json.loads(path.with_name("cowrie.json.1").read_text())["input"] == "one"
+    assert json.loads(path.read_text())["input"] == "two"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644 & ~umask
