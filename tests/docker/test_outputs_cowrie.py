@@ -188,6 +188,7 @@ def test_cowrie_json_reads_as_tpot_and_ewsposter_expect(
     assert re.fullmatch(r"[0-9a-f]{32}", kex["hassh"])
     assert hashlib.md5(kex["hasshAlgorithms"].encode()).hexdigest() == kex["hassh"]  # noqa: S324
     assert kex["kexAlgs"] and kex["encCS"] and kex["macCS"] and kex["compCS"]
+    assert "ssh-ed25519" in kex["keyAlgs"]
     failed = by_id["cowrie.login.failed"][0]
     assert (failed["username"], failed["password"]) == ("root", "not-the-password")
     assert failed["message"] == "login attempt [root/not-the-password] failed"

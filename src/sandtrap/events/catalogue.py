@@ -6,7 +6,7 @@ every event carries and how it is serialised is events/base.py's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
@@ -59,6 +59,8 @@ class ClientKex(SessionEvent):
     enc_algs: list[str]
     mac_algs: list[str]
     comp_algs: list[str]
+    # Issue 17: host key algorithms too (Cowrie's keyAlgs); not part of HASSH.
+    key_algs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
