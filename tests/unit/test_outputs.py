@@ -252,3 +252,36 @@ async def test_cowrie_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) 
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+async def test_a_sink_bug_is_counted_never_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(_Sink):
+        def format(self, item: Item) -> list[Record]:
+            raise RuntimeError("bug")
+
+    runner = OutputRunner(
+        "b", "test", Broken(), accepts=EventFilter(), queue_size=10, backoff=Backoff(1, 1)
+    )
+    task = asyncio.create_task(runner.run())
+    for n in range(3):
+        runner.offer(SessionCommand(peer=PEER, channel=0, input=str(n)))
+    runner.stop()
+    async with asyncio.timeout(5):
+        await task
+    assert runner.statistics().dropped == 3
+    assert sum("cannot format" in r.message for r in caplog.records) == 1
+
+
+def test_outputs_refuse_to_start_without_their_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from sandtrap.errors import ConfigError
+    from sandtrap.outputs import Outputs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    config = parse_config({"outputs": [{"type": "postgresql", "url": "postgresql://x/y"}]})
+    with pytest.raises(ConfigError, match=r"sandtrap\[postgresql\]"):
+        Outputs(config)

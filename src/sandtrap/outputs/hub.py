@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from sandtrap.config import (
     PostgresqlOutput,
     SyslogOutput,
 )
+from sandtrap.errors import ConfigError
 from sandtrap.events import Event
 from sandtrap.events.base import to_record
 from sandtrap.outputconfig import AnyOutput, output_name, resolve_path
@@ -41,6 +43,27 @@ log = logging.getLogger(__name__)
 
 ALERT_QUEUE_SIZE = 10_000
 ALERT_FLUSH_SECONDS = 1.0
+
+
+# Output types whose client library is an optional extra: (module, extra to install).
+OPTIONAL_LIBRARIES = {"postgresql": ("psycopg", "postgresql"), "hpfeeds": ("hpfeeds", "hpfeeds")}
+
+
+def check_libraries(outputs: list[AnyOutput]) -> None:
+    """Refuse to start with an output whose library is missing (rather than fail every batch).
+
+    Raises:
+        ConfigError: naming the output and the extra to install.
+    """
+    problems = []
+    for output in outputs:
+        module, extra = OPTIONAL_LIBRARIES.get(output.type, ("", ""))
+        if module and importlib.util.find_spec(module) is None:
+            problems.append(
+                f"outputs: {output_name(output)!r} needs {module}: pip install 'sandtrap[{extra}]'"
+            )
+    if problems:
+        raise ConfigError(problems)
 
 
 def build_sink(output: AnyOutput, config: Config) -> Sink:
@@ -103,6 +126,8 @@ class Outputs:
 
     def __init__(self, config: Config, runners: list[OutputRunner] | None = None) -> None:
         self.sensor = config.sensor
+        if runners is None:
+            check_libraries(config.outputs)
         self.runners = (
             runners
             if runners is not None

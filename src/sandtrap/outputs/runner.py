@@ -73,6 +73,7 @@ class OutputRunner:
         self._window_failures = 0
         self._last_error = ""
         self._spooled = 0
+        self._unexpected = 0
         self._last_report = clock()
 
     # --- the hot path ------------------------------------------------------------------------
@@ -120,8 +121,11 @@ class OutputRunner:
                 except (asyncio.CancelledError, KeyboardInterrupt):
                     raise
                 except Exception:
-                    # A bug in a sink must never end the service's TaskGroup.
-                    log.exception("output %s: a batch failed unexpectedly", self.name)
+                    # A bug in a sink must never end the service's TaskGroup; logged in full
+                    # the first time, then counted with the drops.
+                    self._unexpected += 1
+                    if self._unexpected == 1:
+                        log.exception("output %s: a batch failed unexpectedly", self.name)
                     self._drop(len(self._inflight))
                     self._inflight = []
             if self._spool is not None and self._spool.has_data() and self._retry_at is None:
@@ -161,7 +165,14 @@ class OutputRunner:
                 await self._wait(self._wake, left)
         records: list[Record] = []
         while self._queue and len(records) < sink.batch_max_events:
-            records.extend(sink.format(self._queue.popleft()))
+            item = self._queue.popleft()
+            try:
+                records.extend(sink.format(item))
+            except Exception:
+                self._unexpected += 1
+                if self._unexpected == 1:
+                    log.exception("output %s: cannot format %r", self.name, type(item).__name__)
+                self._drop(1)
         self._inflight = records
         return records
 
