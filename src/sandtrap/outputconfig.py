@@ -203,12 +203,13 @@ class AlertRule(_Model):
     """One alert: which events raise it, where it goes, how many per interval before a digest."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
-    on: Literal["login_success", "artifact", "network_callback", "honeytoken", "command", "event"]
+    # `when`, not `on`: YAML 1.1 reads a bare `on` key as the boolean true.
+    when: Literal["login_success", "artifact", "network_callback", "honeytoken", "command", "event"]
     pattern: str | None = Field(
-        default=None, max_length=1000, description="regex on the command line (on: command)"
+        default=None, max_length=1000, description="regex on the command line (when: command)"
     )
     eventids: list[str] = Field(
-        default_factory=list, description="eventid patterns (on: event, network_callback, ...)"
+        default_factory=list, description="eventid patterns (when: event, network_callback, ...)"
     )
     output: str = Field(description="name of a syslog or webhook output")
     max_per_interval: int = Field(default=5, ge=0, le=10_000)
@@ -226,10 +227,10 @@ class AlertRule(_Model):
 
     @model_validator(mode="after")
     def _needs(self) -> AlertRule:
-        if self.on == "command" and self.pattern is None:
-            raise ValueError("on: command needs a pattern")
-        if self.on == "event" and not self.eventids:
-            raise ValueError("on: event needs eventids")
+        if self.when == "command" and self.pattern is None:
+            raise ValueError("when: command needs a pattern")
+        if self.when == "event" and not self.eventids:
+            raise ValueError("when: event needs eventids")
         return self
 
 

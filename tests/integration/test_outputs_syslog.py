@@ -248,7 +248,7 @@ async def test_alerts_reach_rsyslog_as_warnings_with_a_digest(
             "alerts": [
                 {
                     "name": "dropper",
-                    "on": "command",
+                    "when": "command",
                     "pattern": "wget|curl",
                     "output": "siem",
                     "max_per_interval": 2,

@@ -171,13 +171,13 @@ async def test_alert_rules_rate_limit_and_digest_in_chat_presets(
         alerts=[
             {
                 "name": "login",
-                "on": "login_success",
+                "when": "login_success",
                 "output": "chat",
                 "max_per_interval": 3,
                 "interval_seconds": 0.5,
             },
-            {"name": "miner", "on": "command", "pattern": "xmrig", "output": "chat"},
-            {"name": "file", "on": "artifact", "output": "chat"},
+            {"name": "miner", "when": "command", "pattern": "xmrig", "output": "chat"},
+            {"name": "file", "when": "artifact", "output": "chat"},
         ],
     )
     task = asyncio.create_task(outputs.run())

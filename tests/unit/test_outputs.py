@@ -144,7 +144,7 @@ def test_alert_windows_and_digest() -> None:
         [
             AlertRule(
                 name="c",
-                on="command",
+                when="command",
                 pattern="wget",
                 output="o",
                 max_per_interval=2,
@@ -168,16 +168,16 @@ def test_alert_windows_and_digest() -> None:
 
 def test_config_refuses_alerts_to_missing_or_cowrie_outputs() -> None:
     with pytest.raises(Exception, match="names no output"):
-        parse_config({"alerts": [{"name": "a", "on": "login_success", "output": "x"}]})
+        parse_config({"alerts": [{"name": "a", "when": "login_success", "output": "x"}]})
     with pytest.raises(Exception, match="syslog or webhook"):
         parse_config(
             {
                 "outputs": [{"type": "cowrie"}],
-                "alerts": [{"name": "a", "on": "login_success", "output": "cowrie"}],
+                "alerts": [{"name": "a", "when": "login_success", "output": "cowrie"}],
             }
         )
     with pytest.raises(Exception, match="needs a pattern"):
-        parse_config({"alerts": [{"name": "a", "on": "command", "output": "x"}]})
+        parse_config({"alerts": [{"name": "a", "when": "command", "output": "x"}]})
 
 
 class _Sink:
@@ -285,3 +285,19 @@ def test_outputs_refuse_to_start_without_their_library(monkeypatch: pytest.Monke
     config = parse_config({"outputs": [{"type": "postgresql", "url": "postgresql://x/y"}]})
     with pytest.raises(ConfigError, match=r"sandtrap\[postgresql\]"):
         Outputs(config)
+
+
+def test_alert_rules_parse_from_yaml_text() -> None:
+    import yaml
+
+    text = """
+outputs:
+  - {type: webhook, name: chat, url: "https://example.invalid/hook", eventids: []}
+alerts:
+  - name: miner
+    when: command
+    pattern: "xmrig|/dev/tcp/"
+    output: chat
+"""
+    config = parse_config(yaml.safe_load(text))
+    assert config.alerts[0].when == "command" and config.outputs[0].eventids == []

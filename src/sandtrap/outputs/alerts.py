@@ -72,20 +72,20 @@ def describe(kind: str, record: Record) -> str:
 class _Rule:
     def __init__(self, rule: AlertRule) -> None:
         self.config = rule
-        self.filter = EventFilter(tuple(rule.eventids) or DEFAULT_EVENTIDS[rule.on])
+        self.filter = EventFilter(tuple(rule.eventids) or DEFAULT_EVENTIDS[rule.when])
         self.pattern = re.compile(rule.pattern) if rule.pattern else None
         self.window = _Window()
 
     def matches(self, record: Record, new_artifact: Callable[[str], bool]) -> bool:
         if not self.filter.matches(str(record.get("eventid", ""))):
             return False
-        if self.config.on == "artifact":
+        if self.config.when == "artifact":
             digest = record.get("sha256")
             if not isinstance(digest, str) or not new_artifact(digest):
                 return False
         if self.pattern is None:
             return True
-        subject = record.get("input") if self.config.on == "command" else None
+        subject = record.get("input") if self.config.when == "command" else None
         if not isinstance(subject, str):
             subject = json.dumps(record, default=str)
         return self.pattern.search(subject) is not None
@@ -132,8 +132,8 @@ class AlertRules:
             window.sent += 1
             alert = Alert(
                 rule=rule.config.name,
-                text=f"[{rule.config.name}] {describe(rule.config.on, record)}",
-                severity=SEVERITY.get(rule.config.on, "warning"),
+                text=f"[{rule.config.name}] {describe(rule.config.when, record)}",
+                severity=SEVERITY.get(rule.config.when, "warning"),
                 event=record,
             )
             raised.append((rule.config.output, alert))
@@ -161,7 +161,7 @@ class AlertRules:
                 alert = Alert(
                     rule=rule.config.name,
                     text=text,
-                    severity=SEVERITY.get(rule.config.on, "warning"),
+                    severity=SEVERITY.get(rule.config.when, "warning"),
                     count=window.suppressed,
                     digest=True,
                 )
