@@ -35,7 +35,10 @@ test-engine: docker
 # (ssh, scp, sftp through sshpass) and compare the persona with Debian's real sshd; docker-compose
 # runs the deployment test (docker-compose.yml).
 BUILD_PACKAGES := debootstrap
-TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass docker-compose lxcfs nftables
+# rsyslog and postgresql: the syslog and postgresql outputs are tested against a real rsyslogd and
+# a PostgreSQL server the tests start (tests/integration/test_outputs_{syslog,postgresql}.py);
+# lxcfs: the realism checks; nftables: the network sinkhole's image and tests.
+TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass docker-compose lxcfs nftables rsyslog postgresql
 
 # The target image, then SandTrap's own (Dockerfile; layer cache makes an unchanged tree instant).
 image: venv docker

@@ -20,8 +20,10 @@ from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.metrics import Metrics
 from sandtrap.network.deploy import ensure_sinkhole, supervise
 from sandtrap.network.feed import SinkholeFeed
+from sandtrap.outputs import Outputs, drain
 from sandtrap.paths import DataLayout
 from sandtrap.persona import banner_from_package, package_version, persona_for
 from sandtrap.sandbox.docker import Engine
@@ -33,6 +35,9 @@ from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog, open_event_log
 
 log = logging.getLogger(__name__)
+
+# Outputs get at least this long at shutdown to deliver what they hold (then they spool it).
+OUTPUT_DRAIN_SECONDS = 5.0
 
 
 async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:
@@ -92,6 +97,8 @@ class Service:
     events: EventLog
     stop: asyncio.Event
     index: EventIndex | None = None
+    outputs: Outputs | None = None
+    metrics: Metrics | None = None
 
 
 async def _preflight(config: Config, engine: Engine) -> None:
@@ -137,6 +144,8 @@ async def serve(
     engine = Engine(gate.docker_url)
     events = open_event_log(config.storage, config.sensor)
     index = EventIndex(DataLayout(config.storage.data_dir).index_db, config.sensor)
+    outputs = Outputs(config)
+    metrics = Metrics() if config.metrics.listen is not None else None
     try:
         await gate.start()
         await _preflight(config, engine)
@@ -154,10 +163,23 @@ async def serve(
             # The index's one writer: fed by the log, never blocking it (store/index.py).
             index_task = tasks.create_task(index.run(), name="index")
             events.subscribe(index.offer)
+            # Outputs (issue 17): each drains its own bounded queue; offer never waits.
+            outputs_task = tasks.create_task(outputs.run(), name="outputs")
+            events.subscribe(outputs.offer)
+            if metrics is not None:
+                events.subscribe(metrics.observe)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)
-            service = Service(config, front, pool, events, stop, index)
+            metrics_task = None
+            if metrics is not None:
+                metrics.track(pool.statistics, outputs.statistics)
+                metrics_ready = asyncio.Event()
+                metrics_task = tasks.create_task(
+                    metrics.serve(config, metrics_ready), name="metrics"
+                )
+                await metrics_ready.wait()
+            service = Service(config, front, pool, events, stop, index, outputs, metrics)
             status_task = tasks.create_task(
                 write_status(config, front.addresses, pool.statistics), name="status"
             )
@@ -178,9 +200,14 @@ async def serve(
             status_task.cancel()
             for task in network_tasks:
                 task.cancel()
+            if metrics_task is not None:
+                metrics_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task
+            await drain(
+                outputs, outputs_task, max(OUTPUT_DRAIN_SECONDS, config.ssh.shutdown_grace_seconds)
+            )
         await pool.shutdown()
     finally:
         events.close()

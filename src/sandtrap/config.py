@@ -17,6 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sandtrap.errors import ConfigError
 from sandtrap.limits import MaxStartups
+from sandtrap.outputconfig import (
+    AlertRule,
+    CowrieOutput,
+    HpfeedsOutput,
+    MetricsConfig,
+    OutputConfig,
+    PostgresqlOutput,
+    SyslogOutput,
+    WebhookOutput,
+    check_outputs,
+)
 
 DEFAULT_IMAGE = "sandtrap/target-debian:12"
 
@@ -384,6 +395,15 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # Issue 17: the outputs' sections (outputconfig.py holds their models and defaults).
+    outputs: list[OutputConfig] = Field(default_factory=list)
+    alerts: list[AlertRule] = Field(default_factory=list)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _outputs_agree(self) -> Config:
+        check_outputs(self.outputs, self.alerts)
+        return self
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:
@@ -457,17 +477,24 @@ def option_paths(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "AlertRule",
     "AuthConfig",
     "Config",
+    "CowrieOutput",
     "Credential",
+    "HpfeedsOutput",
     "LimitsConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "PoolConfig",
+    "PostgresqlOutput",
     "RetentionConfig",
     "SSHConfig",
     "SandboxConfig",
     "SinkholeConfig",
     "StorageConfig",
+    "SyslogOutput",
+    "WebhookOutput",
     "WeightedImage",
     "dump_config",
     "load_config",

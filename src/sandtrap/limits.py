@@ -25,6 +25,7 @@ MAX_PASSWORD_BYTES = 4096
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_NAME_BYTES = 256  # subsystem names, terminal types, env names, request details
 MAX_ENV_VALUE_BYTES = 1024
+MAX_ENV_EVENTS = 64  # session.env events per channel (a client may send any number of env requests)
 TRUNCATION_MARK = "[...truncated, {total} bytes]"
 
 # TERM as sshd passes it to the shell: terminfo names are short and use only these characters.
@@ -361,6 +362,7 @@ class ByteBudget:
 
 __all__ = [
     "MAX_COMMAND_BYTES",
+    "MAX_ENV_EVENTS",
     "MAX_ENV_VALUE_BYTES",
     "MAX_NAME_BYTES",
     "MAX_PASSWORD_BYTES",

@@ -131,10 +131,20 @@ def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-async def collect(session: str, layout: DataLayout, engine: Engine | None) -> Bundle:
-    """Gather the bundle's members (reads the log, the casts, and the engine when given)."""
+async def collect(
+    session: str,
+    layout: DataLayout,
+    engine: Engine | None,
+    records: list[dict[str, Any]] | None = None,
+) -> Bundle:
+    """Gather the bundle's members (reads the log, the casts, and the engine when given).
+
+    `records` are the session's events when they come from elsewhere (a PostgreSQL store);
+    otherwise they are read from the local log.
+    """
     bundle = Bundle(session)
-    records = session_events(layout.events_log, session)
+    if records is None:
+        records = session_events(layout.events_log, session)
     bundle.members["events.jsonl"] = b"".join(
         (json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
         for r in records

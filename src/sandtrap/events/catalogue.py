@@ -6,7 +6,7 @@ every event carries and how it is serialised is events/base.py's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
@@ -60,6 +60,8 @@ class ClientKex(SessionEvent):
     enc_algs: list[str]
     mac_algs: list[str]
     comp_algs: list[str]
+    # Issue 17: host key algorithms too (Cowrie's keyAlgs); not part of HASSH.
+    key_algs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +135,17 @@ class SessionExec(SessionEvent):
     input: str
     pty: bool = False
     recording: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEnv(SessionEvent):
+    """An environment variable the client asked for (`env` request), passed on or not; the
+    outputs' `cowrie.client.var`."""
+
+    eventid: ClassVar[str] = "session.env"
+    channel: int
+    name: str
+    value: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +357,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SessionShell,
         SessionExec,
         SessionCommand,
+        SessionEnv,
         SessionSubsystem,
         SessionResize,
         ChannelClosed,
@@ -388,6 +402,7 @@ __all__ = [
     "SessionClosed",
     "SessionCommand",
     "SessionConnect",
+    "SessionEnv",
     "SessionExec",
     "SessionRefused",
     "SessionResize",

@@ -21,6 +21,8 @@ from sandtrap.errors import SandboxError
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import (
     MAX_COMMAND_BYTES,
+    MAX_ENV_EVENTS,
+    MAX_ENV_VALUE_BYTES,
     MAX_NAME_BYTES,
     accepted_env,
     cap_text,
@@ -215,6 +217,15 @@ async def run_channel(
     recorder = _recorder_for(request, peer, events, recordings)
     path = str(recorder.path) if recorder is not None and recorder.path is not None else None
     events.emit(_request_event(request, peer, path))
+    for name, value in list(request.env.items())[:MAX_ENV_EVENTS]:
+        events.emit(
+            ev.SessionEnv(
+                peer=peer,
+                channel=request.channel,
+                name=cap_text(name, MAX_NAME_BYTES),
+                value=cap_text(value, MAX_ENV_VALUE_BYTES),
+            )
+        )
     for kind, detail in refused_settings(request, persona):
         events.emit(ev.RequestRefused(peer=peer, request=kind, detail=detail))
     started = time.monotonic()

@@ -114,6 +114,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
                 enc_algs=kexinit.encryption.split(","),
                 mac_algs=kexinit.mac.split(","),
                 comp_algs=kexinit.compression.split(","),
+                key_algs=kexinit.host_key.split(","),
             )
         )
 
