@@ -299,6 +299,39 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(_Model):
+    """`sandtrap web`, the analyst's console (docs/web.md): read-only, loopback by default."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str | None = Field(default=None, min_length=16, max_length=1024)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    page_size: int = Field(default=50, ge=1, le=200)
+    live_interval_seconds: float = Field(default=2.0, ge=0.1, le=60)
+    max_live_clients: int = Field(default=16, ge=1, le=1000)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        if not is_loopback_host(parse_listen(self.listen)[0]) and self.token is None:
+            raise ValueError(f"listen {self.listen} is not loopback: set web.token")
+        return self
+
+
 class Config(_Model):
     """The whole configuration; `Config()` is the safe default used when no file is given."""
 
@@ -311,6 +344,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:
@@ -394,8 +428,10 @@ __all__ = [
     "SSHConfig",
     "SandboxConfig",
     "StorageConfig",
+    "WebConfig",
     "WeightedImage",
     "dump_config",
+    "is_loopback_host",
     "load_config",
     "option_paths",
     "parse_config",
