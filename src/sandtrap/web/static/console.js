@@ -64,7 +64,6 @@
         idleTimeLimit: 2,
         fit: "width",
         preload: true,
-        poster: "npt:0:5",
         terminalFontFamily: "DejaVu Sans Mono, Liberation Mono, monospace",
       });
     }
