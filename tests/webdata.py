@@ -123,9 +123,13 @@ def cast_lines(command: str, output: str) -> list[str]:
 
 
 def write_dataset(
-    data_dir: Path, sessions: int = 60, now: datetime | None = None, seed: int = 7
+    data_dir: Path,
+    sessions: int = 60,
+    now: datetime | None = None,
+    seed: int = 7,
+    hostile_session: bool = True,
 ) -> dict[str, Any]:
-    """Events for `sessions` sessions over the last 30 days (and one hostile session an hour ago)
+    """Events for `sessions` sessions over the last 60 days (and one hostile session an hour ago)
     in data_dir's log, its index built, casts for shells, the artifact stored. Returns ids."""
     now = now or datetime.now(UTC)
     rng = random.Random(seed)
@@ -134,13 +138,14 @@ def write_dataset(
     ids = []
     for number in range(sessions):
         session = f"{number:04x}" + rng.randbytes(4).hex()
-        start = now - timedelta(seconds=rng.randrange(60, 30 * 86400))
-        if number < sessions // 3:
+        start = now - timedelta(seconds=rng.randrange(60, 60 * 86400))
+        if number < sessions // 8:
             start = now - timedelta(seconds=rng.randrange(60, 86400))
         records += session_records(rng, session, start)
         ids.append(session)
     hostile = "feedfacecafe"
-    records += session_records(rng, hostile, now - timedelta(hours=1), hostile=True)
+    if hostile_session:
+        records += session_records(rng, hostile, now - timedelta(hours=1), hostile=True)
     records.sort(key=lambda r: str(r["timestamp"]))
     layout.log.mkdir(parents=True, exist_ok=True)
     with layout.events_log.open("w") as handle:
