@@ -318,6 +318,7 @@ class WebConfig(_Model):
     page_size: int = Field(default=50, ge=1, le=200)
     live_interval_seconds: float = Field(default=2.0, ge=0.1, le=60)
     max_live_clients: int = Field(default=16, ge=1, le=1000)
+    cache_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("listen")
     @classmethod

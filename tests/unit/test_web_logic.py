@@ -170,3 +170,36 @@ def test_vendored_player_matches_its_record() -> None:
     assert player["name"] == "asciinema-player" and player["license"] == "Apache-2.0"
     for name, digest in player["files"].items():
         assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_web_benchmark_block_survives_the_main_report(tmp_path: Path) -> None:
+    from bench.web_bench import END, START, keep_section, write_section
+
+    page = tmp_path / "performance.md"
+    page.write_text("# Performance\n\nold figures\n")
+    write_section(page, f"{START}\nweb v1\n{END}")
+    write_section(page, f"{START}\nweb v2\n{END}")
+    text = page.read_text()
+    assert text.count(START) == 1 and "web v2" in text and "old figures" in text
+    rewritten = keep_section(page, "# Performance\n\nnew figures\n")
+    assert "new figures" in rewritten and "web v2" in rewritten and "old figures" not in rewritten
+    assert keep_section(tmp_path / "missing.md", "x") == "x"
+
+
+async def test_the_overview_cache_computes_once_per_period_and_expires() -> None:
+    from sandtrap.web.app import Cache
+
+    now = [0.0]
+    calls: list[str] = []
+    cache = Cache(10, clock=lambda: now[0])
+
+    async def compute() -> int:
+        calls.append("x")
+        return len(calls)
+
+    assert await cache.get("24h", compute) == 1
+    assert await cache.get("24h", compute) == 1
+    assert await cache.get("7d", compute) == 2
+    now[0] = 11
+    assert await cache.get("24h", compute) == 3
+    assert await Cache(0).get("24h", compute) == 4

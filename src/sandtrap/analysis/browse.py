@@ -18,6 +18,9 @@ from sandtrap.analysis.query import QueryError, session_detail
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_PER_PAGE = 200
+# A file many sessions dropped: its page lists the newest sightings and counts the rest.
+MAX_SIGHTINGS = 200
+MAX_DIGESTS = 50
 # network.* and artifact.* events (issues 16, 19) are shown as the log has them; an index range
 # over eventid keeps "has network" an index lookup.
 NETWORK = ("network.", "network/")
@@ -140,21 +143,32 @@ def session_page(db: sqlite3.Connection, session: str) -> dict[str, Any]:
     # The session's own artifact.* events, and for each of its files the newest event of each
     # kind recorded elsewhere (a file seen in many sessions is analysed once, or again later).
     analyses = {r["_id"]: r for r in timeline if str(r.get("eventid", "")).startswith("artifact.")}
-    for digest in digests:
-        newest: dict[str, dict[str, Any]] = {}
-        for record in artifact_events(db, digest):
-            newest[str(record.get("eventid"))] = record
-        analyses.update((r["_id"], r) for r in newest.values())
+    for digest in digests[:MAX_DIGESTS]:
+        analyses.update((r["_id"], r) for r in newest_artifact_events(db, digest))
     detail["analyses"] = [analyses[key] for key in sorted(analyses)]
     return detail
 
 
-def artifact_events(db: sqlite3.Connection, sha256: str) -> list[dict[str, Any]]:
-    """artifact.* events about this digest (any session or none)."""
-    return _records(
+def artifact_events(
+    db: sqlite3.Connection, sha256: str, limit: int = MAX_SIGHTINGS
+) -> list[dict[str, Any]]:
+    """The newest `limit` artifact.* events about this digest (any session or none), in order."""
+    newest = _records(
         db,
         "SELECT id, record FROM events WHERE eventid >= ? AND eventid < ?"
-        " AND json_extract(record, '$.sha256') = ? ORDER BY id",
+        " AND json_extract(record, '$.sha256') = ? ORDER BY id DESC LIMIT ?",
+        (*ARTIFACT_EVENTS, sha256, limit),
+    )
+    return newest[::-1]
+
+
+def newest_artifact_events(db: sqlite3.Connection, sha256: str) -> list[dict[str, Any]]:
+    """The newest artifact.* event of each eventid about this digest."""
+    return _records(
+        db,
+        "SELECT id, record FROM events WHERE id IN (SELECT MAX(id) FROM events"
+        " WHERE eventid >= ? AND eventid < ? AND json_extract(record, '$.sha256') = ?"
+        " GROUP BY eventid) ORDER BY id",
         (*ARTIFACT_EVENTS, sha256),
     )
 
@@ -184,22 +198,29 @@ def artifact_detail(db: sqlite3.Connection, sha256: str) -> dict[str, Any]:
     """
     if not SHA256.fullmatch(sha256):
         raise QueryError(f"{sha256!r} is not a sha256 (64 lowercase hex digits)")
+    summary = db.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT session), MAX(size), MIN(timestamp), MAX(timestamp)"
+        " FROM artifacts WHERE sha256 = ?",
+        (sha256,),
+    ).fetchone()
+    if not summary[0]:
+        raise QueryError(f"no artifact {sha256}")
     sightings = [
         dict(row)
         for row in db.execute(
             "SELECT a.session, a.timestamp, a.path, a.size, a.container_id, s.src_ip, s.username"
             " FROM artifacts a LEFT JOIN sessions s ON s.session = a.session"
-            " WHERE a.sha256 = ? ORDER BY a.timestamp",
-            (sha256,),
+            " WHERE a.sha256 = ? ORDER BY a.timestamp DESC LIMIT ?",
+            (sha256, MAX_SIGHTINGS),
         )
     ]
-    if not sightings:
-        raise QueryError(f"no artifact {sha256}")
     return {
         "sha256": sha256,
-        "size": max(int(s["size"] or 0) for s in sightings),
-        "first_seen": sightings[0]["timestamp"],
-        "last_seen": sightings[-1]["timestamp"],
+        "seen": int(summary[0]),
+        "sessions": int(summary[1]),
+        "size": int(summary[2] or 0),
+        "first_seen": summary[3],
+        "last_seen": summary[4],
         "sightings": sightings,
         "analyses": artifact_events(db, sha256),
     }

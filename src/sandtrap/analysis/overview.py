@@ -19,8 +19,6 @@ PERIODS: dict[str, int | None] = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 864
 # Timeline buckets per period, in hours.
 _BUCKET_HOURS = {"24h": 1, "7d": 6, "30d": 24, "all": 24}
 _MAX_BUCKETS = 400
-_EPOCH = "0000"
-_FAR = "9999"
 
 
 @dataclass(frozen=True)
@@ -64,48 +62,76 @@ class Card:
         return 100.0 * (self.value - self.previous) / self.previous
 
 
-_CARDS: list[tuple[str, str, str]] = [
-    (
-        "connections",
-        "Connections",
-        "SELECT COUNT(*) FROM sessions WHERE started >= ? AND started < ?",
-    ),
+# Index use: a range of a day or two is a few thousand rows, read best through the time index; a
+# longer one is a large share of the table, read faster by a plain scan (SQLite cannot tell, so a
+# unary + keeps it off the index), and "all" needs no condition at all. `{t}` below is replaced by
+# one of these fixed fragments on the table's time column, never by data.
+INDEXED_RANGE_SECONDS = 2 * 86400
+
+
+def _range(column: str, low: str | None, high: str | None, seconds: int | None) -> Condition:
+    use = column if seconds is not None and seconds <= INDEXED_RANGE_SECONDS else f"+{column}"
+    parts, params = [], []
+    if low is not None:
+        parts.append(f"{use} >= ?")
+        params.append(low)
+    if high is not None:
+        parts.append(f"{use} < ?")
+        params.append(high)
+    return Condition(" AND ".join(parts) or "1 = 1", tuple(params))
+
+
+@dataclass(frozen=True)
+class Condition:
+    sql: str
+    params: tuple[Any, ...]
+
+
+def _run(db: sqlite3.Connection, template: str, where: Condition, *extra: Any) -> list[Any]:
+    sql = template.replace("{t}", where.sql)
+    return list(db.execute(sql, (*where.params, *extra)))
+
+
+_CARDS: list[tuple[str, str, str, str]] = [
+    ("connections", "Connections", "started", "SELECT COUNT(*) FROM sessions WHERE {t}"),
     (
         "logins",
         "Logins",
-        "SELECT COUNT(*) FROM auth_attempts WHERE success = 1 AND timestamp >= ? AND timestamp < ?",
+        "timestamp",
+        "SELECT COUNT(*) FROM auth_attempts WHERE success = 1 AND {t}",
     ),
     (
         "sessions",
         "Sessions with a shell or command",
-        "SELECT COUNT(DISTINCT session) FROM channels WHERE timestamp >= ? AND timestamp < ?",
+        "timestamp",
+        "SELECT COUNT(DISTINCT session) FROM channels WHERE {t}",
     ),
     (
         "sources",
         "Unique sources",
-        "SELECT COUNT(DISTINCT src_ip) FROM sessions WHERE started >= ? AND started < ?",
+        "started",
+        "SELECT COUNT(DISTINCT src_ip) FROM sessions WHERE {t}",
     ),
     (
         "artifacts",
         "New artifacts",
+        "first",
         "SELECT COUNT(*) FROM (SELECT MIN(timestamp) AS first FROM artifacts GROUP BY sha256)"
-        " WHERE first >= ? AND first < ?",
+        " WHERE {t}",
     ),
 ]
 
 
-def _count(db: sqlite3.Connection, sql: str, low: str, high: str) -> int:
-    return int(db.execute(sql, (low, high)).fetchone()[0])
-
-
 def cards(db: sqlite3.Connection, span: Period) -> list[Card]:
     """The five stat cards of the period, each with the previous period's figure."""
+    seconds = PERIODS[span.name]
     result = []
-    for key, label, sql in _CARDS:
-        value = _count(db, sql, span.start or _EPOCH, _FAR)
+    for key, label, column, sql in _CARDS:
+        value = int(_run(db, sql, _range(column, span.start, None, seconds))[0][0])
         previous = None
         if span.start is not None and span.previous_start is not None:
-            previous = _count(db, sql, span.previous_start, span.start)
+            before = _range(column, span.previous_start, span.start, seconds)
+            previous = int(_run(db, sql, before)[0][0])
         result.append(Card(key, label, value, previous))
     return result
 
@@ -117,24 +143,39 @@ class Bucket:
     logins: int
 
 
-def _hours(db: sqlite3.Connection, sql: str, low: str) -> dict[str, int]:
-    return {str(row[0]): int(row[1]) for row in db.execute(sql, (low,)) if row[0]}
+def _hours(db: sqlite3.Connection, sql: str, where: Condition) -> dict[str, int]:
+    return {str(row[0]): int(row[1]) for row in _run(db, sql, where) if row[0]}
 
 
-def timeline(db: sqlite3.Connection, span: Period) -> list[Bucket]:
+@dataclass(frozen=True)
+class Hourly:
+    """Connections and logins per UTC hour ('YYYY-MM-DDTHH'): the timeline and heatmap source."""
+
+    connections: dict[str, int]
+    logins: dict[str, int]
+
+
+def hourly(db: sqlite3.Connection, span: Period) -> Hourly:
+    seconds = PERIODS[span.name]
+    return Hourly(
+        _hours(
+            db,
+            "SELECT substr(started, 1, 13), COUNT(*) FROM sessions WHERE {t} GROUP BY 1",
+            _range("started", span.start, None, seconds),
+        ),
+        _hours(
+            db,
+            "SELECT substr(timestamp, 1, 13), COUNT(*) FROM auth_attempts"
+            " WHERE success = 1 AND {t} GROUP BY 1",
+            _range("timestamp", span.start, None, seconds),
+        ),
+    )
+
+
+def timeline(db: sqlite3.Connection, span: Period, counts: Hourly | None = None) -> list[Bucket]:
     """Connections and logins per bucket (1 h, 6 h or a day), oldest first, empty ones included."""
-    low = span.start or _EPOCH
-    connections = _hours(
-        db,
-        "SELECT substr(started, 1, 13), COUNT(*) FROM sessions WHERE started >= ? GROUP BY 1",
-        low,
-    )
-    logins = _hours(
-        db,
-        "SELECT substr(timestamp, 1, 13), COUNT(*) FROM auth_attempts"
-        " WHERE success = 1 AND timestamp >= ? GROUP BY 1",
-        low,
-    )
+    counts = counts or hourly(db, span)
+    connections, logins = counts.connections, counts.logins
     end = _parse(span.end)
     if span.start is not None:
         first = _parse(span.start)
@@ -164,42 +205,50 @@ def _hour(key: str) -> datetime:
     return datetime.fromisoformat(key + ":00:00+00:00")
 
 
-TOP_LISTS: list[tuple[str, str, str]] = [
+# (key, label, time column, SQL). A unary + on a grouped column keeps SQLite from walking that
+# column's own index (sessions_src_ip) instead of the time range.
+TOP_LISTS: list[tuple[str, str, str, str]] = [
     (
         "usernames",
         "Usernames",
-        "SELECT username, COUNT(*) AS n FROM auth_attempts WHERE timestamp >= ?"
+        "timestamp",
+        "SELECT username, COUNT(*) AS n FROM auth_attempts WHERE {t}"
         " AND username IS NOT NULL GROUP BY username ORDER BY n DESC, username LIMIT ?",
     ),
     (
         "passwords",
         "Passwords",
-        "SELECT password, COUNT(*) AS n FROM auth_attempts WHERE timestamp >= ?"
+        "timestamp",
+        "SELECT password, COUNT(*) AS n FROM auth_attempts WHERE {t}"
         " AND password IS NOT NULL GROUP BY password ORDER BY n DESC, password LIMIT ?",
     ),
     (
         "commands",
         "Commands",
-        "SELECT input, COUNT(*) AS n FROM commands WHERE timestamp >= ?"
+        "timestamp",
+        "SELECT input, COUNT(*) AS n FROM commands WHERE {t}"
         " AND input IS NOT NULL GROUP BY input ORDER BY n DESC, input LIMIT ?",
     ),
     (
         "sources",
         "Sources",
-        "SELECT src_ip, COUNT(*) AS n FROM sessions WHERE started >= ?"
-        " AND src_ip IS NOT NULL GROUP BY src_ip ORDER BY n DESC, src_ip LIMIT ?",
+        "started",
+        "SELECT src_ip, COUNT(*) AS n FROM sessions WHERE {t}"
+        " AND +src_ip IS NOT NULL GROUP BY +src_ip ORDER BY n DESC, src_ip LIMIT ?",
     ),
     (
         "client_versions",
         "Client versions",
-        "SELECT client_version, COUNT(*) AS n FROM sessions WHERE started >= ?"
+        "started",
+        "SELECT client_version, COUNT(*) AS n FROM sessions WHERE {t}"
         " AND client_version IS NOT NULL GROUP BY client_version ORDER BY n DESC, client_version"
         " LIMIT ?",
     ),
     (
         "hassh",
         "HASSH",
-        "SELECT hassh, COUNT(*) AS n FROM sessions WHERE started >= ?"
+        "started",
+        "SELECT hassh, COUNT(*) AS n FROM sessions WHERE {t}"
         " AND hassh IS NOT NULL GROUP BY hassh ORDER BY n DESC, hassh LIMIT ?",
     ),
 ]
@@ -207,25 +256,26 @@ TOP_LISTS: list[tuple[str, str, str]] = [
 
 def top(db: sqlite3.Connection, span: Period, limit: int = 10) -> dict[str, list[tuple[str, int]]]:
     """The top-N lists of the period, keyed as `TOP_LISTS`."""
-    low = span.start or _EPOCH
+    seconds = PERIODS[span.name]
     return {
-        key: [(str(row[0]), int(row[1])) for row in db.execute(sql, (low, limit))]
-        for key, _label, sql in TOP_LISTS
+        key: [
+            (str(row[0]), int(row[1]))
+            for row in _run(db, sql, _range(column, span.start, None, seconds), limit)
+        ]
+        for key, _label, column, sql in TOP_LISTS
     }
 
 
-def heatmap(db: sqlite3.Connection, span: Period) -> list[list[int]]:
+def heatmap(db: sqlite3.Connection, span: Period, counts: Hourly | None = None) -> list[list[int]]:
     """Connections per weekday (0 = Monday) and UTC hour: 7 rows of 24."""
+    counts = counts or hourly(db, span)
     grid = [[0] * 24 for _ in range(7)]
-    rows = db.execute(
-        "SELECT CAST(strftime('%w', started) AS INTEGER), CAST(strftime('%H', started) AS INTEGER),"
-        " COUNT(*) FROM sessions WHERE started >= ? GROUP BY 1, 2",
-        (span.start or _EPOCH,),
-    )
-    for sunday_first, hour, count in rows:
-        if sunday_first is None or hour is None:
+    for key, count in counts.connections.items():
+        try:
+            moment = _hour(key)
+        except ValueError:
             continue
-        grid[(int(sunday_first) + 6) % 7][int(hour)] = int(count)
+        grid[moment.weekday()][moment.hour] += count
     return grid
 
 

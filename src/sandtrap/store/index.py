@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_session ON events (session, eventid);
 CREATE INDEX IF NOT EXISTS events_eventid ON events (eventid);
+CREATE INDEX IF NOT EXISTS artifacts_sha256 ON artifacts (sha256, timestamp);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_src_ip ON sessions (src_ip);
 CREATE INDEX IF NOT EXISTS auth_session ON auth_attempts (session);

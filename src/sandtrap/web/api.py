@@ -25,7 +25,7 @@ from sandtrap.analysis.export import collect, write_bundle
 from sandtrap.analysis.query import QueryError, resolve_session
 from sandtrap.analysis.replay import find_casts
 from sandtrap.web.app import Console
-from sandtrap.web.pages import Endpoint, overview_data, period_name, session_filter
+from sandtrap.web.pages import Endpoint, cached_overview, period_name, session_filter
 
 CAST_TYPE = "application/x-asciicast"
 
@@ -40,7 +40,7 @@ def overview(console: Console) -> Endpoint:
             name = period_name(request)
         except QueryError as exc:
             return console.problem(request, 400, str(exc))
-        data = await console.reader.ask(lambda db: overview_data(db, name))
+        data = await cached_overview(console, name)
         return _json(
             {
                 "period": dataclasses.asdict(data["period"]),

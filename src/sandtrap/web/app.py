@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -80,6 +81,25 @@ def templates() -> Environment:
     return env
 
 
+class Cache:
+    """Answers kept for `seconds` per key, computed once however many requests wait for them."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._kept: dict[str, tuple[float, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, key: str, compute: Callable[[], Awaitable[T]]) -> T:
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            kept = self._kept.get(key)
+            if kept is not None and self.clock() - kept[0] < self.seconds:
+                return cast(T, kept[1])
+            value = await compute()
+            self._kept[key] = (self.clock(), value)
+            return value
+
+
 class Console:
     """What every route needs: the config, the data layout, the reader and the templates."""
 
@@ -90,6 +110,7 @@ class Console:
         self.env = templates()
         # Bundles are built one at a time (each reads the whole event log).
         self.exports = asyncio.Semaphore(1)
+        self.overviews = Cache(config.web.cache_seconds)
 
     def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("sensor", self.config.sensor)

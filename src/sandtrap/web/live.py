@@ -30,17 +30,33 @@ def message(kind: str, data: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=True)}\n\n"
 
 
-def update(db: sqlite3.Connection, period: str, after: int) -> tuple[int, dict[str, Any] | None]:
-    """The newest event id, and the update to send when events arrived after `after`."""
+def update(
+    db: sqlite3.Connection,
+    period: str,
+    after: int,
+    shared: dict[str, tuple[int, list[dict[str, Any]]]] | None = None,
+) -> tuple[int, dict[str, Any] | None]:
+    """The newest event id, and the update to send when events arrived after `after`.
+
+    `shared` keeps the cards of each period at the newest event id, so that many open feeds
+    count them once per change rather than once each.
+    """
     newest = ov.last_event_id(db)
     if newest <= after:
         return newest, None
     recent = ov.events_after(db, max(after, newest - FEED_EVENTS), FEED_EVENTS)
-    cards = ov.cards(db, ov.period(period))
+    known = (shared or {}).get(period)
+    if known is not None and known[0] == newest:
+        cards = known[1]
+    else:
+        cards = [
+            {"key": c.key, "value": c.value, "change": change(c.change_percent)}
+            for c in ov.cards(db, ov.period(period))
+        ]
+        if shared is not None:
+            shared[period] = (newest, cards)
     return newest, {
-        "cards": [
-            {"key": c.key, "value": c.value, "change": change(c.change_percent)} for c in cards
-        ],
+        "cards": cards,
         "events": [live_item(item["id"], item["record"]) for item in recent],
     }
 
@@ -51,6 +67,7 @@ class LiveFeed:
         self.interval = interval
         self.max_clients = max_clients
         self.clients = 0
+        self.shared: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
     async def stream(self, request: Request) -> Response:
         period = request.query_params.get("period", "24h")
@@ -78,7 +95,7 @@ class LiveFeed:
             quiet = 0.0
             while True:
                 newest, payload = await reader.ask(
-                    functools.partial(update, period=period, after=after or 0)
+                    functools.partial(update, period=period, after=after or 0, shared=self.shared)
                 )
                 if payload is not None:
                     after = newest

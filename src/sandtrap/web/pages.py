@@ -71,15 +71,22 @@ def overview_data(db: sqlite3.Connection, name: str) -> dict[str, Any]:
     span = ov.period(name)
     last = ov.last_event_id(db)
     recent = ov.events_after(db, max(0, last - FEED_SIZE), FEED_SIZE)
+    counts = ov.hourly(db, span)
     return {
         "recent": [present.live_item(item["id"], item["record"]) for item in reversed(recent)],
         "period": span,
         "cards": ov.cards(db, span),
-        "timeline": ov.timeline(db, span),
+        "timeline": ov.timeline(db, span, counts),
         "top": ov.top(db, span),
-        "heatmap": ov.heatmap(db, span),
+        "heatmap": ov.heatmap(db, span, counts),
         "last_event": last,
     }
+
+
+async def cached_overview(console: Console, name: str) -> dict[str, Any]:
+    return await console.overviews.get(
+        name, lambda: console.reader.ask(lambda db: overview_data(db, name))
+    )
 
 
 def overview(console: Console) -> Endpoint:
@@ -88,9 +95,9 @@ def overview(console: Console) -> Endpoint:
             name = period_name(request)
         except QueryError as exc:
             return console.problem(request, 400, str(exc))
-        data = await console.reader.ask(lambda db: overview_data(db, name))
+        data = await cached_overview(console, name)
         tops = []
-        for key, label, _sql in ov.TOP_LISTS:
+        for key, label, _column, _sql in ov.TOP_LISTS:
             rows = data["top"][key]
             peak = max((n for _, n in rows), default=0)
             tops.append((key, label, [(v, n, charts.bar_svg(n, peak)) for v, n in rows]))
