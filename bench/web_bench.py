@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -31,7 +32,17 @@ BUDGET_SECONDS = 1.0
 
 
 def build_index(data_dir: Path, sessions: int, seed: int = 11) -> tuple[str, str, int]:
-    """`sessions` synthetic sessions over 60 days; returns (a session id, a digest, records)."""
+    """`sessions` synthetic sessions over 60 days; returns (a session id, a digest, records).
+    An index already in `data_dir` (from `--keep`) is reused as it is."""
+    index = DataLayout(data_dir).index_db
+    if index.exists():
+        db = sqlite3.connect(index)
+        try:
+            sample, digest = db.execute("SELECT session, sha256 FROM artifacts LIMIT 1").fetchone()
+            records = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        finally:
+            db.close()
+        return str(sample), str(digest), records
     rng = random.Random(seed)
     now = datetime.now(UTC)
     db = connect(DataLayout(data_dir).index_db)

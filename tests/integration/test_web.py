@@ -256,3 +256,63 @@ def test_overview_json(client: TestClient) -> None:
     }
     assert data["top"]["usernames"] and data["timeline"]
     assert client.get("/api/overview?period=1y").status_code == 400
+
+
+def test_the_command_serves_and_refuses_open_addresses(tmp_path: Path) -> None:
+    """`sandtrap web` as a process: prints its address, answers, stops on SIGTERM; an address
+    off loopback without a token is a usage error."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    write_dataset(tmp_path, sessions=3)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sensor: web-test\nstorage:\n  data_dir: {tmp_path}\n")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sandtrap",
+            "web",
+            "--config",
+            str(config),
+            "--listen",
+            "192.0.2.1:8080",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2 and "set web.token" in refused.stderr
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandtrap",
+            "web",
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            line = process.stdout.readline()
+            assert line.startswith("SandTrap console: http://127.0.0.1:"), line
+            url = line.split(": ", 1)[1].strip()
+            with urllib.request.urlopen(url + "api/overview?period=all", timeout=30) as answer:  # noqa: S310 - loopback
+                assert json.load(answer)["cards"][0]["value"] == 4
+        finally:
+            process.send_signal(signal.SIGTERM)
+            # uvicorn shuts down, then lets the signal end the process (status -SIGTERM).
+            status = process.wait(30)
+        assert status in (0, -signal.SIGTERM)
+        assert "Shutting down" in process.stderr.read()

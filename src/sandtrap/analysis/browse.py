@@ -21,6 +21,8 @@ MAX_PER_PAGE = 200
 # A file many sessions dropped: its page lists the newest sightings and counts the rest.
 MAX_SIGHTINGS = 200
 MAX_DIGESTS = 50
+# A session page shows at most this many events (a bot can run thousands of commands).
+MAX_EVENTS = 5000
 # network.* and artifact.* events (issues 16, 19) are shown as the log has them; an index range
 # over eventid keeps "has network" an index lookup.
 NETWORK = ("network.", "network/")
@@ -114,18 +116,24 @@ def _records(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[
 
 
 def session_events(
-    db: sqlite3.Connection, session: str, family: tuple[str, str] | None = None
+    db: sqlite3.Connection,
+    session: str,
+    family: tuple[str, str] | None = None,
+    limit: int = MAX_EVENTS,
 ) -> list[dict[str, Any]]:
-    """The session's events in order (only one eventid family when given), as the log has them."""
+    """The session's first `limit` events in order (only one eventid family when given), as the
+    log has them."""
     if family is None:
         return _records(
-            db, "SELECT id, record FROM events WHERE session = ? ORDER BY id", (session,)
+            db,
+            "SELECT id, record FROM events WHERE session = ? ORDER BY id LIMIT ?",
+            (session, limit),
         )
     return _records(
         db,
         "SELECT id, record FROM events WHERE session = ? AND eventid >= ? AND eventid < ?"
-        " ORDER BY id",
-        (session, *family),
+        " ORDER BY id LIMIT ?",
+        (session, *family, limit),
     )
 
 
@@ -138,7 +146,8 @@ def session_page(db: sqlite3.Connection, session: str) -> dict[str, Any]:
     detail = session_detail(db, session)
     timeline = session_events(db, session)
     detail["events"] = timeline
-    detail["network"] = [r for r in timeline if str(r.get("eventid", "")).startswith("network.")]
+    detail["events_cut"] = len(timeline) >= MAX_EVENTS
+    detail["network"] = session_events(db, session, NETWORK)
     digests = sorted({str(a["sha256"]) for a in detail["artifacts"] if a.get("sha256")})
     # The session's own artifact.* events, and for each of its files the newest event of each
     # kind recorded elsewhere (a file seen in many sessions is analysed once, or again later).
