@@ -33,7 +33,9 @@ from tests.webserver import ConsoleThread
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 CHROMIUM = os.environ.get("SANDTRAP_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+# The README's screenshots: taken on every run, written over docs/img/ only when asked
+# (SANDTRAP_UPDATE_SCREENSHOTS=1), so a test run leaves the tree as it was.
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 HOSTILE_USER = "<img src=x onerror=\"window.__pwned='user';alert('user')\">"
 HOSTILE_COMMAND = 'echo \'</script><script>window.__pwned="cmd";alert("cmd")</script>\''
 DROPPER = b"#!/bin/sh\n# web console test dropper\necho dropped\n"
@@ -153,8 +155,21 @@ def browser(recorded: dict[str, Any]) -> Iterator[Any]:
 
 
 @pytest.fixture
+def screenshots(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    taken = sorted(tmp_path.glob("*.png"))
+    assert taken, "no screenshot was taken"
+    if os.environ.get("SANDTRAP_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        for path in taken:
+            shutil.copyfile(path, DOCS_IMG / path.name)
+
+
+@pytest.fixture
 def page(browser: Any, recorded: dict[str, Any]) -> Iterator[Any]:
-    with ConsoleThread(recorded["config"]) as console:
+    # The console's own copy of the configuration under a sensor name fit for the README.
+    shown = recorded["config"].model_copy(update={"sensor": "honeypot-01"})
+    with ConsoleThread(shown) as console:
         context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=console.url)
         tab = context.new_page()
         tab.add_init_script(WATCH)
@@ -176,15 +191,16 @@ def page(browser: Any, recorded: dict[str, Any]) -> Iterator[Any]:
         context.close()
 
 
-def test_overview_loads_and_updates_live(page: Any, recorded: dict[str, Any]) -> None:
+def test_overview_loads_and_updates_live(
+    page: Any, recorded: dict[str, Any], screenshots: Path
+) -> None:
     page.goto("/?period=30d")
     assert page.locator(".card").count() == 5
     before = int(page.locator('.card[data-card="connections"] .card-value').inner_text())
     assert before >= 100
     page.wait_for_selector("#live.on", timeout=15_000)
     assert page.locator("svg.timeline rect.bar").count() > 20
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
     # A new login arrives: its connect shows in the feed and the card counts it, without reload.
     result = recorded["service"].ssh("echo live")
     assert result.returncode == 0, result.stderr
@@ -207,7 +223,9 @@ def test_overview_loads_and_updates_live(page: Any, recorded: dict[str, Any]) ->
     assert page.locator("#feed img").count() == 0
 
 
-def test_session_replay_commands_and_artifact(page: Any, recorded: dict[str, Any]) -> None:
+def test_session_replay_commands_and_artifact(
+    page: Any, recorded: dict[str, Any], screenshots: Path
+) -> None:
     session = recorded["session"]
     page.goto("/sessions?commands=yes&artifacts=yes&username=root")
     page.click(f'a.sid[href="/sessions/{session}"]')
@@ -226,7 +244,7 @@ def test_session_replay_commands_and_artifact(page: Any, recorded: dict[str, Any
     page.wait_for_timeout(2500)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(
-        path=str(SCREENSHOTS / "session.png"),
+        path=str(screenshots / "session.png"),
         full_page=True,
         clip={"x": 0, "y": 0, "width": 1440, "height": 1240},
     )

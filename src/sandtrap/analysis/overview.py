@@ -62,11 +62,11 @@ class Card:
         return 100.0 * (self.value - self.previous) / self.previous
 
 
-# Index use: a range of up to a week is a small share of the rows, read best through the time
+# Index use: a range of a day or two is a small share of the rows, read best through the time
 # index; a longer one is a large share of the table, read faster by a plain scan (SQLite cannot
 # tell, so a unary + keeps it off the index), and "all" needs no condition at all. `{t}` below is
 # replaced by one of these fixed fragments on the table's time column, never by data.
-INDEXED_RANGE_SECONDS = 8 * 86400
+INDEXED_RANGE_SECONDS = 2 * 86400
 
 
 def _range(column: str, low: str | None, high: str | None, seconds: int | None) -> Condition:
