@@ -88,4 +88,5 @@ def run(config: Config, listen: str | None) -> None:
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"SandTrap console: http://{shown}:{sock.getsockname()[1]}/", flush=True)
+    print(f"reading {config.storage.data_dir}; Ctrl-C stops", flush=True)
     asyncio.run(serve(config, sock))
