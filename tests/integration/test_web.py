@@ -259,12 +259,14 @@ def test_overview_json(client: TestClient) -> None:
 
 
 def test_the_command_serves_and_refuses_open_addresses(tmp_path: Path) -> None:
-    """`sandtrap web` as a process: prints its address, answers, stops on SIGTERM; an address
-    off loopback without a token is a usage error."""
+    """`sandtrap web` as a process: prints its address, answers (with the token from
+    SANDTRAP_WEB_TOKEN), stops on SIGTERM; an address off loopback without a token, or a token too
+    short, is a usage error."""
     import os
     import signal
     import subprocess
     import sys
+    import urllib.error
     import urllib.request
 
     write_dataset(tmp_path, sessions=3)
@@ -287,6 +289,15 @@ def test_the_command_serves_and_refuses_open_addresses(tmp_path: Path) -> None:
         check=False,
     )
     assert refused.returncode == 2 and "set web.token" in refused.stderr
+    short = subprocess.run(
+        [sys.executable, "-m", "sandtrap", "web", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SANDTRAP_WEB_TOKEN": "short"},
+    )
+    assert short.returncode == 2 and "SANDTRAP_WEB_TOKEN" in short.stderr
     with subprocess.Popen(
         [
             sys.executable,
@@ -301,14 +312,21 @@ def test_the_command_serves_and_refuses_open_addresses(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SANDTRAP_WEB_TOKEN": TOKEN},
     ) as process:
         try:
             assert process.stdout is not None and process.stderr is not None
             line = process.stdout.readline()
             assert line.startswith("SandTrap console: http://127.0.0.1:"), line
             url = line.split(": ", 1)[1].strip()
-            with urllib.request.urlopen(url + "api/overview?period=all", timeout=30) as answer:  # noqa: S310 - loopback
+            overview = url + "api/overview?period=all"
+            with pytest.raises(urllib.error.HTTPError) as refusal:
+                urllib.request.urlopen(overview, timeout=30)  # noqa: S310 - loopback
+            assert refusal.value.code == 401
+            refusal.value.close()
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            request = urllib.request.Request(overview, headers=bearer)  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
                 assert json.load(answer)["cards"][0]["value"] == 4
         finally:
             process.send_signal(signal.SIGTERM)
