@@ -89,10 +89,16 @@ def session_records(
     yield at("session.channel.closed", channel=0, exit_status=0, bytes_in=120, bytes_out=900)
     if hostile or rng.random() < 0.2:
         digest = hashlib.sha256(MALWARE).hexdigest()
+        # The sinkhole's events (issue 16), as its docs/events.md shows them.
+        yield at("network.dns", dst_port=53, dst_ip="10.118.0.1", query="c2.example", qtype="A")
         yield at(
-            "network.dns.query" if not hostile else "network.http.request",
-            query="198.51.100.7",
-            url=f"http://198.51.100.7/{XSS_USER}",
+            "network.http",
+            dst_port=80,
+            dst_ip="198.51.100.7",
+            method="GET",
+            host="198.51.100.7",
+            url=f"http://198.51.100.7/{XSS_USER}" if hostile else "http://198.51.100.7/bins.sh",
+            user_agent="Wget/1.21.3",
         )
         yield at(
             "sandbox.diff",
@@ -106,7 +112,14 @@ def session_records(
             sha256=digest,
             artifact=f"var/artifacts/{digest}",
         )
-        yield at("artifact.analysed", sha256=digest, kind="script", verdict="dropper")
+        yield at(
+            "artifact.analysed",
+            sha256=digest,
+            size=len(MALWARE),
+            magic="POSIX shell script, ASCII text executable",
+            yara=["SandTrap_Shell_Dropper"],
+            urls=["http://198.51.100.7/k"],
+        )
     yield at("session.closed", 1.0, duration=(t - start).total_seconds(), reason="client")
 
 

@@ -93,7 +93,8 @@ def test_session_page_shows_everything_escaped(client: TestClient, dataset: dict
     assert f"/sessions/{hostile}/export" in body
     assert f'href="/artifacts/{dataset["artifact"]}"' in body
     # network.* and artifact.* events the other tables do not model are shown as they are.
-    assert "network.http.request" in body and "artifact.analysed" in body
+    assert "network.http" in body and "artifact.analysed" in body
+    assert "SandTrap_Shell_Dropper" in body and "c2.example" in body
     assert "session.connect" in body and "auth.success" in body
 
 

@@ -107,6 +107,9 @@ def test_presentation() -> None:
     record = {"eventid": "network.dns.query", "session": "ab", "query": "evil.example", "n": 2}
     assert present.fields(record) == [("query", "evil.example"), ("n", "2")]
     assert present.summary(record) == "query=evil.example n=2"
+    connect = {"eventid": "network.connect", "dst_port": 4444, "proto": "tcp", "dst_ip": "x"}
+    assert present.fields(connect) == [("dst_ip", "x"), ("dst_port", "4444"), ("proto", "tcp")]
+    assert present.fields({"eventid": "session.connect", "dst_port": 22}) == []
     item = present.live_item(3, record)
     assert item["eventid"] == "network.dns.query" and item["summary"] == "query=evil.example n=2"
 

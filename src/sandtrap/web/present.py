@@ -16,7 +16,22 @@ COMMON_FIELDS = frozenset(
 )
 MAX_VALUE_CHARS = 300
 # The field that says most about an event, shown first when present.
-_LEAD = ("input", "username", "path", "url", "query", "name", "reason", "dst_ip", "sha256")
+_LEAD = (
+    "input",
+    "username",
+    "method",
+    "url",
+    "query",
+    "qtype",
+    "dst_ip",
+    "dst_port",
+    "path",
+    "magic",
+    "yara",
+    "name",
+    "reason",
+    "sha256",
+)
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -89,8 +104,13 @@ def clip(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
 
 def fields(record: dict[str, Any]) -> list[tuple[str, str]]:
     """The event-specific fields of a record as (name, text), the telling one first."""
-    names = [name for name in record if name not in COMMON_FIELDS]
-    ordered = [name for name in _LEAD if name in record] + [n for n in names if n not in _LEAD]
+    # dst_port is the honeypot's own port on SSH events, but where a sandbox connected to on
+    # network.* events (the sinkhole's, issue 16).
+    hidden = COMMON_FIELDS
+    if str(record.get("eventid", "")).startswith("network."):
+        hidden = COMMON_FIELDS - {"dst_port"}
+    names = [name for name in record if name not in hidden]
+    ordered = [name for name in _LEAD if name in names] + [n for n in names if n not in _LEAD]
     return [(str(name), clip(record[name])) for name in ordered if record[name] not in (None, "")]
 
 
