@@ -335,3 +335,16 @@ def test_the_command_serves_and_refuses_open_addresses(tmp_path: Path) -> None:
             status = process.wait(30)
         assert status in (0, -signal.SIGTERM)
         assert "Shutting down" in process.stderr.read()
+
+
+def test_a_file_seen_before_shows_its_analysis_once(
+    client: TestClient, dataset: dict[str, Any]
+) -> None:
+    detail = client.get(f"/api/sessions/{dataset['hostile']}").json()
+    assert [r["eventid"] for r in detail["analyses"]] == ["artifact.analysed"]
+    assert detail["analyses"][0]["session"] == dataset["hostile"]
+    # A session whose file was analysed in another session's event still shows that analysis.
+    others = client.get("/api/sessions?artifacts=yes").json()["sessions"]
+    for row in others:
+        other = client.get(f"/api/sessions/{row['session']}").json()
+        assert len(other["analyses"]) == 1

@@ -151,9 +151,13 @@ def session_page(db: sqlite3.Connection, session: str) -> dict[str, Any]:
     digests = sorted({str(a["sha256"]) for a in detail["artifacts"] if a.get("sha256")})
     # The session's own artifact.* events, and for each of its files the newest event of each
     # kind recorded elsewhere (a file seen in many sessions is analysed once, or again later).
-    analyses = {r["_id"]: r for r in timeline if str(r.get("eventid", "")).startswith("artifact.")}
+    own = [r for r in timeline if str(r.get("eventid", "")).startswith("artifact.")]
+    known = {(r.get("sha256"), r.get("eventid")) for r in own}
+    analyses = {r["_id"]: r for r in own}
     for digest in digests[:MAX_DIGESTS]:
-        analyses.update((r["_id"], r) for r in newest_artifact_events(db, digest))
+        for record in newest_artifact_events(db, digest):
+            if (record.get("sha256"), record.get("eventid")) not in known:
+                analyses[record["_id"]] = record
     detail["analyses"] = [analyses[key] for key in sorted(analyses)]
     return detail
 
