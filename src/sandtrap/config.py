@@ -383,6 +383,40 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(_Model):
+    """`sandtrap web`, the analyst's console (docs/web.md): read-only, loopback by default."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str | None = Field(default=None, min_length=16, max_length=1024)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    page_size: int = Field(default=50, ge=1, le=200)
+    live_interval_seconds: float = Field(default=2.0, ge=0.1, le=60)
+    max_live_clients: int = Field(default=16, ge=1, le=1000)
+    cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        if not is_loopback_host(parse_listen(self.listen)[0]) and self.token is None:
+            raise ValueError(f"listen {self.listen} is not loopback: set web.token")
+        return self
+
+
 class Config(_Model):
     """The whole configuration; `Config()` is the safe default used when no file is given."""
 
@@ -399,6 +433,7 @@ class Config(_Model):
     outputs: list[OutputConfig] = Field(default_factory=list)
     alerts: list[AlertRule] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="after")
     def _outputs_agree(self) -> Config:
@@ -495,8 +530,10 @@ __all__ = [
     "StorageConfig",
     "SyslogOutput",
     "WebhookOutput",
+    "WebConfig",
     "WeightedImage",
     "dump_config",
+    "is_loopback_host",
     "load_config",
     "option_paths",
     "parse_config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from sandtrap import __version__
-from sandtrap.cli import analysis, deploy, sandboxes, service, verify
+from sandtrap.cli import analysis, deploy, sandboxes, service, verify, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +33,7 @@ for _command in (
     verify.verify_realism,
     deploy.gate,
     deploy.health,
+    web.web,
 ):
     cli.add_command(_command)
 

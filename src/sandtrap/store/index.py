@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS network (
     id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, eventid TEXT, dst_ip TEXT,
     dst_port INTEGER, detail TEXT
 );
+-- Every event as the log has it, for the web console's timelines and for event families other
+-- tables do not model (network.*, artifact.*): shown as they are, whatever their fields.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, eventid TEXT, record TEXT
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (session, eventid);
+CREATE INDEX IF NOT EXISTS events_eventid ON events (eventid);
+CREATE INDEX IF NOT EXISTS artifacts_sha256 ON artifacts (sha256, timestamp);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_src_ip ON sessions (src_ip);
 CREATE INDEX IF NOT EXISTS auth_session ON auth_attempts (session);
@@ -69,7 +77,16 @@ CREATE INDEX IF NOT EXISTS diffs_session ON diffs (session);
 CREATE INDEX IF NOT EXISTS artifacts_session ON artifacts (session);
 CREATE INDEX IF NOT EXISTS network_session ON network (session);
 """
-TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts", "network")
+TABLES = (
+    "sessions",
+    "auth_attempts",
+    "channels",
+    "commands",
+    "diffs",
+    "artifacts",
+    "network",
+    "events",
+)
 
 
 def network_detail(record: dict[str, Any]) -> str:
@@ -111,6 +128,23 @@ def _upsert_session(session: str, **values: Any) -> Statement:
 
 def statements(record: dict[str, Any]) -> list[Statement]:
     """The SQL that indexes one event record (a decoded JSON line); pure, no I/O."""
+    return [_event_row(record), *_table_statements(record)]
+
+
+def _event_row(record: dict[str, Any]) -> Statement:
+    session, eventid, when = record.get("session"), record.get("eventid"), record.get("timestamp")
+    return (
+        "INSERT INTO events (session, timestamp, eventid, record) VALUES (?, ?, ?, ?)",
+        (
+            session if isinstance(session, str) and session else None,
+            when if isinstance(when, str) else None,
+            eventid if isinstance(eventid, str) else None,
+            json.dumps(record, ensure_ascii=True, separators=(",", ":")),
+        ),
+    )
+
+
+def _table_statements(record: dict[str, Any]) -> list[Statement]:
     session = record.get("session")
     eventid = record.get("eventid")
     when = record.get("timestamp")
