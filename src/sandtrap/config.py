@@ -173,6 +173,10 @@ class AuthConfig(_Model):
     failure_scope: Literal["ip", "connection"] = "ip"
     remember_accepted: bool = True
     accept_public_keys: bool = False
+    # Public-key policy (issue 19): the Nth distinct key a source offers (counted in
+    # failure_scope) is accepted; keys listed by fingerprint ("SHA256:...") always are.
+    accept_keys_after_offers: int = Field(default=0, ge=0, le=1000)
+    accepted_key_fingerprints: list[str] = Field(default_factory=list)
     memory_ttl_seconds: float = Field(default=86400.0, gt=0)
     memory_max_ips: int = Field(default=100_000, ge=1)
 

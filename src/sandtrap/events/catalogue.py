@@ -6,7 +6,7 @@ every event carries and how it is serialised is events/base.py's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
@@ -71,6 +71,7 @@ class AuthFailed(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "invalid credentials"
 
 
@@ -84,6 +85,7 @@ class AuthSuccess(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "credentials"
 
 
@@ -248,6 +250,9 @@ class SandboxDiff(SessionEvent):
     changes: list[dict[str, str]]
     total: int
     truncated: bool = False
+    # Keys in authorized_keys files the session wrote: {path, key_type, key_fingerprint, key,
+    # comment} (issue 19); their changes carry "flag": "authorized_keys".
+    authorized_keys: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
