@@ -36,6 +36,8 @@ test-engine: docker
 # runs the deployment test (docker-compose.yml).
 BUILD_PACKAGES := debootstrap
 TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass docker-compose
+# Threat analysis (issue 19): python-magic needs libmagic; py-tlsh builds with g++.
+ANALYSIS_PACKAGES := libmagic1 g++
 
 # The target image, then SandTrap's own (Dockerfile; layer cache makes an unchanged tree instant).
 image: venv docker
@@ -43,7 +45,7 @@ image: venv docker
 	@SANDTRAP=$(BIN)/sandtrap scripts/build_images.sh
 
 test-tools:
-	@scripts/ensure-packages $(TEST_PACKAGES)
+	@scripts/ensure-packages $(TEST_PACKAGES) $(ANALYSIS_PACKAGES)
 
 run: image
 	@$(BIN)/sandtrap run $(if $(CONFIG),--config $(CONFIG),)

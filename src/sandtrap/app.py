@@ -15,6 +15,7 @@ import signal
 import tarfile
 from dataclasses import dataclass
 
+from sandtrap.analysis.triager import ArtifactTriager
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
@@ -30,6 +31,9 @@ from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog, open_event_log
 
 log = logging.getLogger(__name__)
+
+# How long shutdown waits for queued artifacts to be triaged (their events reach the log).
+TRIAGE_DRAIN_SECONDS = 30.0
 
 
 async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:
@@ -132,6 +136,11 @@ async def serve(
             # The index's one writer: fed by the log, never blocking it (store/index.py).
             index_task = tasks.create_task(index.run(), name="index")
             events.subscribe(index.offer)
+            # Threat analysis (issue 19): artifacts triaged in a worker process, off this loop.
+            triager = ArtifactTriager(config.analysis, events) if config.analysis.triage else None
+            if triager is not None:
+                triage_task = tasks.create_task(triager.run(), name="triage")
+                events.subscribe(triager.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)
@@ -154,6 +163,10 @@ async def serve(
             await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
             pool_task.cancel()
             status_task.cancel()
+            if triager is not None:
+                if not await triager.drain(TRIAGE_DRAIN_SECONDS):
+                    log.warning("artifact triage did not finish in %.0fs", TRIAGE_DRAIN_SECONDS)
+                triage_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task

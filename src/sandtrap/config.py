@@ -299,6 +299,17 @@ class StorageConfig(_Model):
     log_backups: int = Field(default=10, ge=0, le=1000)
 
 
+class AnalysisConfig(_Model):
+    """Threat analysis (issue 19, docs/analysis.md); all offline."""
+
+    # Triage of every captured artifact in one worker process (analysis/triager.py).
+    triage: bool = True
+    yara_rules: Path | None = None
+    starter_rules: bool = True
+    triage_queue_size: int = Field(default=1000, ge=1, le=100_000)
+    triage_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -315,6 +326,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:
@@ -388,6 +400,7 @@ def option_paths(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "AnalysisConfig",
     "AuthConfig",
     "Config",
     "Credential",

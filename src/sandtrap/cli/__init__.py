@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from sandtrap import __version__
-from sandtrap.cli import analysis, deploy, sandboxes, service, verify
+from sandtrap.cli import analysis, deploy, sandboxes, service, threat, verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,7 @@ for _command in (
     verify.verify_security,
     deploy.gate,
     deploy.health,
+    threat.artifacts,
 ):
     cli.add_command(_command)
 

@@ -2,6 +2,7 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
+from sandtrap.events.analysis import ArtifactAnalysed
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -49,6 +50,7 @@ from sandtrap.events.catalogue import (
 __all__ = [
     "CATALOGUE",
     "COMMON_KEYS",
+    "ArtifactAnalysed",
     "AuthFailed",
     "AuthSuccess",
     "ChannelClosed",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sandtrap.events.analysis import ANALYSIS_EVENTS
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
 
 # --- connection and authentication -------------------------------------------------------------
@@ -365,6 +366,8 @@ CATALOGUE: dict[str, type[Event]] = {
         GateRefused,
     )
 }
+# The threat-analysis events (issue 19) live in events/analysis.py.
+CATALOGUE.update({cls.eventid: cls for cls in ANALYSIS_EVENTS})
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.events import Event, to_json_line
+from sandtrap.store.analysis_index import ANALYSIS_SCHEMA, ANALYSIS_TABLES, analysis_statements
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ CREATE INDEX IF NOT EXISTS diffs_session ON diffs (session);
 CREATE INDEX IF NOT EXISTS artifacts_session ON artifacts (session);
 """
 TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts")
+# The threat-analysis tables (issue 19) are store/analysis_index.py's.
+ALL_TABLES = TABLES + ANALYSIS_TABLES
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -89,6 +92,9 @@ def _upsert_session(session: str, **values: Any) -> Statement:
 
 def statements(record: dict[str, Any]) -> list[Statement]:
     """The SQL that indexes one event record (a decoded JSON line); pure, no I/O."""
+    analysis = analysis_statements(record)
+    if analysis is not None:
+        return analysis
     session = record.get("session")
     eventid = record.get("eventid")
     when = record.get("timestamp")
@@ -241,6 +247,7 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    db.executescript(ANALYSIS_SCHEMA)
     return db
 
 
@@ -290,7 +297,7 @@ def rebuild(db_path: Path, log_path: Path) -> int:
     db = connect(db_path)
     try:
         db.execute("BEGIN IMMEDIATE")
-        for table in TABLES:
+        for table in ALL_TABLES:
             db.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are our constants
         count = apply(db, read_records(log_path))
         db.commit()

@@ -1,11 +1,20 @@
-"""Public-key capture on the real service (real engine): OpenSSH `ssh -i` (hostbound requests) and
-asyncssh clients log in with keys the policy accepts, and a key planted in authorized_keys is
-flagged in the session's `sandbox.diff` (issue 19)."""
+"""Threat analysis on the real service (real engine, real clients), issue 19.
+
+Public keys: OpenSSH `ssh -i` (hostbound requests) and asyncssh clients log in with keys the
+policy accepts, and a key planted in authorized_keys is flagged in the session's `sandbox.diff`.
+Triage: files uploaded with scp are captured, triaged off the loop (`artifact.analysed`) and
+listed by `sandtrap artifacts`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import subprocess
+import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +23,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from tests.docker.service import RunningService, remove_sensor_containers, service_config
+from tests.docker.service import SSH_OPTS, RunningService, remove_sensor_containers, service_config
+from tests.unit.test_triage import SAMPLES
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -138,3 +148,85 @@ def test_asyncssh_second_key_accepted_and_recorded(service: RunningService) -> N
         ("auth.success", "ecdsa-sha2-nistp256", "accept_keys_after_offers"),
     }
     assert all(e["key"].startswith(e["key_type"] + " AAAA") for e in records)
+
+
+def _cli(service: RunningService, *args: str) -> str:
+    config = service.config.storage.data_dir.parent / "cli.yaml"
+    config.write_text(f"storage:\n  data_dir: {service.config.storage.data_dir}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sandtrap", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_scp_upload_triaged_and_listed(service: RunningService, tmp_path: Path) -> None:
+    sample = tmp_path / "x86"
+    sample.write_bytes(SAMPLES["SandTrap_Mirai_Like"])
+    script = tmp_path / "bins.sh"
+    script.write_bytes(SAMPLES["SandTrap_Shell_Dropper"])
+    argv = ["sshpass", "-p", "123456", "scp", "-O", "-P", str(service.port), *SSH_OPTS]
+    result = subprocess.run(
+        [*argv, str(sample), str(script), "root@127.0.0.1:/tmp/"],
+        capture_output=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    deadline = time.monotonic() + 90
+    analysed: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(analysed) < 2:
+        analysed = [e for e in service.events("artifact.analysed") if e["path"].startswith("/tmp/")]
+        time.sleep(0.3)
+    by_path = {e["path"]: e for e in analysed}
+    elf = by_path["/tmp/x86"]
+    assert elf["sha256"] == digest
+    assert elf["elf_arch"] == "mips-32-be"
+    assert elf["magic"].startswith("ELF 32-bit MSB executable, MIPS")
+    assert elf["yara"] == ["SandTrap_Mirai_Like"]
+    assert elf["ssdeep"] and elf["md5"] and elf["sha1"]
+    dropper = by_path["/tmp/bins.sh"]
+    assert dropper["yara"] == ["SandTrap_Shell_Dropper"]
+    assert dropper["urls"] == ["http://198.51.100.7/bins/x86"]
+    _cli(service, "index", "rebuild")
+    rows = [json.loads(line) for line in _cli(service, "artifacts", "list", "--json").splitlines()]
+    listed = {row["sha256"]: row for row in rows}
+    assert listed[digest]["yara"] == ["SandTrap_Mirai_Like"]
+    assert listed[digest]["path"] == "/tmp/x86"
+    shown = json.loads(_cli(service, "artifacts", "show", digest[:12], "--json"))
+    assert shown["analysis"]["elf_arch"] == "mips-32-be"
+    assert [s["session"] for s in shown["seen"]] == [elf["session"]]
+    table = _cli(service, "artifacts", "list")
+    assert "SandTrap_Mirai_Like" in table and digest[:16] in table
+
+
+def _bundle_analysis(service: RunningService, session: str, tmp_path: Path) -> dict[str, Any]:
+    output = tmp_path / f"{session}.tar.gz"
+    _cli(service, "export", session, "-o", str(output), "--no-engine")
+    with tarfile.open(output) as archive:
+        member = archive.extractfile(f"{session}/analysis.json")
+        assert member is not None
+        return dict(json.loads(member.read()))
+
+
+def test_export_bundle_carries_the_analysis(
+    service: RunningService, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    (success,) = [
+        e for e in service.events("auth.success") if e.get("key_fingerprint") == keys["fingerprint"]
+    ]
+    analysis = _bundle_analysis(service, success["session"], tmp_path)
+    assert [(k["key_fingerprint"], k["accepted"]) for k in analysis["public_keys"]] == [
+        (keys["fingerprint"], True)
+    ]
+    assert [k["comment"] for k in analysis["authorized_keys"]] == ["mdrfckr"]
+    (elf,) = [e for e in service.events("artifact.analysed") if e["path"] == "/tmp/x86"]
+    analysis = _bundle_analysis(service, elf["session"], tmp_path)
+    assert {a["path"]: a["yara"] for a in analysis["artifacts"]} == {
+        "/tmp/x86": ["SandTrap_Mirai_Like"],
+        "/tmp/bins.sh": ["SandTrap_Shell_Dropper"],
+    }

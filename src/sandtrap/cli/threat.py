@@ -1,0 +1,62 @@
+"""`sandtrap artifacts list|show` (and the other threat-analysis commands, issue 19).
+
+Command line only: queries are sandtrap.analysis.threatquery's, tables
+sandtrap.analysis.threatrender's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sandtrap.cli._common import config_option, load, open_index, query, since_bound
+
+
+@click.group()
+def artifacts() -> None:
+    """Files sessions left behind (var/artifacts/<sha256>) and their triage."""
+
+
+@artifacts.command("list")
+@config_option
+@click.option(
+    "--since", default=None, help="Only artifacts seen since: 30m, 1h, 7d or an ISO time."
+)
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def artifacts_list(config_path: Path | None, since: str | None, limit: int, as_json: bool) -> None:
+    """Captured files by sha256, most recently seen first, with type, architecture and YARA."""
+    from sandtrap.analysis.render import print_view
+    from sandtrap.analysis.threatquery import list_artifacts
+    from sandtrap.analysis.threatrender import artifacts_table
+
+    db = open_index(load(config_path))
+    rows = list_artifacts(db, since_bound(since), limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=True))
+        return
+    print_view(artifacts_table(rows))
+
+
+@artifacts.command("show")
+@config_option
+@click.argument("sha256")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def artifacts_show(config_path: Path | None, sha256: str, as_json: bool) -> None:
+    """One artifact (sha256 or a unique prefix): hashes, type, indicators, YARA, where seen."""
+    from sandtrap.analysis.render import print_view
+    from sandtrap.analysis.threatquery import artifact_detail, resolve_artifact
+    from sandtrap.analysis.threatrender import artifact_view
+
+    db = open_index(load(config_path))
+    detail = query(lambda: artifact_detail(db, resolve_artifact(db, sha256)))
+    if as_json:
+        click.echo(json.dumps(detail, ensure_ascii=True))
+        return
+    print_view(artifact_view(detail))
+
+
+__all__ = ["artifacts"]

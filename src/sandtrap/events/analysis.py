@@ -1,0 +1,36 @@
+"""The threat-analysis events (issue 19): one frozen dataclass per eventid, like catalogue.py,
+which merges `ANALYSIS_EVENTS` into `CATALOGUE`; docs/events.md documents each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sandtrap.events.base import Event, SessionEvent
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactAnalysed(SessionEvent):
+    """Triage of an artifact the session left (analysis/triage.py); null fields: not computed."""
+
+    eventid: ClassVar[str] = "artifact.analysed"
+    sha256: str
+    size: int
+    path: str | None = None
+    md5: str | None = None
+    sha1: str | None = None
+    magic: str | None = None
+    mime: str | None = None
+    ssdeep: str | None = None
+    tlsh: str | None = None
+    elf_arch: str | None = None
+    yara: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+ANALYSIS_EVENTS: tuple[type[Event], ...] = (ArtifactAnalysed,)
+
+__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed"]

@@ -1,0 +1,59 @@
+"""The threat-analysis tables of the SQLite index (issue 19): their schema and the pure mapping
+from analysis events to SQL, called by store/index.py (which owns the writer and `rebuild`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Statement = tuple[str, tuple[Any, ...]]
+
+ANALYSIS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analysed (
+    sha256 TEXT PRIMARY KEY, timestamp TEXT, size INTEGER, md5 TEXT, sha1 TEXT, magic TEXT,
+    mime TEXT, ssdeep TEXT, tlsh TEXT, elf_arch TEXT, yara TEXT, urls TEXT, ips TEXT,
+    domains TEXT, error TEXT
+);
+"""
+ANALYSIS_TABLES = ("analysed",)
+
+# JSON list columns: stored as JSON text, decoded by analysis/query.py.
+LIST_COLUMNS = ("yara", "urls", "ips", "domains")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value if isinstance(value, list) else [], ensure_ascii=True)
+
+
+def analysis_statements(record: dict[str, Any]) -> list[Statement] | None:
+    """The SQL for an analysis event record; None when the record is no analysis event."""
+    eventid = record.get("eventid")
+    if eventid == "artifact.analysed":
+        sha256 = record.get("sha256")
+        if not isinstance(sha256, str):
+            return []
+        return [
+            (
+                "INSERT OR REPLACE INTO analysed (sha256, timestamp, size, md5, sha1, magic, mime,"
+                " ssdeep, tlsh, elf_arch, yara, urls, ips, domains, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sha256,
+                    record.get("timestamp"),
+                    record.get("size"),
+                    record.get("md5"),
+                    record.get("sha1"),
+                    record.get("magic"),
+                    record.get("mime"),
+                    record.get("ssdeep"),
+                    record.get("tlsh"),
+                    record.get("elf_arch"),
+                    *(_json(record.get(column)) for column in LIST_COLUMNS),
+                    record.get("error"),
+                ),
+            )
+        ]
+    return None
+
+
+__all__ = ["ANALYSIS_SCHEMA", "ANALYSIS_TABLES", "LIST_COLUMNS", "analysis_statements"]
