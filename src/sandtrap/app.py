@@ -15,6 +15,7 @@ import signal
 import tarfile
 from dataclasses import dataclass
 
+from sandtrap.analysis.enrich import Enricher
 from sandtrap.analysis.triager import ArtifactTriager
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
@@ -141,6 +142,8 @@ async def serve(
             if triager is not None:
                 triage_task = tasks.create_task(triager.run(), name="triage")
                 events.subscribe(triager.offer)
+            enricher = Enricher(config.analysis, events)
+            events.subscribe(enricher.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)

@@ -308,6 +308,11 @@ class AnalysisConfig(_Model):
     starter_rules: bool = True
     triage_queue_size: int = Field(default=1000, ge=1, le=100_000)
     triage_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Enrichment (analysis/enrich.py): operator-provided MaxMind-format files, read offline.
+    geoip_country_db: Path | None = None
+    geoip_asn_db: Path | None = None
+    geoip_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    attack_tags: bool = True
 
 
 class LoggingConfig(_Model):

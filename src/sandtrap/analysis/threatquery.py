@@ -73,4 +73,17 @@ def artifact_detail(db: sqlite3.Connection, sha256: str) -> dict[str, Any]:
     return {"sha256": sha256, "analysis": analysis, "seen": seen}
 
 
-__all__ = ["artifact_detail", "list_artifacts", "resolve_artifact"]
+def technique_counts(
+    db: sqlite3.Connection, since: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """ATT&CK techniques by sessions that showed them, most first, with an example."""
+    sql = """
+        SELECT technique, name, tactic, COUNT(DISTINCT session) AS sessions,
+               MAX(timestamp) AS last_seen, MIN(evidence) AS example
+        FROM attack WHERE (? IS NULL OR timestamp >= ?)
+        GROUP BY technique ORDER BY sessions DESC, technique LIMIT ?
+    """
+    return [dict(row) for row in db.execute(sql, (since, since, limit))]
+
+
+__all__ = ["artifact_detail", "list_artifacts", "resolve_artifact", "technique_counts"]

@@ -64,4 +64,22 @@ def artifact_view(detail: dict[str, Any]) -> Group:
     return Group(info, seen)
 
 
-__all__ = ["artifact_view", "artifacts_table"]
+def techniques_table(rows: list[dict[str, Any]]) -> Table:
+    return _table(
+        f"{len(rows)} technique(s)",
+        ("technique", "name", "tactic", "sessions", "last seen", "example"),
+        [
+            (
+                r["technique"],
+                r["name"],
+                r["tactic"],
+                r["sessions"],
+                (r["last_seen"] or "")[:19].replace("T", " "),
+                (r["example"] or "")[:80],
+            )
+            for r in rows
+        ],
+    )
+
+
+__all__ = ["artifact_view", "artifacts_table", "techniques_table"]

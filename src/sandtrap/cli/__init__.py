@@ -33,6 +33,7 @@ for _command in (
     deploy.gate,
     deploy.health,
     threat.artifacts,
+    threat.techniques,
 ):
     cli.add_command(_command)
 

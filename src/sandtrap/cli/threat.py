@@ -1,4 +1,4 @@
-"""`sandtrap artifacts list|show` (and the other threat-analysis commands, issue 19).
+"""`sandtrap artifacts list|show`, `techniques` (the threat-analysis commands, issue 19).
 
 Command line only: queries are sandtrap.analysis.threatquery's, tables
 sandtrap.analysis.threatrender's.
@@ -59,4 +59,23 @@ def artifacts_show(config_path: Path | None, sha256: str, as_json: bool) -> None
     print_view(artifact_view(detail))
 
 
-__all__ = ["artifacts"]
+@click.command()
+@config_option
+@click.option("--since", default=None, help="Only since: 30m, 1h, 7d or an ISO time.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def techniques(config_path: Path | None, since: str | None, limit: int, as_json: bool) -> None:
+    """MITRE ATT&CK techniques sessions showed (session.attack), by number of sessions."""
+    from sandtrap.analysis.render import print_view
+    from sandtrap.analysis.threatquery import technique_counts
+    from sandtrap.analysis.threatrender import techniques_table
+
+    rows = technique_counts(open_index(load(config_path)), since_bound(since), limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=True))
+        return
+    print_view(techniques_table(rows))
+
+
+__all__ = ["artifacts", "techniques"]

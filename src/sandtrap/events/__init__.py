@@ -2,7 +2,7 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
-from sandtrap.events.analysis import ArtifactAnalysed
+from sandtrap.events.analysis import ArtifactAnalysed, SessionAttack, SessionGeo
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -71,12 +71,14 @@ __all__ = [
     "SandboxFailure",
     "SandboxPruned",
     "SandboxReleased",
+    "SessionAttack",
     "SessionBytesExceeded",
     "SessionClosed",
     "SessionCommand",
     "SessionConnect",
     "SessionEvent",
     "SessionExec",
+    "SessionGeo",
     "SessionRefused",
     "SessionResize",
     "SessionShell",

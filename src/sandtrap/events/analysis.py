@@ -31,6 +31,29 @@ class ArtifactAnalysed(SessionEvent):
     error: str | None = None
 
 
-ANALYSIS_EVENTS: tuple[type[Event], ...] = (ArtifactAnalysed,)
+@dataclass(frozen=True, kw_only=True)
+class SessionGeo(SessionEvent):
+    """Country and autonomous system of the session's source, from the configured GeoIP files."""
 
-__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed"]
+    eventid: ClassVar[str] = "session.geo"
+    country: str | None = None
+    country_name: str | None = None
+    asn: int | None = None
+    as_org: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionAttack(SessionEvent):
+    """A MITRE ATT&CK technique the session showed (first time per session; analysis/attack.py)."""
+
+    eventid: ClassVar[str] = "session.attack"
+    technique: str
+    name: str
+    tactic: str
+    evidence: str
+    source: str
+
+
+ANALYSIS_EVENTS: tuple[type[Event], ...] = (ArtifactAnalysed, SessionGeo, SessionAttack)
+
+__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed", "SessionAttack", "SessionGeo"]

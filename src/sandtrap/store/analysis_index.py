@@ -14,8 +14,18 @@ CREATE TABLE IF NOT EXISTS analysed (
     mime TEXT, ssdeep TEXT, tlsh TEXT, elf_arch TEXT, yara TEXT, urls TEXT, ips TEXT,
     domains TEXT, error TEXT
 );
+CREATE TABLE IF NOT EXISTS geo (
+    session TEXT PRIMARY KEY, src_ip TEXT, country TEXT, country_name TEXT, asn INTEGER,
+    as_org TEXT
+);
+CREATE TABLE IF NOT EXISTS attack (
+    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, technique TEXT, name TEXT, tactic TEXT,
+    evidence TEXT, source TEXT
+);
+CREATE INDEX IF NOT EXISTS attack_session ON attack (session);
+CREATE INDEX IF NOT EXISTS attack_technique ON attack (technique);
 """
-ANALYSIS_TABLES = ("analysed",)
+ANALYSIS_TABLES = ("analysed", "geo", "attack")
 
 # JSON list columns: stored as JSON text, decoded by analysis/query.py.
 LIST_COLUMNS = ("yara", "urls", "ips", "domains")
@@ -50,6 +60,38 @@ def analysis_statements(record: dict[str, Any]) -> list[Statement] | None:
                     record.get("elf_arch"),
                     *(_json(record.get(column)) for column in LIST_COLUMNS),
                     record.get("error"),
+                ),
+            )
+        ]
+    session = record.get("session")
+    if eventid == "session.geo" and isinstance(session, str):
+        return [
+            (
+                "INSERT OR REPLACE INTO geo (session, src_ip, country, country_name, asn, as_org)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    record.get("src_ip"),
+                    record.get("country"),
+                    record.get("country_name"),
+                    record.get("asn"),
+                    record.get("as_org"),
+                ),
+            )
+        ]
+    if eventid == "session.attack" and isinstance(session, str):
+        return [
+            (
+                "INSERT INTO attack (session, timestamp, technique, name, tactic, evidence, source)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    record.get("timestamp"),
+                    record.get("technique"),
+                    record.get("name"),
+                    record.get("tactic"),
+                    record.get("evidence"),
+                    record.get("source"),
                 ),
             )
         ]
