@@ -259,3 +259,22 @@ def test_geo_and_attack_techniques_of_a_real_session(service: RunningService) ->
     assert counted["T1053.003"] >= 1 and counted["T1105"] >= 1
     # The key-planting session earlier was tagged from its command and its diff.
     assert "T1098.004" in counted
+
+
+def test_one_script_from_two_sessions_is_one_cluster(service: RunningService) -> None:
+    script = "cd /tmp; echo fetch {h}/x86; echo id {n} > .id; cat .id; uname -m; echo done {n}"
+    for host, n in (("http://198.51.100.7", 11), ("http://203.0.113.99:8080", 947)):
+        result = service.ssh(script.format(h=host, n=n))
+        assert result.returncode == 0, result.stderr
+    execs = [
+        e for e in service.events("session.exec") if e["input"].startswith("cd /tmp; echo fetch")
+    ]
+    sessions = {e["session"] for e in execs}
+    assert len(sessions) == 2
+    for session in sessions:
+        _wait(service, "session.closed", session)
+    _cli(service, "index", "rebuild")
+    records = [json.loads(line) for line in _cli(service, "clusters", "--json").splitlines()]
+    (cluster,) = [r for r in records if sessions <= {m["session"] for m in r["members"]}]
+    assert "commands" in cluster["ties"]
+    assert cluster["id"] in _cli(service, "clusters")

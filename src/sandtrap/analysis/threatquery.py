@@ -8,6 +8,7 @@ import re
 import sqlite3
 from typing import Any
 
+from sandtrap.analysis.cluster import Cluster, SessionTraits
 from sandtrap.analysis.query import QueryError
 from sandtrap.store.analysis_index import LIST_COLUMNS
 
@@ -86,4 +87,78 @@ def technique_counts(
     return [dict(row) for row in db.execute(sql, (since, since, limit))]
 
 
-__all__ = ["artifact_detail", "list_artifacts", "resolve_artifact", "technique_counts"]
+def session_traits(db: sqlite3.Connection, since: str | None = None) -> list[SessionTraits]:
+    """What clustering needs of every session since `since`, read in a few queries."""
+    bound = (since, since)
+    commands: dict[str, list[str]] = {}
+    for session, text in db.execute(
+        "SELECT c.session, c.input FROM commands c JOIN sessions s USING (session)"
+        " WHERE (? IS NULL OR s.started >= ?) ORDER BY c.id",
+        bound,
+    ):
+        commands.setdefault(session, []).append(str(text or ""))
+    attempts: dict[str, list[tuple[str, str]]] = {}
+    keys: dict[str, set[str]] = {}
+    for session, user, password, fingerprint in db.execute(
+        "SELECT a.session, a.username, a.password, a.key_fingerprint FROM auth_attempts a"
+        " JOIN sessions s USING (session) WHERE (? IS NULL OR s.started >= ?) ORDER BY a.id",
+        bound,
+    ):
+        if fingerprint:
+            keys.setdefault(session, set()).add(str(fingerprint))
+        elif password is not None:
+            attempts.setdefault(session, []).append((str(user), str(password)))
+    artifacts: dict[str, set[str]] = {}
+    for session, sha256 in db.execute(
+        "SELECT f.session, f.sha256 FROM artifacts f JOIN sessions s USING (session)"
+        " WHERE (? IS NULL OR s.started >= ?)",
+        bound,
+    ):
+        artifacts.setdefault(session, set()).add(str(sha256))
+    rows = db.execute(
+        "SELECT session, src_ip, started, hassh, client_version, username, password"
+        " FROM sessions s WHERE (? IS NULL OR s.started >= ?)",
+        bound,
+    ).fetchall()
+    return [
+        SessionTraits(
+            session=str(r[0]),
+            src_ip=str(r[1] or ""),
+            started=str(r[2] or ""),
+            commands=tuple(commands.get(r[0], ())),
+            hassh=r[3],
+            client_version=r[4],
+            username=r[5],
+            password=r[6],
+            attempts=tuple(attempts.get(r[0], ())),
+            artifacts=frozenset(artifacts.get(r[0], ())),
+            keys=frozenset(keys.get(r[0], ())),
+        )
+        for r in rows
+    ]
+
+
+def cluster_record(cluster: Cluster) -> dict[str, Any]:
+    """A cluster as the CLI's JSON line."""
+    members = cluster.members
+    return {
+        "id": cluster.id,
+        "size": len(members),
+        "sources": cluster.sources,
+        "first_seen": members[0].started,
+        "last_seen": max(m.started for m in members),
+        "ties": cluster.ties,
+        "members": [
+            {"session": m.session, "src_ip": m.src_ip, "started": m.started} for m in members
+        ],
+    }
+
+
+__all__ = [
+    "artifact_detail",
+    "cluster_record",
+    "list_artifacts",
+    "resolve_artifact",
+    "session_traits",
+    "technique_counts",
+]

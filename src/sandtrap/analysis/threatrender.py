@@ -82,4 +82,29 @@ def techniques_table(rows: list[dict[str, Any]]) -> Table:
     )
 
 
-__all__ = ["artifact_view", "artifacts_table", "techniques_table"]
+def clusters_table(records: list[dict[str, Any]]) -> Table:
+    def ties(record: dict[str, Any]) -> str:
+        parts = []
+        for kind, values in record["ties"].items():
+            parts.append(f"{kind}: {_short(list(values), 2)}")
+        return "; ".join(parts)
+
+    return _table(
+        f"{len(records)} cluster(s)",
+        ("cluster", "sessions", "sources", "first seen", "last seen", "tied by", "members"),
+        [
+            (
+                r["id"],
+                r["size"],
+                _short(r["sources"], 3),
+                r["first_seen"][:19].replace("T", " "),
+                r["last_seen"][:19].replace("T", " "),
+                ties(r),
+                _short([m["session"] for m in r["members"]], 4),
+            )
+            for r in records
+        ],
+    )
+
+
+__all__ = ["artifact_view", "artifacts_table", "clusters_table", "techniques_table"]

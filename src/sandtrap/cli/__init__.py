@@ -34,6 +34,7 @@ for _command in (
     deploy.health,
     threat.artifacts,
     threat.techniques,
+    threat.clusters,
 ):
     cli.add_command(_command)
 

@@ -1,4 +1,4 @@
-"""`sandtrap artifacts list|show`, `techniques` (the threat-analysis commands, issue 19).
+"""`sandtrap artifacts list|show`, `techniques`, `clusters` (threat-analysis commands, issue 19).
 
 Command line only: queries are sandtrap.analysis.threatquery's, tables
 sandtrap.analysis.threatrender's.
@@ -78,4 +78,29 @@ def techniques(config_path: Path | None, since: str | None, limit: int, as_json:
     print_view(techniques_table(rows))
 
 
-__all__ = ["artifacts", "techniques"]
+@click.command()
+@config_option
+@click.option("--since", default=None, help="Only sessions since: 30m, 1h, 7d or an ISO time.")
+@click.option("--min-size", default=2, show_default=True, type=click.IntRange(2))
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def clusters(
+    config_path: Path | None, since: str | None, min_size: int, limit: int, as_json: bool
+) -> None:
+    """Sessions grouped as one attacker: similar command sequences, client and credentials,
+    shared artifacts, keys or password lists; largest first, with what ties each."""
+    from sandtrap.analysis.cluster import cluster_sessions
+    from sandtrap.analysis.render import print_view
+    from sandtrap.analysis.threatquery import cluster_record, session_traits
+    from sandtrap.analysis.threatrender import clusters_table
+
+    traits = session_traits(open_index(load(config_path)), since_bound(since))
+    records = [cluster_record(c) for c in cluster_sessions(traits, min_size)[:limit]]
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record, ensure_ascii=True))
+        return
+    print_view(clusters_table(records))
+
+
+__all__ = ["artifacts", "clusters", "techniques"]
