@@ -16,6 +16,7 @@ import tarfile
 from dataclasses import dataclass
 
 from sandtrap.analysis.enrich import Enricher
+from sandtrap.analysis.scorer import AnomalyScorer
 from sandtrap.analysis.triager import ArtifactTriager
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
@@ -144,6 +145,12 @@ async def serve(
                 events.subscribe(triager.offer)
             enricher = Enricher(config.analysis, events)
             events.subscribe(enricher.offer)
+            if config.analysis.anomaly:
+                scorer = AnomalyScorer(
+                    config.analysis, events, DataLayout(config.storage.data_dir).index_db
+                )
+                anomaly_task = tasks.create_task(scorer.run(), name="anomaly")
+                events.subscribe(scorer.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
             front = await start_ssh_server(config, pool, events)
@@ -170,6 +177,8 @@ async def serve(
                 if not await triager.drain(TRIAGE_DRAIN_SECONDS):
                     log.warning("artifact triage did not finish in %.0fs", TRIAGE_DRAIN_SECONDS)
                 triage_task.cancel()
+            if config.analysis.anomaly:
+                anomaly_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task

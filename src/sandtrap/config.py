@@ -313,6 +313,12 @@ class AnalysisConfig(_Model):
     geoip_asn_db: Path | None = None
     geoip_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
     attack_tags: bool = True
+    # Anomaly scoring of closed sessions (analysis/anomaly.py): top (100 - percentile) %.
+    anomaly: bool = True
+    anomaly_percentile: float = Field(default=99.0, ge=50, lt=100)
+    anomaly_min_history: int = Field(default=100, ge=5, le=1_000_000)
+    anomaly_history_max: int = Field(default=5000, ge=10, le=1_000_000)
+    anomaly_refit_every: int = Field(default=100, ge=1, le=1_000_000)
 
 
 class LoggingConfig(_Model):

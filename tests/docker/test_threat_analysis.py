@@ -70,7 +70,14 @@ def service(
         folder / "var",
         auth={"accepted_key_fingerprints": [keys["fingerprint"]], "accept_keys_after_offers": 2},
         pool={"size": 1},
-        analysis={"geoip_country_db": str(country_db), "geoip_asn_db": str(asn_db)},
+        analysis={
+            "geoip_country_db": str(country_db),
+            "geoip_asn_db": str(asn_db),
+            # A small history (this module's sessions), refitted after each session.
+            "anomaly_min_history": 8,
+            "anomaly_refit_every": 1,
+            "anomaly_percentile": 90.0,
+        },
     )
     running = RunningService(config).start()
     try:
@@ -278,3 +285,27 @@ def test_one_script_from_two_sessions_is_one_cluster(service: RunningService) ->
     (cluster,) = [r for r in records if sessions <= {m["session"] for m in r["members"]}]
     assert "commands" in cluster["ties"]
     assert cluster["id"] in _cli(service, "clusters")
+
+
+def test_strange_session_after_a_bot_history_is_an_anomaly(service: RunningService) -> None:
+    for n in range(8):
+        result = service.ssh(f"uname -a; echo run {n}")
+        assert result.returncode == 0, result.stderr
+    payload = os.urandom(3 * 1024 * 1024)
+    strange = "; ".join(f"mkdir -p /tmp/w{n} && cp /bin/ls /tmp/w{n}/tool{n}" for n in range(12))
+    result = service.ssh(strange + "; cat > /tmp/blob; wc -c < /tmp/blob", stdin=payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(len(payload)).encode()
+    (exec_event,) = [
+        e for e in service.events("session.exec") if e["input"].startswith("mkdir -p /tmp/w0 ")
+    ]
+    anomaly = _wait(service, "session.anomaly", exec_event["session"])
+    assert anomaly["score"] > anomaly["threshold"]
+    assert anomaly["features"]["bytes_in"] >= len(payload)
+    assert anomaly["features"]["artifacts"] >= 12
+    # The usual bot sessions were not flagged.
+    usual = {e["session"] for e in service.events("session.exec") if e["input"].startswith("uname")}
+    assert not usual & {e["session"] for e in service.events("session.anomaly")}
+    _cli(service, "index", "rebuild")
+    rows = [json.loads(line) for line in _cli(service, "anomalies", "--json").splitlines()]
+    assert exec_event["session"] in {row["session"] for row in rows}

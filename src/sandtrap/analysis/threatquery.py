@@ -87,6 +87,27 @@ def technique_counts(
     return [dict(row) for row in db.execute(sql, (since, since, limit))]
 
 
+def list_anomalies(
+    db: sqlite3.Connection, since: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Sessions flagged as anomalies, highest score first, with their source and features."""
+    sql = """
+        SELECT a.session, a.timestamp, a.score, a.threshold, a.features, s.src_ip, s.username,
+               s.client_version, s.duration
+        FROM anomalies a LEFT JOIN sessions s USING (session)
+        WHERE (? IS NULL OR a.timestamp >= ?) ORDER BY a.score DESC LIMIT ?
+    """
+    rows = []
+    for row in db.execute(sql, (since, since, limit)):
+        record = dict(row)
+        try:
+            record["features"] = json.loads(record["features"] or "{}")
+        except ValueError:
+            record["features"] = {}
+        rows.append(record)
+    return rows
+
+
 def session_traits(db: sqlite3.Connection, since: str | None = None) -> list[SessionTraits]:
     """What clustering needs of every session since `since`, read in a few queries."""
     bound = (since, since)
@@ -157,6 +178,7 @@ def cluster_record(cluster: Cluster) -> dict[str, Any]:
 __all__ = [
     "artifact_detail",
     "cluster_record",
+    "list_anomalies",
     "list_artifacts",
     "resolve_artifact",
     "session_traits",

@@ -107,4 +107,33 @@ def clusters_table(records: list[dict[str, Any]]) -> Table:
     )
 
 
-__all__ = ["artifact_view", "artifacts_table", "clusters_table", "techniques_table"]
+def anomalies_table(rows: list[dict[str, Any]]) -> Table:
+    def strongest(features: dict[str, Any]) -> str:
+        keys = ("commands", "novelty", "bytes_in", "bytes_out", "duration", "artifacts")
+        return ", ".join(f"{k}={features[k]:.3g}" for k in keys if k in features)
+
+    return _table(
+        f"{len(rows)} anomalous session(s)",
+        ("session", "time", "score", "threshold", "source IP", "user", "features"),
+        [
+            (
+                r["session"],
+                (r["timestamp"] or "")[:19].replace("T", " "),
+                f"{r['score']:.3f}",
+                f"{r['threshold']:.3f}",
+                r["src_ip"],
+                r["username"],
+                strongest(r["features"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+__all__ = [
+    "anomalies_table",
+    "artifact_view",
+    "artifacts_table",
+    "clusters_table",
+    "techniques_table",
+]

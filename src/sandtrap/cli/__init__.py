@@ -35,6 +35,7 @@ for _command in (
     threat.artifacts,
     threat.techniques,
     threat.clusters,
+    threat.anomalies,
 ):
     cli.add_command(_command)
 

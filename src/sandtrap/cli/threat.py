@@ -1,4 +1,4 @@
-"""`sandtrap artifacts list|show`, `techniques`, `clusters` (threat-analysis commands, issue 19).
+"""`sandtrap artifacts list|show`, `techniques`, `clusters`, `anomalies` (issue 19).
 
 Command line only: queries are sandtrap.analysis.threatquery's, tables
 sandtrap.analysis.threatrender's.
@@ -103,4 +103,23 @@ def clusters(
     print_view(clusters_table(records))
 
 
-__all__ = ["artifacts", "clusters", "techniques"]
+@click.command()
+@config_option
+@click.option("--since", default=None, help="Only since: 30m, 1h, 7d or an ISO time.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def anomalies(config_path: Path | None, since: str | None, limit: int, as_json: bool) -> None:
+    """Sessions scored as anomalies (session.anomaly), highest score first."""
+    from sandtrap.analysis.render import print_view
+    from sandtrap.analysis.threatquery import list_anomalies
+    from sandtrap.analysis.threatrender import anomalies_table
+
+    rows = list_anomalies(open_index(load(config_path)), since_bound(since), limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=True))
+        return
+    print_view(anomalies_table(rows))
+
+
+__all__ = ["anomalies", "artifacts", "clusters", "techniques"]

@@ -2,7 +2,7 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
-from sandtrap.events.analysis import ArtifactAnalysed, SessionAttack, SessionGeo
+from sandtrap.events.analysis import ArtifactAnalysed, SessionAnomaly, SessionAttack, SessionGeo
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -71,6 +71,7 @@ __all__ = [
     "SandboxFailure",
     "SandboxPruned",
     "SandboxReleased",
+    "SessionAnomaly",
     "SessionAttack",
     "SessionBytesExceeded",
     "SessionClosed",

@@ -54,6 +54,23 @@ class SessionAttack(SessionEvent):
     source: str
 
 
-ANALYSIS_EVENTS: tuple[type[Event], ...] = (ArtifactAnalysed, SessionGeo, SessionAttack)
+@dataclass(frozen=True, kw_only=True)
+class SessionAnomaly(SessionEvent):
+    """A closed session among the strangest of this sensor's history (analysis/anomaly.py)."""
 
-__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed", "SessionAttack", "SessionGeo"]
+    eventid: ClassVar[str] = "session.anomaly"
+    score: float
+    threshold: float
+    percentile: float
+    history: int
+    features: dict[str, float | int]
+
+
+ANALYSIS_EVENTS: tuple[type[Event], ...] = (
+    ArtifactAnalysed,
+    SessionGeo,
+    SessionAttack,
+    SessionAnomaly,
+)
+
+__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed", "SessionAnomaly", "SessionAttack", "SessionGeo"]

@@ -24,8 +24,12 @@ CREATE TABLE IF NOT EXISTS attack (
 );
 CREATE INDEX IF NOT EXISTS attack_session ON attack (session);
 CREATE INDEX IF NOT EXISTS attack_technique ON attack (technique);
+CREATE TABLE IF NOT EXISTS anomalies (
+    session TEXT PRIMARY KEY, timestamp TEXT, score REAL, threshold REAL, features TEXT
+);
+CREATE TABLE IF NOT EXISTS network_counts (session TEXT PRIMARY KEY, events INTEGER);
 """
-ANALYSIS_TABLES = ("analysed", "geo", "attack")
+ANALYSIS_TABLES = ("analysed", "geo", "attack", "anomalies", "network_counts")
 
 # JSON list columns: stored as JSON text, decoded by analysis/query.py.
 LIST_COLUMNS = ("yara", "urls", "ips", "domains")
@@ -93,6 +97,29 @@ def analysis_statements(record: dict[str, Any]) -> list[Statement] | None:
                     record.get("evidence"),
                     record.get("source"),
                 ),
+            )
+        ]
+    if eventid == "session.anomaly" and isinstance(session, str):
+        return [
+            (
+                "INSERT OR REPLACE INTO anomalies (session, timestamp, score, threshold, features)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    session,
+                    record.get("timestamp"),
+                    record.get("score"),
+                    record.get("threshold"),
+                    json.dumps(record.get("features") or {}, ensure_ascii=True),
+                ),
+            )
+        ]
+    if isinstance(eventid, str) and eventid.startswith("network.") and isinstance(session, str):
+        # The sinkhole's events (issue 16), counted per session for the anomaly features.
+        return [
+            (
+                "INSERT INTO network_counts (session, events) VALUES (?, 1)"
+                " ON CONFLICT (session) DO UPDATE SET events = events + 1",
+                (session,),
             )
         ]
     return None
