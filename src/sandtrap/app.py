@@ -16,8 +16,10 @@ import tarfile
 from dataclasses import dataclass
 
 from sandtrap.analysis.enrich import Enricher
+from sandtrap.analysis.honeytokens import HoneytokenWatch
 from sandtrap.analysis.scorer import AnomalyScorer
 from sandtrap.analysis.triager import ArtifactTriager
+from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
@@ -151,9 +153,15 @@ async def serve(
                 )
                 anomaly_task = tasks.create_task(scorer.run(), name="anomaly")
                 events.subscribe(scorer.offer)
+            # Honeytokens: the watch hears the pool's first plantings, and accepts planted keys.
+            policy = AuthPolicy(config.auth)
+            if config.analysis.honeytokens:
+                watch = HoneytokenWatch(events, policy.accept_honeytoken_key)
+                await asyncio.to_thread(watch.load, DataLayout(config.storage.data_dir).index_db)
+                events.subscribe(watch.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
-            front = await start_ssh_server(config, pool, events)
+            front = await start_ssh_server(config, pool, events, policy=policy)
             service = Service(config, front, pool, events, stop, index)
             status_task = tasks.create_task(
                 write_status(config, front.addresses, pool.statistics), name="status"

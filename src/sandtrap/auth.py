@@ -28,6 +28,8 @@ REASON_KEY_ACCEPTED = "public keys accepted"
 REASON_KEY_LISTED = "listed key"
 REASON_KEY_AFTER_OFFERS = "accept_keys_after_offers"
 REASON_KEY_UNSIGNED = "public key accepted, no valid signature"
+REASON_KEY_HONEYTOKEN = "honeytoken key"
+MAX_EXTRA_KEYS = 100_000
 
 # Distinct keys remembered per connection (a client offering more is refused by MaxAuthTries
 # long before; the cap only bounds memory).
@@ -89,6 +91,12 @@ class AuthPolicy:
         self._config = config
         self._clock = clock
         self._memory: OrderedDict[str, _IPMemory] = OrderedDict()
+        self._honeytoken_keys: set[str] = set()
+
+    def accept_honeytoken_key(self, fingerprint: str) -> None:
+        """Accept this key from now on (a honeytoken planted in a sandbox; bounded)."""
+        if len(self._honeytoken_keys) < MAX_EXTRA_KEYS:
+            self._honeytoken_keys.add(fingerprint)
 
     def connection(self, src_ip: str) -> ConnectionAuth:
         """State for a new connection from `src_ip`."""
@@ -141,6 +149,8 @@ class AuthPolicy:
             return known
         if fingerprint in config.accepted_key_fingerprints:
             decision = AuthDecision(True, REASON_KEY_LISTED)
+        elif fingerprint in self._honeytoken_keys:
+            decision = AuthDecision(True, REASON_KEY_HONEYTOKEN)
         elif config.accept_public_keys:
             decision = AuthDecision(True, REASON_KEY_ACCEPTED)
         elif config.remember_accepted and (username, fingerprint) in memory.accepted_keys:

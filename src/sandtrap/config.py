@@ -319,6 +319,8 @@ class AnalysisConfig(_Model):
     anomaly_min_history: int = Field(default=100, ge=5, le=1_000_000)
     anomaly_history_max: int = Field(default=5000, ge=10, le=1_000_000)
     anomaly_refit_every: int = Field(default=100, ge=1, le=1_000_000)
+    # Unique decoy credentials planted in each warm sandbox (sandbox/honeytokens.py).
+    honeytokens: bool = False
 
 
 class LoggingConfig(_Model):

@@ -136,6 +136,13 @@ def session_traits(db: sqlite3.Connection, since: str | None = None) -> list[Ses
         bound,
     ):
         artifacts.setdefault(session, set()).add(str(sha256))
+    tokens: dict[str, set[str]] = {}
+    for session, planted_session, container in db.execute(
+        "SELECT session, planted_session, planted_container FROM honeytoken_links"
+    ):
+        for member in (session, planted_session):
+            if member:
+                tokens.setdefault(str(member), set()).add(f"planted in {container}")
     rows = db.execute(
         "SELECT session, src_ip, started, hassh, client_version, username, password"
         " FROM sessions s WHERE (? IS NULL OR s.started >= ?)",
@@ -154,6 +161,7 @@ def session_traits(db: sqlite3.Connection, since: str | None = None) -> list[Ses
             attempts=tuple(attempts.get(r[0], ())),
             artifacts=frozenset(artifacts.get(r[0], ())),
             keys=frozenset(keys.get(r[0], ())),
+            tokens=frozenset(tokens.get(r[0], ())),
         )
         for r in rows
     ]

@@ -2,7 +2,14 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
-from sandtrap.events.analysis import ArtifactAnalysed, SessionAnomaly, SessionAttack, SessionGeo
+from sandtrap.events.analysis import (
+    ArtifactAnalysed,
+    HoneytokensPlanted,
+    HoneytokenTriggered,
+    SessionAnomaly,
+    SessionAttack,
+    SessionGeo,
+)
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -59,6 +66,8 @@ __all__ = [
     "EventSink",
     "ForwardRefused",
     "GateRefused",
+    "HoneytokenTriggered",
+    "HoneytokensPlanted",
     "Peer",
     "ProxyRefused",
     "RequestRefused",

@@ -66,11 +66,43 @@ class SessionAnomaly(SessionEvent):
     features: dict[str, float | int]
 
 
+@dataclass(frozen=True, kw_only=True)
+class HoneytokensPlanted(Event):
+    """Decoy credentials written into a warm sandbox (sandbox/honeytokens.py): the registry."""
+
+    eventid: ClassVar[str] = "honeytoken.planted"
+    container_id: str
+    hostname: str
+    tokens: list[dict[str, str | None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoneytokenTriggered(SessionEvent):
+    """A planted value was used: this session presented a token another session was given."""
+
+    eventid: ClassVar[str] = "honeytoken.triggered"
+    kind: str
+    path: str
+    via: str
+    planted_container: str
+    planted_session: str | None = None
+
+
 ANALYSIS_EVENTS: tuple[type[Event], ...] = (
+    HoneytokensPlanted,
+    HoneytokenTriggered,
     ArtifactAnalysed,
     SessionGeo,
     SessionAttack,
     SessionAnomaly,
 )
 
-__all__ = ["ANALYSIS_EVENTS", "ArtifactAnalysed", "SessionAnomaly", "SessionAttack", "SessionGeo"]
+__all__ = [
+    "ANALYSIS_EVENTS",
+    "ArtifactAnalysed",
+    "HoneytokenTriggered",
+    "HoneytokensPlanted",
+    "SessionAnomaly",
+    "SessionAttack",
+    "SessionGeo",
+]

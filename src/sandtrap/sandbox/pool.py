@@ -31,6 +31,7 @@ from sandtrap.sandbox.hardening import (
     prepare,
     session_name,
 )
+from sandtrap.sandbox.honeytokens import plant_honeytokens
 from sandtrap.sandbox.lifecycle import reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.retention import enforce_retention
@@ -215,6 +216,8 @@ class Pool:
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)
+            if self._config.analysis.honeytokens:
+                await plant_honeytokens(self._engine, self._events, sandbox)
         except BaseException:
             if container_id is not None:
                 with contextlib.suppress(SandboxError):

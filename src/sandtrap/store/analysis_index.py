@@ -28,8 +28,23 @@ CREATE TABLE IF NOT EXISTS anomalies (
     session TEXT PRIMARY KEY, timestamp TEXT, score REAL, threshold REAL, features TEXT
 );
 CREATE TABLE IF NOT EXISTS network_counts (session TEXT PRIMARY KEY, events INTEGER);
+CREATE TABLE IF NOT EXISTS honeytokens (
+    container_id TEXT, timestamp TEXT, kind TEXT, path TEXT, value TEXT, fingerprint TEXT
+);
+CREATE TABLE IF NOT EXISTS honeytoken_links (
+    session TEXT, timestamp TEXT, planted_session TEXT, planted_container TEXT, kind TEXT,
+    via TEXT
+);
 """
-ANALYSIS_TABLES = ("analysed", "geo", "attack", "anomalies", "network_counts")
+ANALYSIS_TABLES = (
+    "analysed",
+    "geo",
+    "attack",
+    "anomalies",
+    "network_counts",
+    "honeytokens",
+    "honeytoken_links",
+)
 
 # JSON list columns: stored as JSON text, decoded by analysis/query.py.
 LIST_COLUMNS = ("yara", "urls", "ips", "domains")
@@ -67,7 +82,39 @@ def analysis_statements(record: dict[str, Any]) -> list[Statement] | None:
                 ),
             )
         ]
+    if eventid == "honeytoken.planted":
+        return [
+            (
+                "INSERT INTO honeytokens (container_id, timestamp, kind, path, value, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.get("container_id"),
+                    record.get("timestamp"),
+                    token.get("kind"),
+                    token.get("path"),
+                    token.get("value"),
+                    token.get("fingerprint"),
+                ),
+            )
+            for token in record.get("tokens") or []
+            if isinstance(token, dict)
+        ]
     session = record.get("session")
+    if eventid == "honeytoken.triggered" and isinstance(session, str):
+        return [
+            (
+                "INSERT INTO honeytoken_links (session, timestamp, planted_session,"
+                " planted_container, kind, via) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    record.get("timestamp"),
+                    record.get("planted_session"),
+                    record.get("planted_container"),
+                    record.get("kind"),
+                    record.get("via"),
+                ),
+            )
+        ]
     if eventid == "session.geo" and isinstance(session, str):
         return [
             (
