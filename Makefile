@@ -42,6 +42,8 @@ BUILD_PACKAGES := debootstrap
 # a PostgreSQL server the tests start (tests/integration/test_outputs_{syslog,postgresql}.py);
 # lxcfs: the realism checks; nftables: the network sinkhole's image and tests.
 TEST_PACKAGES := openssh-client openssh-server openssh-sftp-server sshpass docker-compose lxcfs nftables rsyslog postgresql chromium
+# Threat analysis (issue 19): python-magic needs libmagic; py-tlsh builds with g++.
+ANALYSIS_PACKAGES := libmagic1 g++
 
 # The target image, then SandTrap's own (Dockerfile; layer cache makes an unchanged tree instant).
 image: venv docker
@@ -49,7 +51,7 @@ image: venv docker
 	@SANDTRAP=$(BIN)/sandtrap scripts/build_images.sh
 
 test-tools:
-	@scripts/ensure-packages $(TEST_PACKAGES)
+	@scripts/ensure-packages $(TEST_PACKAGES) $(ANALYSIS_PACKAGES)
 
 run: image
 	@$(BIN)/sandtrap run $(if $(CONFIG),--config $(CONFIG),)

@@ -15,6 +15,11 @@ import signal
 import tarfile
 from dataclasses import dataclass
 
+from sandtrap.analysis.enrich import Enricher
+from sandtrap.analysis.honeytokens import HoneytokenWatch
+from sandtrap.analysis.scorer import AnomalyScorer
+from sandtrap.analysis.triager import ArtifactTriager
+from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Outputs get at least this long at shutdown to deliver what they hold (then they spool it).
 OUTPUT_DRAIN_SECONDS = 5.0
+# How long shutdown waits for queued artifacts to be triaged (their events reach the log).
+TRIAGE_DRAIN_SECONDS = 30.0
 
 
 async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:
@@ -168,9 +175,28 @@ async def serve(
             events.subscribe(outputs.offer)
             if metrics is not None:
                 events.subscribe(metrics.observe)
+            # Threat analysis (issue 19): artifacts triaged in a worker process, off this loop.
+            triager = ArtifactTriager(config.analysis, events) if config.analysis.triage else None
+            if triager is not None:
+                triage_task = tasks.create_task(triager.run(), name="triage")
+                events.subscribe(triager.offer)
+            enricher = Enricher(config.analysis, events)
+            events.subscribe(enricher.offer)
+            if config.analysis.anomaly:
+                scorer = AnomalyScorer(
+                    config.analysis, events, DataLayout(config.storage.data_dir).index_db
+                )
+                anomaly_task = tasks.create_task(scorer.run(), name="anomaly")
+                events.subscribe(scorer.offer)
+            # Honeytokens: the watch hears the pool's first plantings, and accepts planted keys.
+            policy = AuthPolicy(config.auth)
+            if config.analysis.honeytokens:
+                watch = HoneytokenWatch(events, policy.accept_honeytoken_key)
+                await asyncio.to_thread(watch.load, DataLayout(config.storage.data_dir).index_db)
+                events.subscribe(watch.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
-            front = await start_ssh_server(config, pool, events)
+            front = await start_ssh_server(config, pool, events, policy=policy)
             metrics_task = None
             if metrics is not None:
                 metrics.track(pool.statistics, outputs.statistics)
@@ -202,6 +228,12 @@ async def serve(
                 task.cancel()
             if metrics_task is not None:
                 metrics_task.cancel()
+            if triager is not None:
+                if not await triager.drain(TRIAGE_DRAIN_SECONDS):
+                    log.warning("artifact triage did not finish in %.0fs", TRIAGE_DRAIN_SECONDS)
+                triage_task.cancel()
+            if config.analysis.anomaly:
+                anomaly_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task

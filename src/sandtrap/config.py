@@ -184,6 +184,10 @@ class AuthConfig(_Model):
     failure_scope: Literal["ip", "connection"] = "ip"
     remember_accepted: bool = True
     accept_public_keys: bool = False
+    # Public-key policy (issue 19): the Nth distinct key a source offers (counted in
+    # failure_scope) is accepted; keys listed by fingerprint ("SHA256:...") always are.
+    accept_keys_after_offers: int = Field(default=0, ge=0, le=1000)
+    accepted_key_fingerprints: list[str] = Field(default_factory=list)
     memory_ttl_seconds: float = Field(default=86400.0, gt=0)
     memory_max_ips: int = Field(default=100_000, ge=1)
 
@@ -379,6 +383,30 @@ class StorageConfig(_Model):
     log_backups: int = Field(default=10, ge=0, le=1000)
 
 
+class AnalysisConfig(_Model):
+    """Threat analysis (issue 19, docs/analysis.md); all offline."""
+
+    # Triage of every captured artifact in one worker process (analysis/triager.py).
+    triage: bool = True
+    yara_rules: Path | None = None
+    starter_rules: bool = True
+    triage_queue_size: int = Field(default=1000, ge=1, le=100_000)
+    triage_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Enrichment (analysis/enrich.py): operator-provided MaxMind-format files, read offline.
+    geoip_country_db: Path | None = None
+    geoip_asn_db: Path | None = None
+    geoip_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    attack_tags: bool = True
+    # Anomaly scoring of closed sessions (analysis/anomaly.py): top (100 - percentile) %.
+    anomaly: bool = True
+    anomaly_percentile: float = Field(default=99.0, ge=50, lt=100)
+    anomaly_min_history: int = Field(default=100, ge=5, le=1_000_000)
+    anomaly_history_max: int = Field(default=5000, ge=10, le=1_000_000)
+    anomaly_refit_every: int = Field(default=100, ge=1, le=1_000_000)
+    # Unique decoy credentials planted in each warm sandbox (sandbox/honeytokens.py).
+    honeytokens: bool = False
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -439,6 +467,8 @@ class Config(_Model):
     def _outputs_agree(self) -> Config:
         check_outputs(self.outputs, self.alerts)
         return self
+
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:
@@ -513,6 +543,7 @@ def option_paths(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
 __all__ = [
     "DEFAULT_IMAGE",
     "AlertRule",
+    "AnalysisConfig",
     "AuthConfig",
     "Config",
     "CowrieOutput",
@@ -529,8 +560,8 @@ __all__ = [
     "SinkholeConfig",
     "StorageConfig",
     "SyslogOutput",
-    "WebhookOutput",
     "WebConfig",
+    "WebhookOutput",
     "WeightedImage",
     "dump_config",
     "is_loopback_host",

@@ -20,6 +20,7 @@ from typing import Any
 
 from sandtrap import __version__
 from sandtrap.analysis.replay import find_casts
+from sandtrap.analysis.summary import session_analysis
 from sandtrap.errors import SandTrapError
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
@@ -158,6 +159,8 @@ async def collect(
     if not from_engine:
         _from_artifacts(records, layout, bundle)
     bundle.members["files.json"] = _json(bundle.files)
+    # Threat analysis (issue 19): keys, triage, enrichment, techniques, anomaly score.
+    bundle.members["analysis.json"] = _json(session_analysis(records))
     return bundle
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from sandtrap import __version__
-from sandtrap.cli import analysis, deploy, sandboxes, service, verify, web
+from sandtrap.cli import analysis, deploy, sandboxes, service, threat, verify, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +34,10 @@ for _command in (
     deploy.gate,
     deploy.health,
     web.web,
+    threat.artifacts,
+    threat.techniques,
+    threat.clusters,
+    threat.anomalies,
 ):
     cli.add_command(_command)
 

@@ -2,6 +2,14 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
+from sandtrap.events.analysis import (
+    ArtifactAnalysed,
+    HoneytokensPlanted,
+    HoneytokenTriggered,
+    SessionAnomaly,
+    SessionAttack,
+    SessionGeo,
+)
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -50,6 +58,7 @@ from sandtrap.events.catalogue import (
 __all__ = [
     "CATALOGUE",
     "COMMON_KEYS",
+    "ArtifactAnalysed",
     "AuthFailed",
     "AuthSuccess",
     "ChannelClosed",
@@ -58,6 +67,8 @@ __all__ = [
     "EventSink",
     "ForwardRefused",
     "GateRefused",
+    "HoneytokenTriggered",
+    "HoneytokensPlanted",
     "Peer",
     "ProxyRefused",
     "RequestRefused",
@@ -70,6 +81,8 @@ __all__ = [
     "SandboxFailure",
     "SandboxPruned",
     "SandboxReleased",
+    "SessionAnomaly",
+    "SessionAttack",
     "SessionBytesExceeded",
     "SessionClosed",
     "SessionCommand",
@@ -77,6 +90,7 @@ __all__ = [
     "SessionEnv",
     "SessionEvent",
     "SessionExec",
+    "SessionGeo",
     "SessionRefused",
     "SessionResize",
     "SessionShell",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sandtrap.events.analysis import ANALYSIS_EVENTS
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
 from sandtrap.events.network import NETWORK_EVENTS
 
@@ -74,6 +75,7 @@ class AuthFailed(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "invalid credentials"
 
 
@@ -87,6 +89,7 @@ class AuthSuccess(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "credentials"
 
 
@@ -263,6 +266,9 @@ class SandboxDiff(SessionEvent):
     changes: list[dict[str, str]]
     total: int
     truncated: bool = False
+    # Keys in authorized_keys files the session wrote: {path, key_type, key_fingerprint, key,
+    # comment} (issue 19); their changes carry "flag": "authorized_keys".
+    authorized_keys: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,6 +383,8 @@ CATALOGUE: dict[str, type[Event]] = {
     )
 }
 CATALOGUE.update({cls.eventid: cls for cls in NETWORK_EVENTS})
+# The threat-analysis events (issue 19) live in events/analysis.py.
+CATALOGUE.update({cls.eventid: cls for cls in ANALYSIS_EVENTS})
 
 
 __all__ = [

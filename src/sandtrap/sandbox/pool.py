@@ -33,6 +33,7 @@ from sandtrap.sandbox.hardening import (
     prepare,
     session_name,
 )
+from sandtrap.sandbox.honeytokens import plant_honeytokens
 from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.realism import HostKeyFiles
@@ -232,6 +233,8 @@ class Pool:
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)
+            if self._config.analysis.honeytokens:
+                await plant_honeytokens(self._engine, self._events, sandbox)
         except BaseException:
             if container_id is not None:
                 with contextlib.suppress(SandboxError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.events import Event, to_json_line
+from sandtrap.store.analysis_index import ANALYSIS_SCHEMA, ANALYSIS_TABLES, analysis_statements
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ TABLES = (
     "network",
     "events",
 )
+# The threat-analysis tables (issue 19) are store/analysis_index.py's.
+ALL_TABLES = TABLES + ANALYSIS_TABLES
 
 
 def network_detail(record: dict[str, Any]) -> str:
@@ -145,6 +148,9 @@ def _event_row(record: dict[str, Any]) -> Statement:
 
 
 def _table_statements(record: dict[str, Any]) -> list[Statement]:
+    analysis = analysis_statements(record)
+    if analysis is not None:
+        return analysis
     session = record.get("session")
     eventid = record.get("eventid")
     when = record.get("timestamp")
@@ -312,6 +318,7 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    db.executescript(ANALYSIS_SCHEMA)
     return db
 
 
@@ -361,7 +368,7 @@ def rebuild(db_path: Path, log_path: Path) -> int:
     db = connect(db_path)
     try:
         db.execute("BEGIN IMMEDIATE")
-        for table in TABLES:
+        for table in ALL_TABLES:
             db.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are our constants
         count = apply(db, read_records(log_path))
         db.commit()
