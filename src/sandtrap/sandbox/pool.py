@@ -13,8 +13,6 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, SandboxGone
@@ -24,21 +22,13 @@ from sandtrap.sandbox.base import Sandbox
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
-    LABEL_LOG_HOSTNAME,
-    HostnamePicker,
-    blkio_device_for,
-    container_body,
-    is_lxcfs_serving,
-    pool_name,
-    prepare,
     session_name,
 )
-from sandtrap.sandbox.honeytokens import plant_honeytokens
 from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
+from sandtrap.sandbox.maker import SandboxMaker
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
 from sandtrap.sandbox.realism import HostKeyFiles
 from sandtrap.sandbox.retention import Retention
-from sandtrap.sandbox.sinknet import resolv_conf_argv
 from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
 from sandtrap.sandbox.watch import watch_in_use
@@ -68,8 +58,7 @@ class Pool:
         """`retry_delays`: the first and the longest wait before retrying a failing engine
         (doubling in between); tests on the fake engine shorten them. `host_keys`: the files
         each sandbox's /etc/ssh gets (`sandbox.host_keys`, ssh/hostkeys.py)."""
-        self._host_keys = tuple(host_keys)
-        self._lxcfs: bool | None = None  # last seen: LXCFS serving sandbox.lxcfs_dir
+        self._maker = SandboxMaker(config, engine, events, host_keys)
         self._config = config
         self._retry_delays = retry_delays
         self._engine = engine
@@ -89,11 +78,8 @@ class Pool:
         self._releasing: dict[str, asyncio.Event] = {}
         self._wanted = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._hostnames = HostnamePicker(config.sandbox)
-        self._blkio: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = DataLayout(config.storage.data_dir).artifacts
-        self._log_hostnames: dict[str, str | None] = {}
         self._forensics = ForensicsTurns()
         self._retention = Retention(self._engine, config.retention, events, config.sensor)
         self._sources = SourceLocks()
@@ -118,13 +104,7 @@ class Pool:
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Reconcile, then refill and health-check until cancelled."""
         await self._reconcile_with_retry()
-        info = await self._engine.info()
-        self._blkio = blkio_device_for(Path(str(info.get("DockerRootDir", "/var/lib/docker"))))
-        for item in self._images:
-            self._log_hostnames[item.image] = await self._engine.image_label(
-                item.image, LABEL_LOG_HOSTNAME
-            )
-        await self._lxcfs_serving()
+        await self._maker.learn_engine(self._images)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
@@ -206,62 +186,12 @@ class Pool:
 
     async def _create_one(self, image: str) -> None:
         self._state.begin_create(image)
-        container_id = None
         try:
-            hostname = self._hostnames.pick()
-            body = container_body(
-                self._config.sandbox,
-                image=image,
-                hostname=hostname,
-                sensor=self._config.sensor,
-                created=datetime.now(UTC),
-                blkio_device=self._blkio,
-                lxcfs=await self._lxcfs_serving(),
-            )
-            container_id = await self._engine.create(body, pool_name())
-            await self._engine.start(container_id)
-            prepared = await prepare(
-                self._engine,
-                container_id,
-                hostname,
-                self._log_hostnames.get(image),
-                host_keys=self._host_keys,
-                daemons=self._config.sandbox.daemons,
-            )
-            if self._config.sandbox.network == "sinkhole":
-                await self._engine.run(container_id, resolv_conf_argv(self._config.sandbox))
-            sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
-            sandbox.baseline.update(prepared.baseline)
-            sandbox.users.update(prepared.homes)
-            if self._config.analysis.honeytokens:
-                await plant_honeytokens(self._engine, self._events, sandbox)
-        except BaseException:
-            if container_id is not None:
-                with contextlib.suppress(SandboxError):
-                    await asyncio.shield(self._engine.remove(container_id))
-            raise
+            sandbox = await self._maker.make(image)
         finally:
             self._state.end_create(image)
         self._state.add_idle(sandbox)
         await self._notify()
-
-    async def _lxcfs_serving(self) -> bool:
-        """Whether new sandboxes get LXCFS's /proc files; says so at start and on each change."""
-        sandbox = self._config.sandbox
-        if sandbox.lxcfs == "off":
-            return False
-        serving = await asyncio.to_thread(is_lxcfs_serving, sandbox.lxcfs_dir)
-        if serving != self._lxcfs:
-            if serving:
-                log.info("LXCFS serves %s: sandboxes show their own memory", sandbox.lxcfs_dir)
-            else:
-                log.warning(
-                    "LXCFS is not running at %s: sandboxes show the host's memory and CPUs "
-                    "(install and start lxcfs, see docs/fingerprinting.md)",
-                    sandbox.lxcfs_dir,
-                )
-            self._lxcfs = serving
-        return serving
 
     async def _health_loop(self) -> None:
         while True:
