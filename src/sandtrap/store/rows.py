@@ -131,14 +131,16 @@ def _event_row(record: dict[str, Any]) -> Statement:
 
 
 def _table_statements(record: dict[str, Any]) -> list[Statement]:
+    eventid = record.get("eventid")
+    network = isinstance(eventid, str) and eventid.startswith("network.")
+    # Analysis rows (store/analysis_index.py); a network.* event also has its own row below.
     analysis = analysis_statements(record)
-    if analysis is not None:
+    if analysis is not None and not network:
         return analysis
     session = record.get("session")
-    eventid = record.get("eventid")
     when = record.get("timestamp")
     if not isinstance(session, str) or not session:
-        return []
+        return analysis or []
     if eventid == "session.connect":
         return [
             _upsert_session(
@@ -254,7 +256,7 @@ def _table_statements(record: dict[str, Any]) -> list[Statement]:
                 ),
             )
         ]
-    if isinstance(eventid, str) and eventid.startswith("network."):
+    if network:
         return [
             (
                 "INSERT INTO network (session, timestamp, eventid, dst_ip, dst_port, detail)"
@@ -267,7 +269,8 @@ def _table_statements(record: dict[str, Any]) -> list[Statement]:
                     record.get("dst_port"),
                     network_detail(record)[:2048],
                 ),
-            )
+            ),
+            *(analysis or []),
         ]
     if eventid == "session.closed":
         return [
