@@ -30,8 +30,8 @@ from tests.docker.service import (
     remove_sensor_containers,
     service_config,
 )
-from tests.docker.test_pool import Sink, info, make_config, running_pool
-from tests.pool_battery import sh
+from tests.docker.test_pool import Sink, make_config, running_pool
+from tests.pool_battery import peer, sh
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -47,7 +47,7 @@ async def test_cgroups_name_no_container(sensor: str, tmp_path: Path) -> None:
     config = make_config(sensor, tmp_path, pool={"size": 1})
     async with running_pool(config, Sink()) as pool, asyncio.timeout(90):
         await pool.wait_warm()
-        sandbox = await pool.allocate(info())
+        sandbox = await pool.allocate(peer(1))
         for path in ("/proc/1/cgroup", "/proc/self/cgroup"):
             code, out = await sh(sandbox, f"cat {path}")
             assert code == 0 and out.strip(), out
@@ -221,7 +221,7 @@ async def test_lxcfs_gives_the_sandbox_its_own_memory(
     config = make_config(sensor, tmp_path, pool={"size": 1}, sandbox={"lxcfs_dir": str(lxcfs)})
     async with running_pool(config, Sink()) as pool, asyncio.timeout(90):
         await pool.wait_warm()
-        sandbox = await pool.allocate(info())
+        sandbox = await pool.allocate(peer(1))
         mounts = json.loads(_docker_cli("inspect", sandbox.id))[0]["HostConfig"]["Mounts"]
         assert mounts == lxcfs_mounts(str(lxcfs))
         code, out = await sh(sandbox, "free -b | awk '/^Mem:/ {print $2} /^Swap:/ {print $2}'")
@@ -242,7 +242,7 @@ async def test_without_lxcfs_sandboxes_still_work_and_startup_says_so(
     with caplog.at_level(logging.WARNING, logger="sandtrap.sandbox.pool"):
         async with running_pool(config, Sink()) as pool, asyncio.timeout(90):
             await pool.wait_warm()
-            sandbox = await pool.allocate(info())
+            sandbox = await pool.allocate(peer(1))
             code, out = await sh(sandbox, "echo alive")
             assert (code, out.strip()) == (0, "alive")
             mounts = json.loads(_docker_cli("inspect", sandbox.id))[0]["HostConfig"].get("Mounts")
@@ -281,9 +281,9 @@ async def test_a_restarted_sticky_sandbox_runs_its_daemons_again(
     config = make_config(sensor, tmp_path, pool={"size": 1, "sticky": True})
     async with running_pool(config, Sink()) as pool, asyncio.timeout(120):
         await pool.wait_warm()
-        first = await pool.allocate(info(1, "198.51.100.7"))
-        await pool.release(first, info(1, "198.51.100.7"))
-        again = await pool.allocate(info(2, "198.51.100.7"))
+        first = await pool.allocate(peer(1, "198.51.100.7"))
+        await pool.release(first, peer(1, "198.51.100.7"))
+        again = await pool.allocate(peer(2, "198.51.100.7"))
         assert again.id == first.id
         code, out = await sh(again, "ps -eo ppid=,args= | awk '$1 == 1'; who -b")
         assert code == 0 and "/usr/sbin/cron -f" in out and "rsyslogd" in out, out
