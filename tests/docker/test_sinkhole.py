@@ -318,7 +318,9 @@ def test_sandboxes_cannot_reach_each_other(sinkholed: RunningService) -> None:
         time.sleep(1)
         proc = sinkholed.ssh(
             f"curl -s -m 3 http://{address}:8000/ >/dev/null; echo peer=$?; "
-            "curl -s -m 3 -o /dev/null http://203.0.113.7/; echo sink=$?; ip neigh"
+            "curl -s -m 3 -o /dev/null http://203.0.113.7/; echo sink=$?; ip neigh",
+            # Another address: logins of one address share a sandbox (pool.share_per_source).
+            extra=["-b", "127.0.0.3"],
         )
         out = proc.stdout.decode()
         assert "sink=0" in out, out
