@@ -20,7 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import brute_bench, load_bench, machine, peers, pool_bench, pty_bench, report, ssh_bench
+from bench import (
+    brute_bench,
+    load_bench,
+    machine,
+    peers,
+    pool_bench,
+    pty_bench,
+    report,
+    ssh_bench,
+    web_bench,
+)
 from bench.peers import Peer
 from bench.resources import Cleanup, Run, become_subreaper, remove_labelled_containers
 from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
@@ -268,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write is not None:
         command = "python -m bench" + (" --quick" if args.quick else "")
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(report.render(facts, figures, command, gaps))
+        text = report.render(facts, figures, command, gaps)
+        # The web console's figures (python -m bench.web_bench) are a block of their own: kept.
+        args.write.write_text(web_bench.keep_section(args.write, text))
         print(f"wrote {args.write}")
     # Slow figures are results; a figure without a single SandTrap sample means the harness
     # (or the service it drives) broke, which is what the CI smoke run is there to catch.

@@ -15,21 +15,36 @@ import signal
 import tarfile
 from dataclasses import dataclass
 
+from sandtrap.analysis.enrich import Enricher
+from sandtrap.analysis.honeytokens import HoneytokenWatch
+from sandtrap.analysis.scorer import AnomalyScorer
+from sandtrap.analysis.triager import ArtifactTriager
+from sandtrap.auth import AuthPolicy
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, ImageMissing, SandboxError
 from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
+from sandtrap.metrics import Metrics
+from sandtrap.network.deploy import ensure_sinkhole, supervise
+from sandtrap.network.feed import SinkholeFeed
+from sandtrap.outputs import Outputs, drain
 from sandtrap.paths import DataLayout
 from sandtrap.persona import banner_from_package, package_version, persona_for
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import container_body, pool_name
 from sandtrap.sandbox.pool import Pool
 from sandtrap.ssh import SSHFront, start_ssh_server
+from sandtrap.ssh.hostkeys import sandbox_host_keys
 from sandtrap.store.index import EventIndex
 from sandtrap.store.jsonl import EventLog, open_event_log
 
 log = logging.getLogger(__name__)
+
+# Outputs get at least this long at shutdown to deliver what they hold (then they spool it).
+OUTPUT_DRAIN_SECONDS = 5.0
+# How long shutdown waits for queued artifacts to be triaged (their events reach the log).
+TRIAGE_DRAIN_SECONDS = 30.0
 
 
 async def image_openssh_version(engine: Engine, config: Config, image: str) -> str | None:
@@ -89,6 +104,8 @@ class Service:
     events: EventLog
     stop: asyncio.Event
     index: EventIndex | None = None
+    outputs: Outputs | None = None
+    metrics: Metrics | None = None
 
 
 async def _preflight(config: Config, engine: Engine) -> None:
@@ -102,6 +119,18 @@ async def _preflight(config: Config, engine: Engine) -> None:
     for item in config.sandbox.weighted_images():
         if not await engine.image_exists(item.image):
             raise ImageMissing(f"target image {item.image} is missing: run `sandtrap image build`")
+
+
+def _sinkhole_tasks(
+    config: Config, engine: Engine, events: EventLog, tasks: asyncio.TaskGroup
+) -> list[asyncio.Task[None]]:
+    """`sandbox.network: sinkhole`: its records become events; without a gate, we keep it up."""
+    if config.sandbox.network != "sinkhole":
+        return []
+    out = [tasks.create_task(SinkholeFeed(config, engine, events).run(), name="sinkhole-feed")]
+    if config.sandbox.gate == "off":
+        out.append(tasks.create_task(supervise(engine, config), name="sinkhole"))
+    return out
 
 
 async def serve(
@@ -122,20 +151,61 @@ async def serve(
     engine = Engine(gate.docker_url)
     events = open_event_log(config.storage, config.sensor)
     index = EventIndex(DataLayout(config.storage.data_dir).index_db, config.sensor)
+    outputs = Outputs(config)
+    metrics = Metrics() if config.metrics.listen is not None else None
     try:
         await gate.start()
         await _preflight(config, engine)
         config = await _with_persona_banner(config, engine)
-        pool = Pool(config, engine, events)
+        # The front's host keys, generated here on first start, so sandboxes show them too.
+        host_keys = await asyncio.to_thread(
+            sandbox_host_keys, DataLayout(config.storage.data_dir).keys, config.sandbox.host_keys
+        )
+        if config.sandbox.network == "sinkhole" and config.sandbox.gate == "off":
+            await ensure_sinkhole(engine, config)  # otherwise the gate has made it
+        pool = Pool(config, engine, events, host_keys=host_keys)
         pool_ready = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
+            network_tasks = _sinkhole_tasks(config, engine, events, tasks)
             # The index's one writer: fed by the log, never blocking it (store/index.py).
             index_task = tasks.create_task(index.run(), name="index")
             events.subscribe(index.offer)
+            # Outputs (issue 17): each drains its own bounded queue; offer never waits.
+            outputs_task = tasks.create_task(outputs.run(), name="outputs")
+            events.subscribe(outputs.offer)
+            if metrics is not None:
+                events.subscribe(metrics.observe)
+            # Threat analysis (issue 19): artifacts triaged in a worker process, off this loop.
+            triager = ArtifactTriager(config.analysis, events) if config.analysis.triage else None
+            if triager is not None:
+                triage_task = tasks.create_task(triager.run(), name="triage")
+                events.subscribe(triager.offer)
+            enricher = Enricher(config.analysis, events)
+            events.subscribe(enricher.offer)
+            if config.analysis.anomaly:
+                scorer = AnomalyScorer(
+                    config.analysis, events, DataLayout(config.storage.data_dir).index_db
+                )
+                anomaly_task = tasks.create_task(scorer.run(), name="anomaly")
+                events.subscribe(scorer.offer)
+            # Honeytokens: the watch hears the pool's first plantings, and accepts planted keys.
+            policy = AuthPolicy(config.auth)
+            if config.analysis.honeytokens:
+                watch = HoneytokenWatch(events, policy.accept_honeytoken_key)
+                await asyncio.to_thread(watch.load, DataLayout(config.storage.data_dir).index_db)
+                events.subscribe(watch.offer)
             pool_task = tasks.create_task(pool.run(pool_ready), name="pool")
             await pool_ready.wait()
-            front = await start_ssh_server(config, pool, events)
-            service = Service(config, front, pool, events, stop, index)
+            front = await start_ssh_server(config, pool, events, policy=policy)
+            metrics_task = None
+            if metrics is not None:
+                metrics.track(pool.statistics, outputs.statistics)
+                metrics_ready = asyncio.Event()
+                metrics_task = tasks.create_task(
+                    metrics.serve(config, metrics_ready), name="metrics"
+                )
+                await metrics_ready.wait()
+            service = Service(config, front, pool, events, stop, index, outputs, metrics)
             status_task = tasks.create_task(
                 write_status(config, front.addresses, pool.statistics), name="status"
             )
@@ -154,9 +224,22 @@ async def serve(
             await front.wait_closed(grace_seconds=config.ssh.shutdown_grace_seconds)
             pool_task.cancel()
             status_task.cancel()
+            for task in network_tasks:
+                task.cancel()
+            if metrics_task is not None:
+                metrics_task.cancel()
+            if triager is not None:
+                if not await triager.drain(TRIAGE_DRAIN_SECONDS):
+                    log.warning("artifact triage did not finish in %.0fs", TRIAGE_DRAIN_SECONDS)
+                triage_task.cancel()
+            if config.analysis.anomaly:
+                anomaly_task.cancel()
             # Every session has been recorded by now; the writer drains its queue and ends.
             index.stop()
             await index_task
+            await drain(
+                outputs, outputs_task, max(OUTPUT_DRAIN_SECONDS, config.ssh.shutdown_grace_seconds)
+            )
         await pool.shutdown()
     finally:
         events.close()

@@ -25,6 +25,15 @@ REASON_DENIED = "denied"
 REASON_INVALID = "invalid credentials"
 REASON_KEY_REFUSED = "public key refused"
 REASON_KEY_ACCEPTED = "public keys accepted"
+REASON_KEY_LISTED = "listed key"
+REASON_KEY_AFTER_OFFERS = "accept_keys_after_offers"
+REASON_KEY_UNSIGNED = "public key accepted, no valid signature"
+REASON_KEY_HONEYTOKEN = "honeytoken key"
+MAX_EXTRA_KEYS = 100_000
+
+# Distinct keys remembered per connection (a client offering more is refused by MaxAuthTries
+# long before; the cap only bounds memory).
+MAX_KEYS_PER_CONNECTION = 64
 
 WILDCARD = "*"
 
@@ -41,6 +50,8 @@ class AuthDecision:
 class _IPMemory:
     failures: int = 0
     accepted: set[tuple[str, str]] = field(default_factory=set)
+    key_offers: int = 0
+    accepted_keys: set[tuple[str, str]] = field(default_factory=set)
     last_seen: float = 0.0
 
 
@@ -50,6 +61,9 @@ class ConnectionAuth:
 
     src_ip: str
     failures: int = 0
+    key_offers: int = 0
+    offered_keys: set[str] = field(default_factory=set)
+    key_decisions: dict[tuple[str, str], AuthDecision] = field(default_factory=dict)
 
 
 def _matches(entries: list[Credential], username: str, password: str) -> str | None:
@@ -77,6 +91,12 @@ class AuthPolicy:
         self._config = config
         self._clock = clock
         self._memory: OrderedDict[str, _IPMemory] = OrderedDict()
+        self._honeytoken_keys: set[str] = set()
+
+    def accept_honeytoken_key(self, fingerprint: str) -> None:
+        """Accept this key from now on (a honeytoken planted in a sandbox; bounded)."""
+        if len(self._honeytoken_keys) < MAX_EXTRA_KEYS:
+            self._honeytoken_keys.add(fingerprint)
 
     def connection(self, src_ip: str) -> ConnectionAuth:
         """State for a new connection from `src_ip`."""
@@ -113,11 +133,53 @@ class AuthPolicy:
             return self._accept(memory, username, password, REASON_ACCEPT_AFTER)
         return self._fail(conn, memory, REASON_INVALID)
 
-    def check_public_key(self, conn: ConnectionAuth, username: str) -> AuthDecision:
-        """Decide a public-key attempt; key failures never count toward accept-after-N."""
-        self._touch(conn.src_ip)
-        if self._config.accept_public_keys:
-            return AuthDecision(True, REASON_KEY_ACCEPTED)
+    def check_public_key(
+        self, conn: ConnectionAuth, username: str, fingerprint: str
+    ) -> AuthDecision:
+        """Decide a public-key attempt (`fingerprint` as `SHA256:...`).
+
+        asyncssh asks twice for a key that is accepted (the query, then the signed request): a
+        key asked about again in the same connection gets the same answer and counts once. Key
+        offers never count toward the password rule accept-after-N, nor the other way round.
+        """
+        config = self._config
+        memory = self._touch(conn.src_ip)
+        known = conn.key_decisions.get((username, fingerprint))
+        if known is not None:
+            return known
+        if fingerprint in config.accepted_key_fingerprints:
+            decision = AuthDecision(True, REASON_KEY_LISTED)
+        elif fingerprint in self._honeytoken_keys:
+            decision = AuthDecision(True, REASON_KEY_HONEYTOKEN)
+        elif config.accept_public_keys:
+            decision = AuthDecision(True, REASON_KEY_ACCEPTED)
+        elif config.remember_accepted and (username, fingerprint) in memory.accepted_keys:
+            decision = AuthDecision(True, REASON_REMEMBERED)
+        else:
+            decision = self._count_key_offer(conn, memory, fingerprint)
+        if decision.accepted and config.remember_accepted:
+            memory.accepted_keys.add((username, fingerprint))
+        if len(conn.key_decisions) < MAX_KEYS_PER_CONNECTION:
+            conn.key_decisions[(username, fingerprint)] = decision
+        return decision
+
+    def _count_key_offer(
+        self, conn: ConnectionAuth, memory: _IPMemory, fingerprint: str
+    ) -> AuthDecision:
+        if fingerprint not in conn.offered_keys:
+            if len(conn.offered_keys) < MAX_KEYS_PER_CONNECTION:
+                conn.offered_keys.add(fingerprint)
+            conn.key_offers += 1
+            memory.key_offers += 1
+        threshold = self._config.accept_keys_after_offers
+        per_ip = self._config.failure_scope == "ip"
+        offers = memory.key_offers if per_ip else conn.key_offers
+        if threshold and offers >= threshold:
+            if per_ip:
+                memory.key_offers = 0
+            else:
+                conn.key_offers = 0
+            return AuthDecision(True, REASON_KEY_AFTER_OFFERS)
         return AuthDecision(False, REASON_KEY_REFUSED)
 
     # --- internals ------------------------------------------------------------------------------

@@ -17,37 +17,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sandtrap.errors import ConfigError
 from sandtrap.limits import MaxStartups
-
-DEFAULT_IMAGE = "sandtrap/target-debian:12"
-
-# Capabilities a login shell and common admin commands need inside the sandbox. Each is justified
-# in config/config.example.yaml; everything else is dropped (cap_drop: ALL).
-DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
-
-_CAPABILITY_NAME = re.compile(r"^[A-Z_]{2,32}$")
-HOSTNAME_RE = re.compile(r"(?=.{1,63}\Z)[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-# Capabilities that hand out the host or the network: never allowed, whatever the file says.
-FORBIDDEN_CAPABILITIES = frozenset(
-    {
-        "SYS_ADMIN",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_PTRACE",
-        "SYS_BOOT",
-        "SYS_TIME",
-        "NET_ADMIN",
-        "NET_RAW",
-        "MAC_ADMIN",
-        "MAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "BPF",
-        "PERFMON",
-        "SYSLOG",
-        "MKNOD",
-        "LINUX_IMMUTABLE",
-        "SYS_RESOURCE",
-        "ALL",
-    }
+from sandtrap.outputconfig import (
+    AlertRule,
+    CowrieOutput,
+    HpfeedsOutput,
+    MetricsConfig,
+    OutputConfig,
+    PostgresqlOutput,
+    SyslogOutput,
+    WebhookOutput,
+    check_outputs,
+)
+from sandtrap.sandboxconfig import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_IMAGE,
+    FORBIDDEN_CAPABILITIES,
+    HOSTNAME_RE,
+    PoolConfig,
+    RetentionConfig,
+    SandboxConfig,
+    SinkholeConfig,
+    WeightedImage,
 )
 
 
@@ -173,143 +163,12 @@ class AuthConfig(_Model):
     failure_scope: Literal["ip", "connection"] = "ip"
     remember_accepted: bool = True
     accept_public_keys: bool = False
+    # Public-key policy (issue 19): the Nth distinct key a source offers (counted in
+    # failure_scope) is accepted; keys listed by fingerprint ("SHA256:...") always are.
+    accept_keys_after_offers: int = Field(default=0, ge=0, le=1000)
+    accepted_key_fingerprints: list[str] = Field(default_factory=list)
     memory_ttl_seconds: float = Field(default=86400.0, gt=0)
     memory_max_ips: int = Field(default=100_000, ge=1)
-
-
-class PoolConfig(_Model):
-    """The pre-warmed sandbox pool: a warm floor that grows with arrivals (issue 13)."""
-
-    size: int = Field(
-        default=10, ge=0, le=500, description="warm sandboxes kept ready when logins are quiet"
-    )
-    max_warm: int = Field(
-        default=40,
-        ge=0,
-        le=5000,
-        description="warm sandboxes the pool may hold while logins arrive fast: the warm target "
-        "is the number of logins of the last grow_window_seconds, between size and max_warm",
-    )
-    grow_window_seconds: float = Field(default=120.0, gt=0, le=86400)
-    max_sandboxes: int = Field(default=200, ge=1, le=5000)
-    # A login waits for its sandbox (a slow login is realistic, a dropped one is lost data); the
-    # bound sits well above what a burst of max_sandboxes takes to create on a small host.
-    allocate_timeout_seconds: float = Field(default=90.0, gt=0, le=600)
-    health_interval_seconds: float = Field(default=30.0, gt=0)
-    # Measured on 2 cores under load (docs/performance.md): 4 refill ~1.6x faster than 2.
-    create_concurrency: int = Field(default=4, ge=1, le=64)
-    share_per_source: bool = Field(
-        default=True,
-        description="concurrent connections from one source address share one sandbox, as one "
-        "machine would (a file written in one is visible in the other)",
-    )
-    sticky: bool = False
-    sticky_ttl_seconds: float = Field(default=86400.0, gt=0)
-
-    @model_validator(mode="after")
-    def _size_fits_cap(self) -> PoolConfig:
-        if self.size > self.max_sandboxes:
-            raise ValueError(
-                f"size ({self.size}) must not exceed max_sandboxes ({self.max_sandboxes})"
-            )
-        return self
-
-    def warm_ceiling(self) -> int:
-        """The most warm sandboxes the pool grows to: max_warm, never below size nor above
-        max_sandboxes."""
-        return min(self.max_sandboxes, max(self.size, self.max_warm))
-
-
-class WeightedImage(_Model):
-    image: str = Field(min_length=1, max_length=255)
-    weight: float = Field(default=1.0, gt=0)
-
-
-class SandboxConfig(_Model):
-    """How every sandbox is created and hardened."""
-
-    docker_url: str = "unix:///var/run/docker.sock"
-    gate: str = Field(
-        default="auto",
-        description="'auto': `sandtrap run` starts the Engine API gate (`sandtrap gate`) as a "
-        "child process and reaches docker_url only through it; 'off': talk to docker_url "
-        "directly; an absolute socket path: use a gate started separately (e.g. in a container)",
-    )
-    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=255)
-    images: list[WeightedImage] = Field(default_factory=list)
-    runtime: Literal["runc", "runsc"] = "runc"
-    network: Literal["none"] = "none"
-    cap_add: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
-    seccomp_profile: str = Field(
-        default="default", description="'default' for Docker's profile, or a path to a JSON file"
-    )
-    pids_limit: int = Field(default=100, ge=10, le=100_000)
-    memory_mb: int = Field(default=256, ge=32, le=65536)
-    cpus: float = Field(default=0.5, gt=0, le=64)
-    nofile_limit: int = Field(default=1024, ge=64, le=1_048_576)
-    nproc_limit: int = Field(default=200, ge=10, le=100_000)
-    disk_limit_mb: int = Field(default=512, ge=16)
-    disk_check_interval_seconds: float = Field(default=10.0, gt=0)
-    io_bps_limit: int = Field(default=20 * 1024 * 1024, ge=0, description="bytes/s; 0 = none")
-    hostnames: list[str] = Field(default_factory=list)
-    hostname_pattern: str = Field(
-        default="{role}-{env}-{n:02d}",
-        description="used when hostnames is empty; fields: role, env, n",
-    )
-    artifact_max_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
-
-    @field_validator("cap_add")
-    @classmethod
-    def _check_caps(cls, value: list[str]) -> list[str]:
-        out = []
-        for cap in value:
-            name = cap.upper().removeprefix("CAP_")
-            if not _CAPABILITY_NAME.match(name):
-                raise ValueError(f"not a capability name: {cap!r}")
-            if name in FORBIDDEN_CAPABILITIES:
-                raise ValueError(f"capability {name} would let a sandbox reach the host; refused")
-            out.append(name)
-        return out
-
-    @field_validator("gate")
-    @classmethod
-    def _check_gate(cls, value: str) -> str:
-        if value not in ("auto", "off") and not (value.startswith("/") and len(value) < 100):
-            raise ValueError("gate must be 'auto', 'off' or an absolute socket path (< 100 chars)")
-        return value
-
-    @field_validator("hostnames")
-    @classmethod
-    def _check_hostnames(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not HOSTNAME_RE.fullmatch(name):
-                raise ValueError(f"not a valid host name: {name!r}")
-        return value
-
-    @field_validator("hostname_pattern")
-    @classmethod
-    def _check_pattern(cls, value: str) -> str:
-        try:
-            sample = value.format(role="web", env="prod", n=3)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"hostname_pattern may use only {{role}}, {{env}}, {{n}}: {exc}"
-            ) from None
-        if not HOSTNAME_RE.fullmatch(sample):
-            raise ValueError(f"hostname_pattern gives an invalid host name: {sample!r}")
-        return value
-
-    def weighted_images(self) -> list[WeightedImage]:
-        """The images sessions draw from: `images` when set, else `image` alone."""
-        return list(self.images) or [WeightedImage(image=self.image, weight=1.0)]
-
-
-class RetentionConfig(_Model):
-    """How long stopped session sandboxes are kept for forensics."""
-
-    max_count: int = Field(default=200, ge=0)
-    max_age_days: float = Field(default=30.0, gt=0)
-    max_disk_mb: int = Field(default=10_240, ge=0)
 
 
 class StorageConfig(_Model):
@@ -318,8 +177,66 @@ class StorageConfig(_Model):
     log_backups: int = Field(default=10, ge=0, le=1000)
 
 
+class AnalysisConfig(_Model):
+    """Threat analysis (issue 19, docs/analysis.md); all offline."""
+
+    # Triage of every captured artifact in one worker process (analysis/triager.py).
+    triage: bool = True
+    yara_rules: Path | None = None
+    starter_rules: bool = True
+    triage_queue_size: int = Field(default=1000, ge=1, le=100_000)
+    triage_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Enrichment (analysis/enrich.py): operator-provided MaxMind-format files, read offline.
+    geoip_country_db: Path | None = None
+    geoip_asn_db: Path | None = None
+    geoip_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    attack_tags: bool = True
+    # Anomaly scoring of closed sessions (analysis/anomaly.py): top (100 - percentile) %.
+    anomaly: bool = True
+    anomaly_percentile: float = Field(default=99.0, ge=50, lt=100)
+    anomaly_min_history: int = Field(default=100, ge=5, le=1_000_000)
+    anomaly_history_max: int = Field(default=5000, ge=10, le=1_000_000)
+    anomaly_refit_every: int = Field(default=100, ge=1, le=1_000_000)
+    # Unique decoy credentials planted in each warm sandbox (sandbox/honeytokens.py).
+    honeytokens: bool = False
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(_Model):
+    """`sandtrap web`, the analyst's console (docs/web.md): read-only, loopback by default."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str | None = Field(default=None, min_length=16, max_length=1024)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    page_size: int = Field(default=50, ge=1, le=200)
+    live_interval_seconds: float = Field(default=2.0, ge=0.1, le=60)
+    max_live_clients: int = Field(default=16, ge=1, le=1000)
+    cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        if not is_loopback_host(parse_listen(self.listen)[0]) and self.token is None:
+            raise ValueError(f"listen {self.listen} is not loopback: set web.token")
+        return self
 
 
 class Config(_Model):
@@ -334,6 +251,18 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # Issue 17: the outputs' sections (outputconfig.py holds their models and defaults).
+    outputs: list[OutputConfig] = Field(default_factory=list)
+    alerts: list[AlertRule] = Field(default_factory=list)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+
+    @model_validator(mode="after")
+    def _outputs_agree(self) -> Config:
+        check_outputs(self.outputs, self.alerts)
+        return self
+
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:
@@ -406,19 +335,33 @@ def option_paths(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
 
 
 __all__ = [
+    "DEFAULT_CAPABILITIES",
     "DEFAULT_IMAGE",
+    "FORBIDDEN_CAPABILITIES",
+    "HOSTNAME_RE",
+    "AlertRule",
+    "AnalysisConfig",
     "AuthConfig",
     "Config",
+    "CowrieOutput",
     "Credential",
+    "HpfeedsOutput",
     "LimitsConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "PoolConfig",
+    "PostgresqlOutput",
     "RetentionConfig",
     "SSHConfig",
     "SandboxConfig",
+    "SinkholeConfig",
     "StorageConfig",
+    "SyslogOutput",
+    "WebConfig",
+    "WebhookOutput",
     "WeightedImage",
     "dump_config",
+    "is_loopback_host",
     "load_config",
     "option_paths",
     "parse_config",

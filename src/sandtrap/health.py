@@ -165,8 +165,54 @@ async def check_engine(url: str) -> Check:
     )
 
 
+def summarise_metrics(text: str) -> str:
+    """A line about a scrape: families, open sessions, output drops (Prometheus text parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    families = 0
+    for family in text_string_to_metric_families(text):
+        families += 1
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return (
+        f"{families} metric families; sessions active "
+        f"{values.get('sandtrap_sessions_active', 0):.0f}, output drops "
+        f"{values.get('sandtrap_output_dropped_total', 0):.0f}"
+    )
+
+
+async def check_metrics(config: Config) -> Check:
+    """Scrape /metrics as Prometheus would (only when `metrics.listen` is set)."""
+    import aiohttp
+
+    from sandtrap.config import parse_listen
+
+    if config.metrics.listen is None:
+        return Check("metrics", True, "off (set metrics.listen, e.g. 127.0.0.1:9464)")
+    host, port = parse_listen(config.metrics.listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - wildcard to loopback
+    url = f"http://{host}:{port}/metrics" if ":" not in host else f"http://[{host}]:{port}/metrics"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as client,
+            client.get(url) as answer,
+        ):
+            text = await answer.text()
+            status = answer.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check("metrics", False, f"{url}: {exc or 'timeout'}")
+    if status != 200:
+        return Check("metrics", False, f"{url}: HTTP {status}")
+    try:
+        return Check("metrics", True, f"{url}: {summarise_metrics(text)}")
+    except ValueError as exc:
+        return Check("metrics", False, f"{url}: not the Prometheus text format: {exc}")
+
+
 async def run_checks(config: Config, components: set[str], knock: bool = False) -> list[Check]:
-    """The checks asked for, among listener, engine and pool; `knock` connects to the listener."""
+    """The checks asked for, among listener, engine, pool and metrics; `knock` connects to the
+    listener."""
     from sandtrap.gate.child import GateChild
 
     status = read_status(config)
@@ -182,4 +228,6 @@ async def run_checks(config: Config, components: set[str], knock: bool = False) 
         checks.append(await check_engine(GateChild(config).docker_url))
     if "pool" in components:
         checks.append(evaluate_pool(status, time.time()))
+    if "metrics" in components:
+        checks.append(await check_metrics(config))
     return checks

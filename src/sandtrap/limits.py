@@ -22,9 +22,12 @@ from typing import Any, Literal
 # ARG_MAX-sized one-liners (droppers with inline base64) are the only long commands worth keeping.
 MAX_USERNAME_BYTES = 1024
 MAX_PASSWORD_BYTES = 4096
+# An OpenSSH public-key line: a 16384-bit RSA key is about 2.8 KB of base64.
+MAX_KEY_BYTES = 16 * 1024
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_NAME_BYTES = 256  # subsystem names, terminal types, env names, request details
 MAX_ENV_VALUE_BYTES = 1024
+MAX_ENV_EVENTS = 64  # session.env events per channel (a client may send any number of env requests)
 TRUNCATION_MARK = "[...truncated, {total} bytes]"
 
 # TERM as sshd passes it to the shell: terminfo names are short and use only these characters.
@@ -361,7 +364,9 @@ class ByteBudget:
 
 __all__ = [
     "MAX_COMMAND_BYTES",
+    "MAX_ENV_EVENTS",
     "MAX_ENV_VALUE_BYTES",
+    "MAX_KEY_BYTES",
     "MAX_NAME_BYTES",
     "MAX_PASSWORD_BYTES",
     "MAX_USERNAME_BYTES",

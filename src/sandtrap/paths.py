@@ -86,5 +86,21 @@ class DataLayout:
         """The service's status, rewritten every few seconds for `sandtrap health`."""
         return self.run / "status.json"
 
+    # --- outputs (issue 17) ---------------------------------------------------------------------
+
+    @property
+    def spool(self) -> Path:
+        """What remote outputs could not send yet, one file per output (replayed when they can)."""
+        return self.root / "spool"
+
+    def spool_file(self, output: str) -> Path:
+        """The spool of one output (`output` is a configured name, never input)."""
+        return self.spool / f"{output}.jsonl"
+
+    @property
+    def cowrie_uuid(self) -> Path:
+        """The `uuid` the cowrie output writes when none is configured, kept across restarts."""
+        return self.root / "cowrie.uuid"
+
 
 __all__ = ["EVENTS_LOG", "GATE_LOG", "DataLayout", "cast_file"]

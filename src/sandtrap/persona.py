@@ -44,13 +44,18 @@ class Persona:
     sftp_server: str = "/usr/lib/openssh/sftp-server"
     # sshd runs the user's shell: as a login shell for `shell`, with -c for `exec` (session.c).
     # For a login, Debian's pam_motd first prints the dynamic motd (update-motd.d) and
-    # /etc/motd; the shell then runs as "-bash", the name sshd gives a login shell, which is
+    # /etc/motd; with a PTY, sshd's PrintLastLog adds "Last login: <ctime> from <host>" from
+    # lastlog (read before this login is recorded: sandbox/realism.py writes lastlog once the
+    # shell runs). The shell then runs as "-bash", the name sshd gives a login shell, which is
     # what `ps` shows on a server.
     login_shell: tuple[str, ...] = (
         "/bin/bash",
         "-c",
         "run-parts --lsbsysinit /etc/update-motd.d 2>/dev/null; "
-        "[ -r /etc/motd ] && cat /etc/motd; exec -a -bash /bin/bash",
+        "[ -r /etc/motd ] && cat /etc/motd; "
+        '[ -t 1 ] && lastlog -u "$(id -un)" 2>/dev/null | awk \'NR == 2 && NF >= 9 '
+        '{printf "Last login: %s %s %2d %s %s from %s\\n", $4, $5, $6, $7, $9, $3}\'; '
+        "exec -a -bash /bin/bash",
     )
     command_shell: tuple[str, ...] = ("/bin/bash", "-c")
     # sshd_config AcceptEnv: the client environment passed to the shell (Debian: LANG LC_*).

@@ -20,7 +20,7 @@ from tests.conftest import IMAGE
 SSH_OPTS = OPENSSH_CLIENT_OPTIONS
 
 
-def service_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
+def service_config(data_dir: Path, **sections: Any) -> Config:
     data: dict[str, Any] = {
         "sensor": f"test-{uuid.uuid4().hex[:10]}",
         "ssh": {"listen": ["127.0.0.1:0"], "auth_failure_delay_seconds": 0.1},
@@ -35,7 +35,8 @@ def service_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
         "storage": {"data_dir": str(data_dir)},
     }
     for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
+        # List sections (outputs, alerts) replace; mapping sections merge.
+        data[key] = value if isinstance(value, list) else {**data.get(key, {}), **value}
     return parse_config(data)
 
 

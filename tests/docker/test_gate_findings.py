@@ -145,6 +145,8 @@ def _engine_names(sensor: str) -> list[str]:
         ({"LogConfig": {"Type": "json-file", "Config": {}}}, "LogConfig.Type must be"),
         # The host's tini mounted into the sandbox.
         ({"Init": True}, "HostConfig.Init must be false"),
+        # The host's cgroup tree (and /docker/<id> in /proc/1/cgroup, issue 15).
+        ({"CgroupnsMode": "host"}, 'HostConfig.CgroupnsMode must be "private"'),
     ],
 )
 async def test_security_fields_other_than_the_pools_are_refused(
@@ -177,6 +179,7 @@ async def test_what_the_engine_gets_is_the_pools_body(gate: GateUnderTest) -> No
     image = json.loads(await asyncio.to_thread(_docker, "image", "inspect", IMAGE))[0]
     host = inspected["HostConfig"]
     assert host["LogConfig"]["Type"] == "none" and host["Init"] is False
+    assert host["CgroupnsMode"] == "private"
     assert host["SecurityOpt"] == ["no-new-privileges:true"] and host["CapDrop"] == ["ALL"]
     assert set(inspected["Config"]["Labels"]) - set(image["Config"]["Labels"]) == {
         "sandtrap.role", "sandtrap.sensor", "sandtrap.created", "sandtrap.image",

@@ -97,9 +97,14 @@ def test_pin_matches_the_tested_release() -> None:
 def test_every_user_of_asyncssh_internals_is_listed() -> None:
     """Our modules that subclass or reach into asyncssh internals appear in the list."""
     users = {internal.user for internal in INTERNALS}
-    assert users == {"sandtrap.ssh.connection", "sandtrap.ssh.channel", "sandtrap.ssh.kexalgs"}
+    assert users == {
+        "sandtrap.ssh.connection",
+        "sandtrap.ssh.channel",
+        "sandtrap.ssh.kexalgs",
+        "sandtrap.ssh.hostbound",
+    }
     ssh = Path(__file__).resolve().parents[2] / "src" / "sandtrap" / "ssh"
-    private = re.compile(r"\b(?:conn|kex_dh|asyncssh_kex)\._[A-Za-z]\w*")
+    private = re.compile(r"\b(?:conn|kex_dh|asyncssh_kex|_auth)\._[A-Za-z]\w*")
     for path in sorted(ssh.glob("*.py")):
         module = f"sandtrap.ssh.{path.stem}"
         text = path.read_text(encoding="utf-8")

@@ -123,10 +123,15 @@ def test_memory_is_bounded_least_recent_first() -> None:
     assert policy.check_password(policy.connection("10.0.0.3"), "root", "y").accepted
 
 
+FP_A = "SHA256:" + "A" * 43
+FP_B = "SHA256:" + "B" * 43
+FP_C = "SHA256:" + "C" * 43
+
+
 def test_public_keys_refused_by_default_and_not_counted() -> None:
     policy = make(accept_after_failures=1)
     conn = policy.connection("1.2.3.4")
-    decision = policy.check_public_key(conn, "root")
+    decision = policy.check_public_key(conn, "root", FP_A)
     assert not decision.accepted
     assert decision.reason == "public key refused"
     assert not policy.check_password(conn, "root", "x").accepted
@@ -134,4 +139,46 @@ def test_public_keys_refused_by_default_and_not_counted() -> None:
 
 def test_public_keys_accepted_when_configured() -> None:
     policy = make(accept_public_keys=True)
-    assert policy.check_public_key(policy.connection("1.2.3.4"), "root").accepted
+    decision = policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_A)
+    assert (decision.accepted, decision.reason) == (True, "public keys accepted")
+
+
+def test_listed_fingerprint_accepted_others_refused() -> None:
+    policy = make(accepted_key_fingerprints=[FP_B])
+    conn = policy.connection("1.2.3.4")
+    assert not policy.check_public_key(conn, "root", FP_A).accepted
+    decision = policy.check_public_key(conn, "root", FP_B)
+    assert (decision.accepted, decision.reason) == (True, "listed key")
+
+
+def test_nth_distinct_key_accepted_and_the_query_repeat_counts_once() -> None:
+    policy = make(accept_keys_after_offers=3, remember_accepted=False)
+    conn = policy.connection("1.2.3.4")
+    assert not policy.check_public_key(conn, "root", FP_A).accepted
+    # The same key asked again (asyncssh asks at the query and the signed request): same answer.
+    assert not policy.check_public_key(conn, "root", FP_A).accepted
+    assert not policy.check_public_key(conn, "root", FP_B).accepted
+    third = policy.check_public_key(conn, "root", FP_C)
+    assert (third.accepted, third.reason) == (True, "accept_keys_after_offers")
+    assert policy.check_public_key(conn, "root", FP_C).accepted
+    # The count starts again: a new connection's first key is refused.
+    assert not policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_A).accepted
+
+
+def test_key_offers_counted_per_ip_across_connections_and_remembered() -> None:
+    policy = make(accept_keys_after_offers=2)
+    assert not policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_A).accepted
+    assert not policy.check_public_key(policy.connection("5.6.7.8"), "root", FP_B).accepted
+    second = policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_B)
+    assert second.accepted
+    again = policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_B)
+    assert (again.accepted, again.reason) == (True, "remembered")
+    assert not policy.check_public_key(policy.connection("1.2.3.4"), "admin", FP_B).accepted
+
+
+def test_key_offers_per_connection_scope() -> None:
+    policy = make(accept_keys_after_offers=2, failure_scope="connection")
+    assert not policy.check_public_key(policy.connection("1.2.3.4"), "root", FP_A).accepted
+    conn = policy.connection("1.2.3.4")
+    assert not policy.check_public_key(conn, "root", FP_A).accepted
+    assert policy.check_public_key(conn, "root", FP_B).accepted

@@ -131,6 +131,8 @@ SECCOMP_ALLOW = 'seccomp={"defaultAction":"SCMP_ACT_ALLOW"}'
         ("HostConfig.Runtime", "runsc-debug", 'Runtime must be "runc"'),
         ("HostConfig.PidMode", "host", "HostConfig.PidMode is not a field"),
         ("HostConfig.IpcMode", "host", "IpcMode must be"),
+        ("HostConfig.CgroupnsMode", "host", 'CgroupnsMode must be "private"'),
+        ("HostConfig.CgroupnsMode", KeyError, "CgroupnsMode is missing"),
         ("HostConfig.UTSMode", "host", "HostConfig.UTSMode is not a field"),
         ("HostConfig.UsernsMode", "host", "HostConfig.UsernsMode is not a field"),
         ("HostConfig.VolumesFrom", ["other"], "HostConfig.VolumesFrom is not a field"),
@@ -360,3 +362,51 @@ def test_capacity_counts_the_start_of_a_stopped_sandbox() -> None:
         check_capacity(policy, listing, starting="c")
     assert caught.value.rule == "capacity"
     check_capacity(policy, listing[:1] + listing[2:], starting="c")
+
+
+def _lxcfs_body(**changes: Any) -> dict[str, Any]:
+    body = container_body(
+        CONFIG.sandbox,
+        image="sandtrap/target-debian:12",
+        hostname="web-prod-01",
+        sensor="s1",
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+        blkio_device="/dev/sda",
+        lxcfs=True,
+    )
+    body["HostConfig"]["Mounts"][0].update(changes)
+    return body
+
+
+def test_lxcfs_binds_pass_exactly_and_no_other_mount_does() -> None:
+    mounts = _lxcfs_body()["HostConfig"]["Mounts"]
+    assert {m["Target"] for m in mounts} == {
+        "/proc/cpuinfo", "/proc/diskstats", "/proc/loadavg", "/proc/meminfo", "/proc/stat",
+        "/proc/swaps",
+    }  # fmt: skip
+    assert all(
+        m["ReadOnly"] is True and m["Source"].startswith("/var/lib/lxcfs/proc/") for m in mounts
+    )
+    assert check_create(POLICY, _lxcfs_body()) == _lxcfs_body()
+    for change, reason in (
+        ({"Source": "/"}, "Mounts"),
+        ({"Source": "/var/lib/lxcfs/../../etc/shadow"}, "Mounts"),
+        ({"ReadOnly": False}, "Mounts"),
+        ({"Target": "/proc/sysrq-trigger"}, "Mounts"),
+        ({"Type": "volume"}, "Mounts"),
+        ({"BindOptions": {"Propagation": "rshared"}}, "Mounts must be"),
+    ):
+        with pytest.raises(Refused, match=re.escape(reason)):
+            check_create(POLICY, _lxcfs_body(**change))
+    extra = _lxcfs_body()
+    extra["HostConfig"]["Mounts"].append(
+        {"Type": "bind", "Source": "/", "Target": "/host", "ReadOnly": True}
+    )
+    with pytest.raises(Refused, match="Mounts"):
+        check_create(POLICY, extra)
+    # With sandbox.lxcfs off in the gate's configuration, not even LXCFS's binds pass.
+    off = parse_config(
+        {"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12", "lxcfs": "off"}}
+    )
+    with pytest.raises(Refused, match="Mounts must be"):
+        check_create(GatePolicy.from_config(off, "v1.41", blkio_device="/dev/sda"), _lxcfs_body())

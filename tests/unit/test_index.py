@@ -172,3 +172,55 @@ def test_bundle_names_are_ours_and_manifest_hashes_members(tmp_path: Path) -> No
         f"{SID}/{n}" for n in ("manifest.json", "files.json", "files/" + "a" * 64)
     )
     assert set(manifest["members"]) == {"files.json", "files/" + "a" * 64}
+
+
+def test_network_events_are_indexed_and_shown(tmp_path: Path) -> None:
+    """The sinkhole's events (issue 16) become the session's `network` rows and its detail."""
+    from sandtrap.analysis.render import session_view
+    from sandtrap.events.network import NetworkDns, NetworkFlood, NetworkHttp
+    from sandtrap.store.index import statements
+
+    common = {"session": SID, "src_ip": "203.0.113.9", "container_id": "c" * 64,
+              "sandbox_ip": "10.118.0.2"}  # fmt: skip
+    log_path = tmp_path / "log" / "events.jsonl"
+    log = EventLog(log_path, "sensor-1", max_bytes=100_000, backups=1)
+    for event in [
+        *_story(),
+        NetworkDns(**common, dst_ip="10.118.0.1", dst_port=53, query="c2.example", qtype="A"),
+        NetworkHttp(
+            **common,
+            dst_ip="203.0.113.7",
+            dst_port=80,
+            method="GET",
+            host="h",
+            url="http://203.0.113.7/bins.sh",
+            user_agent="Wget",
+            headers=[],
+            body_bytes=0,
+            body="",
+        ),
+        NetworkFlood(**common, dst_ip="", dst_port=0, kind="connect", count=9, seconds=60.0),
+        NetworkDns(
+            session=None,
+            src_ip=None,
+            container_id=None,
+            sandbox_ip="10.118.0.9",
+            dst_ip="10.118.0.1",
+            dst_port=53,
+            query="pool.example",
+            qtype="A",
+        ),
+    ]:
+        log.emit(event)
+    log.close()
+    assert rebuild(tmp_path / "sandtrap.db", log_path) == len(_story()) + 4
+    db = open_index(tmp_path / "sandtrap.db", log_path)
+    rows = session_detail(db, SID)["network"]
+    assert [r["detail"] for r in rows] == [
+        "A c2.example", "GET http://203.0.113.7/bins.sh", "9 connect records over 60.0s",
+    ]  # fmt: skip
+    assert rows[1]["dst_ip"] == "203.0.113.7" and rows[1]["dst_port"] == 80
+    # A record of no session gets its raw row in `events` (the console's), none in `network`.
+    unowned = statements({"eventid": "network.dns", "session": None})
+    assert [sql.split("(")[0] for sql, _ in unowned] == ["INSERT INTO events "]
+    assert session_view(session_detail(db, SID)) is not None

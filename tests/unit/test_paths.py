@@ -31,6 +31,9 @@ def test_layout_paths_under_the_data_dir() -> None:
     assert layout.run == root / "run"
     assert layout.gate_socket == root / "run/gate.sock"
     assert layout.status_file == root / "run/status.json"
+    assert layout.spool == root / "spool"
+    assert layout.spool_file("chat") == root / "spool/chat.jsonl"
+    assert layout.cowrie_uuid == root / "cowrie.uuid"
 
 
 def test_layout_is_frozen() -> None:

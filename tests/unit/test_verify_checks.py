@@ -211,3 +211,11 @@ def test_bomb_rows() -> None:
     assert hostchecks.login_row(0.3).status == "PASS"
     assert hostchecks.login_row(2.5).status == "FAIL"
     assert hostchecks.login_row(None, "refused").status == "FAIL"
+
+
+def test_lxcfs_proc_files_are_not_host_paths_but_other_fuse_mounts_are() -> None:
+    lxcfs = [["/proc/meminfo", "/proc/meminfo", "fuse.lxcfs", "ro"]]
+    assert checks.mount_row(lxcfs, "root", CTX).status == "PASS"
+    other = [*lxcfs, ["/proc/kcore", "/proc/kcore", "fuse.lxcfs", "ro"]]
+    assert checks.mount_row(other, "root", CTX).status == "FAIL"
+    assert checks.mount_row([["/srv", "/", "fuse.sshfs", "rw"]], "root", CTX).status == "FAIL"

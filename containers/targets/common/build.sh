@@ -108,6 +108,9 @@ install_base() {
         locale-gen
     fi
     update-locale LANG=en_US.UTF-8
+    # rsyslogd runs in the sandbox (started when it is prepared), where /proc/kmsg is closed to
+    # it: without this, its first lines in syslog would say that imklog failed.
+    sed -i 's/^module(load="imklog")/#module(load="imklog")/' /etc/rsyslog.conf
     # The debootstrap base knows only "main"; add security and updates (the official debian:12
     # image's deb822 file already lists them). The build reaches only deb.debian.org and needs
     # no source indexes, so finish() swaps in the installer's file afterwards.

@@ -20,6 +20,7 @@ from typing import Any
 
 from sandtrap import __version__
 from sandtrap.analysis.replay import find_casts
+from sandtrap.analysis.summary import session_analysis
 from sandtrap.errors import SandTrapError
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
@@ -131,10 +132,20 @@ def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-async def collect(session: str, layout: DataLayout, engine: Engine | None) -> Bundle:
-    """Gather the bundle's members (reads the log, the casts, and the engine when given)."""
+async def collect(
+    session: str,
+    layout: DataLayout,
+    engine: Engine | None,
+    records: list[dict[str, Any]] | None = None,
+) -> Bundle:
+    """Gather the bundle's members (reads the log, the casts, and the engine when given).
+
+    `records` are the session's events when they come from elsewhere (a PostgreSQL store);
+    otherwise they are read from the local log.
+    """
     bundle = Bundle(session)
-    records = session_events(layout.events_log, session)
+    if records is None:
+        records = session_events(layout.events_log, session)
     bundle.members["events.jsonl"] = b"".join(
         (json.dumps(r, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
         for r in records
@@ -148,6 +159,8 @@ async def collect(session: str, layout: DataLayout, engine: Engine | None) -> Bu
     if not from_engine:
         _from_artifacts(records, layout, bundle)
     bundle.members["files.json"] = _json(bundle.files)
+    # Threat analysis (issue 19): keys, triage, enrichment, techniques, anomaly score.
+    bundle.members["analysis.json"] = _json(session_analysis(records))
     return bundle
 
 

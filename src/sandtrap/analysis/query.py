@@ -130,6 +130,12 @@ def session_detail(db: sqlite3.Connection, session: str) -> dict[str, Any]:
             "SELECT path, size, sha256, artifact FROM artifacts WHERE session = ? ORDER BY id",
             by_session,
         ),
+        "network": _rows(
+            db,
+            "SELECT timestamp, eventid, dst_ip, dst_port, detail FROM network WHERE session = ?"
+            " ORDER BY id",
+            by_session,
+        ),
     }
 
 

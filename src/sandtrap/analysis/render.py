@@ -92,6 +92,7 @@ def session_view(detail: dict[str, Any]) -> Group:
         ("commands", "commands", ("timestamp", "channel", "source", "input")),
         ("files changed", "diffs", ("kind", "path")),
         ("artifacts", "artifacts", ("path", "size", "sha256")),
+        ("network (sinkhole)", "network", ("timestamp", "eventid", "dst_ip", "dst_port", "detail")),
     )
     for title, key, columns in sections:
         rows = detail[key]
@@ -175,9 +176,11 @@ def sandboxes_table(rows: Sequence[SandboxRow], sensor: str, now: datetime) -> T
 _STATUS_STYLES = {"PASS": "green", "FAIL": "bold red", "WARN": "yellow", "INFO": "dim"}
 
 
-def verify_table(rows: Sequence[Row]) -> Table:
-    table = Table(title="sandtrap verify-security")
-    for column in ("check", "as", "expected", "observed", "result"):
+def verify_table(
+    rows: Sequence[Row], title: str = "sandtrap verify-security", who: str = "as"
+) -> Table:
+    table = Table(title=title)
+    for column in ("check", who, "expected", "observed", "result"):
         table.add_column(column, overflow="fold")
     for row in rows:
         cells = [Text(safe_text(c)) for c in (row.check, row.who, row.expected, row.observed)]

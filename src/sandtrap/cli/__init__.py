@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from sandtrap import __version__
-from sandtrap.cli import analysis, deploy, sandboxes, service, verify
+from sandtrap.cli import analysis, deploy, sandboxes, service, threat, verify, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,8 +30,14 @@ for _command in (
     analysis.export,
     analysis.stats,
     verify.verify_security,
+    verify.verify_realism,
     deploy.gate,
     deploy.health,
+    web.web,
+    threat.artifacts,
+    threat.techniques,
+    threat.clusters,
+    threat.anomalies,
 ):
     cli.add_command(_command)
 

@@ -75,12 +75,55 @@ def engine_call(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise SystemExit(EXIT_FAILURE) from None
 
 
-def open_index(config: Config) -> sqlite3.Connection:
-    """The index of the configuration's data directory, built from the log when missing."""
+store_option = click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="Read a PostgreSQL store shared by sensors (postgresql://...) instead of the local index.",
+)
+
+
+def open_index(config: Config, store: str | None = None) -> sqlite3.Connection:
+    """The index of the configuration's data directory, built from the log when missing; or,
+    with `store`, the PostgreSQL store's events of every sensor as an in-memory index."""
     from sandtrap.analysis.query import open_index
 
+    if store is not None:
+        return _store_index(store)
     paths = layout(config)
     return open_index(paths.index_db, paths.events_log)
+
+
+def store_records(url: str, session: str) -> list[dict[str, Any]]:
+    """One session's events from the PostgreSQL store (for `export --store`)."""
+    import psycopg
+
+    from sandtrap.store.postgres import session_records
+
+    try:
+        return session_records(url, session)
+    except psycopg.Error as exc:
+        fail(f"sandtrap: cannot read the store: {type(exc).__name__}: {safe_text(str(exc))}")
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+def _store_index(url: str) -> sqlite3.Connection:
+    if not url.startswith(("postgresql://", "postgres://")):
+        fail("sandtrap: --store takes a postgresql:// URL")
+        raise SystemExit(EXIT_USAGE)
+    try:
+        import psycopg
+
+        from sandtrap.store.postgres import load_index
+    except ImportError:
+        fail("sandtrap: --store needs psycopg (pip install 'sandtrap[postgresql]')")
+        raise SystemExit(EXIT_FAILURE) from None
+    try:
+        return load_index(url)
+    except psycopg.Error as exc:
+        # The URL may hold a password: name the error, never the URL.
+        fail(f"sandtrap: cannot read the store: {type(exc).__name__}: {safe_text(str(exc))}")
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 def query(call: Callable[[], T]) -> T:

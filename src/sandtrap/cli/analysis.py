@@ -25,6 +25,8 @@ from sandtrap.cli._common import (
     open_index,
     query,
     since_bound,
+    store_option,
+    store_records,
 )
 from sandtrap.textsafe import safe_text
 
@@ -55,6 +57,7 @@ def sessions() -> None:
 
 @sessions.command("list")
 @config_option
+@store_option
 @click.option("--since", default=None, help="Only sessions since: 30m, 1h, 7d or an ISO time.")
 @click.option("--ip", default=None, help="Only this source IP.")
 @click.option("--user", default=None, help="Only this login name.")
@@ -62,6 +65,7 @@ def sessions() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def sessions_list(
     config_path: Path | None,
+    store: str | None,
     since: str | None,
     ip: str | None,
     user: str | None,
@@ -72,7 +76,7 @@ def sessions_list(
     from sandtrap.analysis.query import list_sessions
     from sandtrap.analysis.render import print_view, sessions_table
 
-    db = open_index(load(config_path))
+    db = open_index(load(config_path), store)
     rows = list_sessions(db, since_bound(since), ip, user, limit)
     if as_json:
         for row in rows:
@@ -83,14 +87,17 @@ def sessions_list(
 
 @sessions.command("show")
 @config_option
+@store_option
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def sessions_show(config_path: Path | None, session_id: str, as_json: bool) -> None:
-    """Metadata, auth attempts, channels, commands, files changed and artifacts of a session."""
+def sessions_show(
+    config_path: Path | None, store: str | None, session_id: str, as_json: bool
+) -> None:
+    """Metadata, auth attempts, channels, commands, files changed, artifacts and network events."""
     from sandtrap.analysis.query import resolve_session, session_detail
     from sandtrap.analysis.render import print_view, session_view
 
-    db = open_index(load(config_path))
+    db = open_index(load(config_path), store)
     detail = query(lambda: session_detail(db, resolve_session(db, session_id)))
     if as_json:
         click.echo(json.dumps(detail, ensure_ascii=True))
@@ -100,6 +107,7 @@ def sessions_show(config_path: Path | None, session_id: str, as_json: bool) -> N
 
 @click.command()
 @config_option
+@store_option
 @click.argument("session_id")
 @click.option("--channel", type=int, default=None, help="Only this channel (default: all).")
 @click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
@@ -111,6 +119,7 @@ def sessions_show(config_path: Path | None, session_id: str, as_json: bool) -> N
 )
 def replay(
     config_path: Path | None,
+    store: str | None,
     session_id: str,
     channel: int | None,
     speed: float,
@@ -121,7 +130,7 @@ def replay(
     from sandtrap.analysis.replay import find_casts, play, read_cast
 
     config = load(config_path)
-    db = open_index(config)
+    db = open_index(config, store)
     session = query(lambda: resolve_session(db, session_id))
     casts = find_casts(layout(config).recordings, session, channel)
     if not casts:
@@ -139,6 +148,7 @@ def replay(
 
 @click.command()
 @config_option
+@store_option
 @click.argument("session_id")
 @click.option(
     "-o",
@@ -148,7 +158,9 @@ def replay(
     help="The bundle to write (.tar.gz).",
 )
 @click.option("--no-engine", is_flag=True, help="Do not read the kept container; use artifacts.")
-def export(config_path: Path | None, session_id: str, output: Path, no_engine: bool) -> None:
+def export(
+    config_path: Path | None, store: str | None, session_id: str, output: Path, no_engine: bool
+) -> None:
     """Write a forensic bundle of a session: events, recordings, diff, files, sha256 manifest."""
     from sandtrap.analysis.export import collect, write_bundle
     from sandtrap.analysis.query import resolve_session
@@ -156,13 +168,14 @@ def export(config_path: Path | None, session_id: str, output: Path, no_engine: b
     from sandtrap.sandbox.docker import Engine
 
     config = load(config_path)
-    db = open_index(config)
+    db = open_index(config, store)
     session = query(lambda: resolve_session(db, session_id))
+    records = store_records(store, session) if store is not None else None
 
     async def gather() -> Bundle:
         engine = None if no_engine else Engine(engine_url(config))
         try:
-            return await collect(session, layout(config), engine)
+            return await collect(session, layout(config), engine, records)
         finally:
             if engine is not None:
                 await engine.close()
@@ -176,15 +189,18 @@ def export(config_path: Path | None, session_id: str, output: Path, no_engine: b
 
 @click.command()
 @config_option
+@store_option
 @click.option("--since", default="24h", show_default=True, help="30m, 1h, 7d, an ISO time, or all.")
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def stats(config_path: Path | None, since: str, limit: int, as_json: bool) -> None:
+def stats(
+    config_path: Path | None, store: str | None, since: str, limit: int, as_json: bool
+) -> None:
     """Top usernames, passwords, source IPs and commands over a period."""
     from sandtrap.analysis.query import stats as compute
     from sandtrap.analysis.render import print_view, stats_view
 
-    db = open_index(load(config_path))
+    db = open_index(load(config_path), store)
     result = compute(db, None if since == "all" else since_bound(since), limit)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(result), ensure_ascii=True))

@@ -77,8 +77,9 @@ def gate(
     "--check",
     "checks",
     multiple=True,
-    type=click.Choice(["listener", "engine", "pool"]),
-    help="Only these checks (repeatable; default: all three).",
+    type=click.Choice(["listener", "engine", "pool", "metrics"]),
+    help="Only these checks (repeatable; default: all four; metrics scrapes /metrics when "
+    "metrics.listen is set).",
 )
 @click.option(
     "--knock",
@@ -88,11 +89,11 @@ def gate(
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
 def health(config_path: Path | None, checks: tuple[str, ...], knock: bool, as_json: bool) -> None:
-    """Check the running service: SSH listener, engine (via the gate) and pool; exit 1 if not."""
+    """Check the running service: listener, engine (via the gate), pool, metrics; exit 1 if not."""
     from sandtrap.health import run_checks
 
     config = load(config_path)
-    wanted = set(checks or ("listener", "engine", "pool"))
+    wanted = set(checks or ("listener", "engine", "pool", "metrics"))
     results = engine_call(lambda: run_checks(config, wanted, knock))
     for item in results:
         if as_json:

@@ -81,13 +81,40 @@ def image() -> None:
     help="The containers/targets folder (default: found next to the source tree).",
 )
 @click.option("--mirror", default=None, help="Debian mirror for debootstrap.")
+@click.option(
+    "--tag", default=None, help="Image tag (default: the target's, e.g. sandtrap/target-debian:12)."
+)
+@click.option(
+    "--sinkhole",
+    "sinkhole_tag",
+    default=None,
+    help="Build the network sinkhole's image under this tag instead (sandbox.sinkhole.image, "
+    "e.g. sandtrap/sinkhole:12) on the Debian base.",
+)
 def image_build(
-    target: str, base: str | None, force: bool, context: Path | None, mirror: str | None
+    target: str,
+    base: str | None,
+    force: bool,
+    context: Path | None,
+    mirror: str | None,
+    tag: str | None,
+    sinkhole_tag: str | None,
 ) -> None:
     """Build the target image unless it is up to date (skipped when its inputs hash matches)."""
     from rich.markup import escape
 
     from sandtrap.sandbox.images import DEFAULT_MIRROR, build_target
+
+    if sinkhole_tag is not None:
+        from sandtrap.network.image import build_sinkhole
+
+        try:
+            done = build_sinkhole(sinkhole_tag, force=force)
+        except SandTrapError as exc:
+            fail(f"sandtrap: {exc}")
+            raise SystemExit(EXIT_FAILURE) from None
+        click.echo(f"{done.tag}: {done.reason} (inputs {done.inputs_hash[:12]})")
+        return
 
     out = Console(stderr=True)
     try:
@@ -105,6 +132,7 @@ def image_build(
                 context=context,
                 mirror=mirror or DEFAULT_MIRROR,
                 report=report,
+                tag=tag,
             )
     except SandTrapError as exc:
         fail(f"sandtrap: {exc}")

@@ -2,6 +2,14 @@
 `catalogue` (one frozen dataclass per eventid). Import from here.
 """
 
+from sandtrap.events.analysis import (
+    ArtifactAnalysed,
+    HoneytokensPlanted,
+    HoneytokenTriggered,
+    SessionAnomaly,
+    SessionAttack,
+    SessionGeo,
+)
 from sandtrap.events.base import (
     COMMON_KEYS,
     Event,
@@ -38,6 +46,7 @@ from sandtrap.events.catalogue import (
     SessionClosed,
     SessionCommand,
     SessionConnect,
+    SessionEnv,
     SessionExec,
     SessionRefused,
     SessionResize,
@@ -49,6 +58,7 @@ from sandtrap.events.catalogue import (
 __all__ = [
     "CATALOGUE",
     "COMMON_KEYS",
+    "ArtifactAnalysed",
     "AuthFailed",
     "AuthSuccess",
     "ChannelClosed",
@@ -57,6 +67,8 @@ __all__ = [
     "EventSink",
     "ForwardRefused",
     "GateRefused",
+    "HoneytokenTriggered",
+    "HoneytokensPlanted",
     "Peer",
     "ProxyRefused",
     "RequestRefused",
@@ -69,12 +81,16 @@ __all__ = [
     "SandboxFailure",
     "SandboxPruned",
     "SandboxReleased",
+    "SessionAnomaly",
+    "SessionAttack",
     "SessionBytesExceeded",
     "SessionClosed",
     "SessionCommand",
     "SessionConnect",
+    "SessionEnv",
     "SessionEvent",
     "SessionExec",
+    "SessionGeo",
     "SessionRefused",
     "SessionResize",
     "SessionShell",

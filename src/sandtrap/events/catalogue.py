@@ -6,10 +6,12 @@ every event carries and how it is serialised is events/base.py's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sandtrap.events.analysis import ANALYSIS_EVENTS
 from sandtrap.events.base import Event, Peer, SessionEvent, SourceEvent
+from sandtrap.events.network import NETWORK_EVENTS
 
 # --- connection and authentication -------------------------------------------------------------
 
@@ -59,6 +61,8 @@ class ClientKex(SessionEvent):
     enc_algs: list[str]
     mac_algs: list[str]
     comp_algs: list[str]
+    # Issue 17: host key algorithms too (Cowrie's keyAlgs); not part of HASSH.
+    key_algs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,7 @@ class AuthFailed(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "invalid credentials"
 
 
@@ -84,6 +89,7 @@ class AuthSuccess(SessionEvent):
     password: str | None = None
     key_type: str | None = None
     key_fingerprint: str | None = None
+    key: str | None = None
     reason: str = "credentials"
 
 
@@ -132,6 +138,17 @@ class SessionExec(SessionEvent):
     input: str
     pty: bool = False
     recording: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEnv(SessionEvent):
+    """An environment variable the client asked for (`env` request), passed on or not; the
+    outputs' `cowrie.client.var`."""
+
+    eventid: ClassVar[str] = "session.env"
+    channel: int
+    name: str
+    value: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,6 +266,9 @@ class SandboxDiff(SessionEvent):
     changes: list[dict[str, str]]
     total: int
     truncated: bool = False
+    # Keys in authorized_keys files the session wrote: {path, key_type, key_fingerprint, key,
+    # comment} (issue 19); their changes carry "flag": "authorized_keys".
+    authorized_keys: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +363,7 @@ CATALOGUE: dict[str, type[Event]] = {
         SessionShell,
         SessionExec,
         SessionCommand,
+        SessionEnv,
         SessionSubsystem,
         SessionResize,
         ChannelClosed,
@@ -361,6 +382,9 @@ CATALOGUE: dict[str, type[Event]] = {
         GateRefused,
     )
 }
+CATALOGUE.update({cls.eventid: cls for cls in NETWORK_EVENTS})
+# The threat-analysis events (issue 19) live in events/analysis.py.
+CATALOGUE.update({cls.eventid: cls for cls in ANALYSIS_EVENTS})
 
 
 __all__ = [
@@ -386,6 +410,7 @@ __all__ = [
     "SessionClosed",
     "SessionCommand",
     "SessionConnect",
+    "SessionEnv",
     "SessionExec",
     "SessionRefused",
     "SessionResize",

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from sandtrap.config import Config
-from sandtrap.errors import EngineUnavailable
+from sandtrap.errors import EngineUnavailable, SandboxError
 from sandtrap.gate.policy import GatePolicy
 from sandtrap.gate.proxy import Gate
+from sandtrap.network.deploy import ensure_sinkhole, supervise
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import blkio_device_for
@@ -100,6 +101,19 @@ async def serve_gate(
             sys.stdout.buffer.write(ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             sys.stdout.buffer.flush()
         raise
+    sinkhole_engine: Engine | None = None
+    if config.sandbox.network == "sinkhole":
+        # The gate, the engine's one holder, makes the sinkhole: the front cannot create it.
+        sinkhole_engine = Engine(upstream)
+        try:
+            await ensure_sinkhole(sinkhole_engine, config)
+        except SandboxError as exc:
+            await sinkhole_engine.close()
+            if lifeline:
+                message = f"sinkhole: {exc}".encode("utf-8", "replace")
+                sys.stdout.buffer.write(ERROR_PREFIX + message + b"\n")
+                sys.stdout.buffer.flush()
+            raise
     # The pool's own derivation of the blkio device, from the gate's view of the data root.
     blkio_device = await asyncio.to_thread(blkio_device_for, Path(root_dir))
     policy = GatePolicy.from_config(
@@ -126,6 +140,9 @@ async def serve_gate(
                 loop.add_signal_handler(signum, stop.set)
         async with asyncio.TaskGroup() as tasks:
             serving = tasks.create_task(gate.run(stop, listening), name="gate")
+            keeper = None
+            if sinkhole_engine is not None:
+                keeper = tasks.create_task(supervise(sinkhole_engine, config), name="sinkhole")
             await listening.wait()
             watcher: asyncio.Task[None] | None = None
             if lifeline:
@@ -136,8 +153,12 @@ async def serve_gate(
             await serving
             if watcher is not None:
                 watcher.cancel()
+            if keeper is not None:
+                keeper.cancel()
     finally:
         events.close()
+        if sinkhole_engine is not None:
+            await sinkhole_engine.close()
         if not lifeline:
             for signum in signals:
                 with contextlib.suppress(ValueError, RuntimeError):

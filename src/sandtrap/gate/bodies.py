@@ -150,7 +150,7 @@ def create_body(policy: GatePolicy, data: Mapping[str, Any]) -> dict[str, Any]:
         raise Refused(f"Labels must carry {' and '.join(policy.labels)}", "create")
     created = _created(labels)
 
-    def build(blkio_device: str | None) -> dict[str, Any]:
+    def build(blkio_device: str | None, lxcfs: bool) -> dict[str, Any]:
         return container_body(
             policy.sandbox,
             image=image,
@@ -159,13 +159,19 @@ def create_body(policy: GatePolicy, data: Mapping[str, Any]) -> dict[str, Any]:
             created=created,
             blkio_device=blkio_device,
             security_opt=list(policy.security_opt),
+            lxcfs=lxcfs,
         )
 
-    want, unthrottled = build(policy.blkio_device), build(None)
-    got = _canonical(data)
-    if got == _canonical(want) or got == _canonical(unthrottled):
-        return want
+    # LXCFS's read-only /proc binds (from the gate's own lxcfs_dir) may be there or not: the pool
+    # binds them only while LXCFS serves. No other mount is ever allowed.
     host = data.get("HostConfig")
+    lxcfs = isinstance(host, dict) and host.get("Mounts") not in (None, [])
+    want, unthrottled = build(policy.blkio_device, lxcfs), build(None, lxcfs)
+    got = _canonical(data)
+    if got == _canonical(want):
+        return want
+    if got == _canonical(unthrottled):
+        return build(policy.blkio_device, lxcfs)
     nearest = unthrottled if isinstance(host, dict) and _BLKIO.isdisjoint(host) else want
     raise Refused(_first_difference(data, nearest, "body"), "create")
 

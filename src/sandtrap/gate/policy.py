@@ -16,8 +16,11 @@ from urllib.parse import parse_qs, urlencode
 
 from sandtrap.config import Config, SandboxConfig
 from sandtrap.sandbox.hardening import LABEL_ROLE, LABEL_SENSOR, ROLE_SANDBOX, security_opts
+from sandtrap.sandbox.sinknet import ROLE_SINKHOLE, container_name
 
-RouteKind = Literal["plain", "info", "create", "list", "container", "exec_create", "exec"]
+RouteKind = Literal[
+    "plain", "info", "create", "list", "container", "exec_create", "exec", "sinkhole_logs"
+]
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9/._:@+-]*")
 _VERSION = re.compile(r"v1\.[0-9]{1,3}")
@@ -147,8 +150,12 @@ _NUMBER = re.compile(r"[0-9]{1,5}")
 # The values SandTrap's client sends; `name`, `filters` and `path` are checked where they are used.
 _QUERY_VALUES: dict[str, re.Pattern[str]] = {
     "t": _NUMBER, "h": _NUMBER, "w": _NUMBER, "size": _FLAG, "force": _FLAG, "v": _FLAG,
-    "all": _FLAG,
+    "all": _FLAG, "follow": _FLAG, "stdout": _FLAG, "stderr": _FLAG,
+    "since": re.compile(r"[0-9]{1,12}"),
 }  # fmt: skip
+# The sinkhole's records: its stdout only, read by the front (network/feed.py); nothing else of
+# the sinkhole (no exec, archive, stop or remove) is reachable through the gate.
+_SINKHOLE_LOGS_QUERY = frozenset({"follow", "stdout", "stderr", "since"})
 
 
 def _check_query(query: Mapping[str, list[str]], allowed: frozenset[str], what: str) -> None:
@@ -219,6 +226,18 @@ def route(policy: GatePolicy, method: str, target: str, *, upgrade: bool = False
     if rest == ["containers", "json"] and method == "GET":
         _check_query(query, frozenset({"all", "filters"}), what)
         return Route("list", method, "containers/json", query=force_label_filter(policy, query))
+    if (
+        method == "GET"
+        and len(rest) == 3
+        and rest[0] == "containers"
+        and rest[2] == "logs"
+        and policy.sandbox.network == "sinkhole"
+        and rest[1] == container_name(policy.sensor)
+    ):
+        _check_query(query, _SINKHOLE_LOGS_QUERY, what)
+        if query.get("stderr", ["0"])[0] not in ("0", "false"):
+            raise Refused("the sinkhole's stderr is not served")
+        return Route("sinkhole_logs", method, "", "logs", rest[1], query)
     if rest[0] == "containers" and 2 <= len(rest) <= 3 and _REF.fullmatch(rest[1]):
         action = rest[2] if len(rest) == 3 else ""
         allowed = _CONTAINER_ACTIONS.get((method, action))
@@ -274,6 +293,12 @@ def is_ours(policy: GatePolicy, inspected: Mapping[str, Any]) -> bool:
     """Whether an inspected container (containers/{id}/json) is one of this sensor's sandboxes."""
     labels = (inspected.get("Config") or {}).get("Labels") or {}
     return labels.get(LABEL_ROLE) == ROLE_SANDBOX and labels.get(LABEL_SENSOR) == policy.sensor
+
+
+def is_sinkhole(policy: GatePolicy, inspected: Mapping[str, Any]) -> bool:
+    """Whether an inspected container is this sensor's sinkhole (sandbox/sinknet.py)."""
+    labels = (inspected.get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_ROLE) == ROLE_SINKHOLE and labels.get(LABEL_SENSOR) == policy.sensor
 
 
 def is_full_id(ref: str) -> bool:

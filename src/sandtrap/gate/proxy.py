@@ -47,6 +47,7 @@ from sandtrap.gate.policy import (
     encode_query,
     is_full_id,
     is_ours,
+    is_sinkhole,
     route,
 )
 from sandtrap.gate.refusals import REFUSAL_INTERVAL_SECONDS, RefusalAggregator
@@ -344,6 +345,12 @@ class Gate:
         if checked.kind == "create":
             data = create_body(self.policy, parse_body(body, "create", "create"))
             return f"/{version}/containers/create{query}", encode_body(data)
+        if checked.kind == "sinkhole_logs":
+            status, details = await self.upstream.json(f"containers/{checked.target}/json")
+            found = isinstance(details, dict) and is_sinkhole(self.policy, details)
+            if status != 200 or not found or not is_full_id(str(details.get("Id"))):
+                raise NotFound(f"no sinkhole container {checked.target[:64]}")
+            return f"/{version}/containers/{details['Id']}/logs{query}", b""
         if checked.kind in ("container", "exec_create"):
             container_id = await self._owned_container(checked.target)
             if checked.action == "" and checked.method == "DELETE":

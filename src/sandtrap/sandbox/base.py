@@ -73,6 +73,11 @@ class Sandbox(Protocol):
         """Make sure the login user exists (created with a home when missing); returns its home."""
         ...
 
+    async def record_login(self, username: str, src_ip: str) -> bool:
+        """Record the newest PTY login of `username` in utmp, wtmp and lastlog, as sshd does;
+        False when it found none to record (the image or the process is not there)."""
+        ...
+
     async def exec(
         self,
         argv: Sequence[str],

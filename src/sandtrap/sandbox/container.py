@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from sandtrap.errors import EngineError
 from sandtrap.sandbox.engine import ContainerEngine, EngineStream
 from sandtrap.sandbox.hardening import is_valid_username
+from sandtrap.sandbox.realism import login_record_argv
 
 # $1 is a validated user name. useradd's own files, the new home (with the skeleton) and the
 # directories whose entries change; the first output line is the passwd entry.
@@ -81,6 +82,19 @@ class ContainerSandbox:
                 self.baseline[path] = (int(size), int(float(mtime or 0)))
         self.users[username] = home
         return home
+
+    async def record_login(self, username: str, src_ip: str) -> bool:
+        if not is_valid_username(username):
+            return False
+        status, out, _ = await self._engine.run(self._id, login_record_argv(username, src_ip))
+        if status != 0:
+            return False
+        for line in out.decode("utf-8", "replace").splitlines():
+            path, tab, rest = line.partition("\t")
+            size, _, mtime = rest.partition("\t")
+            if tab and size.isdigit():
+                self.baseline[path] = (int(size), int(float(mtime or 0)))
+        return True
 
     async def exec(
         self,

@@ -154,6 +154,26 @@ class Engine:
         except ValueError:
             return text
 
+    async def follow_logs(self, container: str, since: int) -> AsyncIterator[bytes]:
+        """A container's stdout from `since` (Unix seconds) on, following, as raw frame payloads
+        (the multiplexed stream's 8-byte headers removed); ends when the container stops."""
+        params = {"follow": "1", "stdout": "1", "stderr": "0", "since": str(since)}
+        async with (
+            engine_errors("logs"),
+            self.docker._query(  # private API, as in request()
+                f"containers/{container}/logs", params=params, timeout=None
+            ) as resp,
+        ):
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                pending += chunk
+                while len(pending) >= 8:
+                    size = int.from_bytes(pending[4:8], "big")
+                    if len(pending) < 8 + size:
+                        break
+                    yield pending[8 : 8 + size]
+                    pending = pending[8 + size :]
+
     async def create(self, body: dict[str, Any], name: str) -> str:
         result = await self.request(
             "POST", "containers/create", params={"name": name}, body=body, operation="create"

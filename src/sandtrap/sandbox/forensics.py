@@ -1,6 +1,7 @@
 """What a session changed: the sandbox's filesystem diff and the files it left behind.
 
-Owns turning `docker diff` into a `sandbox.diff` event and copying new or modified regular files
+Owns turning `docker diff` into a `sandbox.diff` event (authorized_keys files flagged, with the
+keys they hold) and copying new or modified regular files
 out through the archive API into `var/artifacts/<sha256>` (content-addressed, so attacker-chosen
 names never become host file names). The sandbox needs no network for any of this.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.events import EventSink, Peer, SandboxArtifact, SandboxDiff
+from sandtrap.pubkeys import is_authorized_keys, parse_authorized_keys
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import parse_engine_time
@@ -27,6 +29,10 @@ KINDS = {0: "modified", 1: "added", 2: "deleted"}
 MAX_DIFF_ENTRIES = 2000
 MAX_ARTIFACTS = 200
 MAX_PATH_CHARS = 4096
+# authorized_keys files read for the keys they hold (sshd reads at most a few per user).
+FLAG_AUTHORIZED_KEYS = "authorized_keys"
+MAX_KEY_FILES = 20
+MAX_KEY_FILE_BYTES = 256 * 1024
 # Files the engine bind-mounts into every container: their diff entries are the engine's doing,
 # and what is written to them does not live in the container's layer anyway.
 ENGINE_MANAGED = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"})
@@ -72,6 +78,38 @@ def store_artifact(directory: Path, content: bytes) -> tuple[str, Path]:
     return digest, target
 
 
+async def _planted_keys(
+    engine: ContainerEngine, sandbox: ContainerSandbox, changes: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """The keys in each authorized_keys file the session created or changed (issue 19).
+
+    Every key in the file is listed, old ones included: a file that changed is the attacker's
+    file now, and the image's own files carry no keys.
+    """
+    planted: list[dict[str, str]] = []
+    flagged = [c["path"] for c in changes if c.get("flag") == FLAG_AUTHORIZED_KEYS]
+    for path in flagged[:MAX_KEY_FILES]:
+        stat = await engine.archive_stat(sandbox.id, path)
+        if stat is None or not is_regular(stat):
+            continue
+        data = await engine.archive(sandbox.id, path, limit=MAX_KEY_FILE_BYTES + 64 * 1024)
+        content = first_file_in_tar(data) if data else None
+        if content is None:
+            continue
+        text = content[:MAX_KEY_FILE_BYTES].decode("utf-8", "replace")
+        for key in parse_authorized_keys(text):
+            planted.append(
+                {
+                    "path": path,
+                    "key_type": key.key_type,
+                    "key_fingerprint": key.fingerprint,
+                    "key": key.key,
+                    "comment": key.comment[:MAX_PATH_CHARS],
+                }
+            )
+    return planted
+
+
 async def capture_changes(
     engine: ContainerEngine,
     sandbox: ContainerSandbox,
@@ -92,7 +130,11 @@ async def capture_changes(
             after = await engine.archive_stat(sandbox.id, path)
             if sandbox.baseline[path] == stat_key(after):
                 continue
-        changes.append({"path": path, "kind": kind})
+        change = {"path": path, "kind": kind}
+        if kind != "deleted" and is_authorized_keys(path):
+            change["flag"] = FLAG_AUTHORIZED_KEYS
+        changes.append(change)
+    planted = await _planted_keys(engine, sandbox, changes)
     events.emit(
         SandboxDiff(
             peer=peer,
@@ -100,6 +142,7 @@ async def capture_changes(
             changes=changes[:MAX_DIFF_ENTRIES],
             total=len(changes),
             truncated=len(changes) > MAX_DIFF_ENTRIES,
+            authorized_keys=planted,
         )
     )
     if max_bytes <= 0:

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,13 @@ from sandtrap.config import HOSTNAME_RE, SandboxConfig
 from sandtrap.errors import ConfigError
 from sandtrap.events import rfc3339
 from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.realism import (
+    PREPARE_REALISM,
+    UTMP_SCRIPT,
+    HostKeyFiles,
+    host_keys_payload,
+)
+from sandtrap.sandbox.sinknet import sandbox_host_config
 
 LABEL_ROLE = "sandtrap.role"
 LABEL_CREATED = "sandtrap.created"
@@ -124,6 +132,35 @@ def host_pids_limit(config: SandboxConfig) -> int:
     return config.pids_limit
 
 
+# The /proc files LXCFS serves that a sandbox gets (issue 15). Not uptime: LXCFS's is the
+# sandbox's age, while the kernel's process start times (ps's ELAPSED) count from the host's boot.
+LXCFS_PROC_FILES = ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps")
+
+
+def lxcfs_mounts(lxcfs_dir: str) -> list[dict[str, Any]]:
+    """Read-only binds of LXCFS's /proc files (`Mounts`, which fail on a missing source where
+    `Binds` would create it on the host)."""
+    return [
+        {
+            "Type": "bind",
+            "Source": f"{lxcfs_dir.rstrip('/')}/proc/{name}",
+            "Target": f"/proc/{name}",
+            "ReadOnly": True,
+        }
+        for name in LXCFS_PROC_FILES
+    ]
+
+
+def is_lxcfs_serving(lxcfs_dir: str) -> bool:
+    """Whether LXCFS answers in `lxcfs_dir` (blocking: a FUSE stat; run it in a thread)."""
+    try:
+        return all(
+            Path(f"{lxcfs_dir.rstrip('/')}/proc/{name}").is_file() for name in LXCFS_PROC_FILES
+        ) and os.path.ismount(lxcfs_dir)
+    except OSError:  # ENOTCONN once lxcfs died without unmounting
+        return False
+
+
 def container_body(
     config: SandboxConfig,
     *,
@@ -133,12 +170,14 @@ def container_body(
     created: datetime,
     blkio_device: str | None = None,
     security_opt: list[str] | None = None,
+    lxcfs: bool = False,
 ) -> dict[str, Any]:
     """The Engine API `POST /containers/create` body of one hardened sandbox.
 
     The gate accepts a create only when its body equals this function's result for the same
     configuration (gate/bodies.py), so a field added here is allowed there by construction.
-    `security_opt` is `security_opts(config)` computed once by a caller that creates many.
+    `security_opt` is `security_opts(config)` computed once by a caller that creates many;
+    `lxcfs` binds LXCFS's /proc files from `config.lxcfs_dir` (when it serves them).
     """
     memory = config.memory_mb * 1024 * 1024
     host: dict[str, Any] = {
@@ -157,9 +196,12 @@ def container_body(
         ],
         "Runtime": config.runtime,
         "IpcMode": "private",
+        # Its own cgroup namespace: /proc/self/cgroup shows "/" instead of /docker/<id> (issue 15),
+        # and the sandbox cannot see the host's cgroup tree.
+        "CgroupnsMode": "private",
         "ReadonlyRootfs": False,
         "Binds": [],
-        "Mounts": [],
+        "Mounts": lxcfs_mounts(config.lxcfs_dir) if lxcfs and config.lxcfs != "off" else [],
         "Devices": [],
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
@@ -167,6 +209,7 @@ def container_body(
         # The image's own /sbin/init reaps zombies; Docker's --init would show docker-init in ps.
         "Init": False,
     }
+    host.update(sandbox_host_config(config, sensor))  # network: sinkhole (issue 16)
     if blkio_device and config.io_bps_limit:
         rate = [{"Path": blkio_device, "Rate": config.io_bps_limit}]
         host["BlkioDeviceReadBps"] = rate
@@ -175,7 +218,7 @@ def container_body(
         "Image": image,
         "Hostname": hostname,
         "Domainname": "",
-        "NetworkDisabled": True,
+        "NetworkDisabled": config.network == "none",
         "Tty": False,
         "OpenStdin": False,
         "AttachStdin": False,
@@ -194,10 +237,12 @@ def container_body(
 
 
 # Run as root in a fresh container before anyone logs in. Arguments are validated host names, passed
-# as positional parameters, never spliced into the script. It prints what it changed, as
+# as positional parameters, never spliced into the script; host keys come on stdin
+# (sandbox/realism.py). It prints what it changed, as
 # "S<tab>path<tab>size<tab>mtime" lines, and the accounts, as "U<tab>passwd entry" lines.
-PREPARE_SCRIPT = r"""
-new=$1 old=$2
+PREPARE_SCRIPT = (
+    r"""
+new=$1 old=$2 daemons=$3 UTMP_SCRIPT=$4
 rm -f /.dockerenv
 # Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
 grep -q '^127\.0\.1\.1' /etc/hosts 2>/dev/null || printf '127.0.1.1\t%s\n' "$new" >> /etc/hosts
@@ -210,10 +255,14 @@ if [ -n "$old" ] && [ "$old" != "$new" ]; then
     set -- "$@" "$f" "$(dirname "$f")"
   done
 fi
+"""
+    + PREPARE_REALISM
+    + r"""
 find "$@" -maxdepth 0 -printf 'S\t%p\t%s\t%T@\n' 2>/dev/null
 getent passwd | sed 's/^/U\t/'
 exit 0
 """
+)
 
 
 @dataclass(frozen=True)
@@ -243,9 +292,18 @@ def parse_prepared(output: str) -> Prepared:
 
 
 async def prepare(
-    engine: ContainerEngine, container_id: str, hostname: str, log_hostname: str | None
+    engine: ContainerEngine,
+    container_id: str,
+    hostname: str,
+    log_hostname: str | None,
+    *,
+    host_keys: Sequence[HostKeyFiles] = (),
+    daemons: bool = False,
 ) -> Prepared:
     """Make a new sandbox look like a server that has always had its host name.
+
+    `host_keys` replace the image's files in /etc/ssh (the front's, `sandbox.host_keys`);
+    `daemons` starts the image's cron and rsyslogd (`sandbox.daemons`).
 
     Raises:
         SandboxError: the engine failed.
@@ -253,8 +311,9 @@ async def prepare(
     old = log_hostname if log_hostname and HOSTNAME_RE.fullmatch(log_hostname) else ""
     if not HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"bad host name {hostname!r}")
+    argv = ["/bin/sh", "-c", PREPARE_SCRIPT, "sh", hostname, old, "1" if daemons else "0"]
     _, out, _ = await engine.run(
-        container_id, ["/bin/sh", "-c", PREPARE_SCRIPT, "sh", hostname, old]
+        container_id, [*argv, UTMP_SCRIPT], stdin=host_keys_payload(host_keys)
     )
     return parse_prepared(out.decode("utf-8", "replace"))
 

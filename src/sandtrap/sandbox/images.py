@@ -7,6 +7,7 @@ blocking command (`sandtrap image build`); the service's event loop never runs i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -210,6 +211,7 @@ def build_target(
     mirror: str = DEFAULT_MIRROR,
     report: Reporter = lambda _line: None,
     docker: Docker | None = None,
+    tag: str | None = None,
 ) -> BuildResult:
     """Build a target image unless an image with the same inputs hash already exists.
 
@@ -217,6 +219,7 @@ def build_target(
         target_name: key of TARGETS ("debian", "ubuntu").
         base: base image; default is the target's own (debootstrapped for Debian when absent).
         force: rebuild even when the hash matches (the base is rebuilt too when it is ours).
+        tag: the image's tag instead of the target's own (a trial build next to the real one).
 
     Raises:
         ImageError: unknown target, missing tools, or a failed step (with its last output lines).
@@ -225,6 +228,8 @@ def build_target(
         target = TARGETS[target_name]
     except KeyError:
         raise ImageError(f"unknown target {target_name!r}; choose from {sorted(TARGETS)}") from None
+    if tag:
+        target = dataclasses.replace(target, tag=tag)
     docker = docker or Docker()
     context = context or find_context()
     if not target.dockerfile(context).is_file():

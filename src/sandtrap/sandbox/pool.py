@@ -12,8 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Sequence
 
 from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, PoolExhausted, SandboxError, SandboxGone
@@ -23,16 +22,12 @@ from sandtrap.sandbox.base import Sandbox
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
-    LABEL_LOG_HOSTNAME,
-    HostnamePicker,
-    blkio_device_for,
-    container_body,
-    pool_name,
-    prepare,
     session_name,
 )
 from sandtrap.sandbox.lifecycle import ForensicsTurns, reconcile, stop_and_record
+from sandtrap.sandbox.maker import SandboxMaker
 from sandtrap.sandbox.poolstate import PoolState, PoolStatistics
+from sandtrap.sandbox.realism import HostKeyFiles
 from sandtrap.sandbox.retention import Retention
 from sandtrap.sandbox.sources import SourceLocks
 from sandtrap.sandbox.sticky import sticky_sandbox
@@ -58,9 +53,12 @@ class Pool:
         events: EventSink,
         *,
         retry_delays: tuple[float, float] = (_BACKOFF_START, _BACKOFF_MAX),
+        host_keys: Sequence[HostKeyFiles] = (),
     ) -> None:
         """`retry_delays`: the first and the longest wait before retrying a failing engine
-        (doubling in between); tests on the fake engine shorten them."""
+        (doubling in between); tests on the fake engine shorten them. `host_keys`: the files
+        each sandbox's /etc/ssh gets (`sandbox.host_keys`, ssh/hostkeys.py)."""
+        self._maker = SandboxMaker(config, engine, events, host_keys)
         self._config = config
         self._retry_delays = retry_delays
         self._engine = engine
@@ -80,11 +78,8 @@ class Pool:
         self._releasing: dict[str, asyncio.Event] = {}
         self._wanted = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._hostnames = HostnamePicker(config.sandbox)
-        self._blkio: str | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._artifacts = DataLayout(config.storage.data_dir).artifacts
-        self._log_hostnames: dict[str, str | None] = {}
         self._forensics = ForensicsTurns()
         self._retention = Retention(self._engine, config.retention, events, config.sensor)
         self._sources = SourceLocks()
@@ -109,12 +104,7 @@ class Pool:
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Reconcile, then refill and health-check until cancelled."""
         await self._reconcile_with_retry()
-        info = await self._engine.info()
-        self._blkio = blkio_device_for(Path(str(info.get("DockerRootDir", "/var/lib/docker"))))
-        for item in self._images:
-            self._log_hostnames[item.image] = await self._engine.image_label(
-                item.image, LABEL_LOG_HOSTNAME
-            )
+        await self._maker.learn_engine(self._images)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._refill_loop(), name="pool-refill")
@@ -196,30 +186,8 @@ class Pool:
 
     async def _create_one(self, image: str) -> None:
         self._state.begin_create(image)
-        container_id = None
         try:
-            hostname = self._hostnames.pick()
-            body = container_body(
-                self._config.sandbox,
-                image=image,
-                hostname=hostname,
-                sensor=self._config.sensor,
-                created=datetime.now(UTC),
-                blkio_device=self._blkio,
-            )
-            container_id = await self._engine.create(body, pool_name())
-            await self._engine.start(container_id)
-            prepared = await prepare(
-                self._engine, container_id, hostname, self._log_hostnames.get(image)
-            )
-            sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
-            sandbox.baseline.update(prepared.baseline)
-            sandbox.users.update(prepared.homes)
-        except BaseException:
-            if container_id is not None:
-                with contextlib.suppress(SandboxError):
-                    await asyncio.shield(self._engine.remove(container_id))
-            raise
+            sandbox = await self._maker.make(image)
         finally:
             self._state.end_create(image)
         self._state.add_idle(sandbox)
@@ -308,7 +276,11 @@ class Pool:
             try:
                 async with asyncio.timeout(self._config.pool.allocate_timeout_seconds):
                     sandbox = await sticky_sandbox(
-                        self._engine, self._state, self._releasing, peer.src_ip
+                        self._engine,
+                        self._state,
+                        self._releasing,
+                        peer.src_ip,
+                        daemons=self._config.sandbox.daemons,
                     )
             except TimeoutError:
                 log.warning(

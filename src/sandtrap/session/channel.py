@@ -21,6 +21,8 @@ from sandtrap.errors import SandboxError
 from sandtrap.events import EventSink, Peer
 from sandtrap.limits import (
     MAX_COMMAND_BYTES,
+    MAX_ENV_EVENTS,
+    MAX_ENV_VALUE_BYTES,
     MAX_NAME_BYTES,
     accepted_env,
     cap_text,
@@ -32,6 +34,7 @@ from sandtrap.proxy import ChannelIO, Resize, pump
 from sandtrap.recording.asciicast import Header
 from sandtrap.recording.commands import LineCommands, TerminalCommands
 from sandtrap.recording.recorder import ChannelRecorder, display_size
+from sandtrap.sandbox.base import Sandbox
 from sandtrap.session.lease import SandboxLease
 from sandtrap.session.totals import SessionTotals
 
@@ -170,6 +173,25 @@ def _request_event(request: ChannelRequest, peer: Peer, recording: str | None) -
     )
 
 
+# How long a login's utmp record may take; it runs beside the shell, never delaying it.
+LOGIN_RECORD_TIMEOUT_SECONDS = 10.0
+
+
+async def _record_login(sandbox: Sandbox, username: str, peer: Peer) -> None:
+    """sshd writes utmp, wtmp and lastlog for every session with a PTY (`w`, `who`, `last`)."""
+    try:
+        async with asyncio.timeout(LOGIN_RECORD_TIMEOUT_SECONDS):
+            recorded = await sandbox.record_login(username, peer.src_ip)
+    except (SandboxError, TimeoutError, ValueError) as exc:
+        log.warning("session %s: login not recorded in utmp: %s", peer.session_id, exc)
+        return
+    except Exception:  # the channel must not end because of its utmp line
+        log.exception("session %s: recording the login in utmp failed", peer.session_id)
+        return
+    if not recorded:
+        log.info("session %s: no PTY login found to record in utmp", peer.session_id)
+
+
 async def run_channel(
     request: ChannelRequest,
     io: ChannelIO,
@@ -195,6 +217,15 @@ async def run_channel(
     recorder = _recorder_for(request, peer, events, recordings)
     path = str(recorder.path) if recorder is not None and recorder.path is not None else None
     events.emit(_request_event(request, peer, path))
+    for name, value in list(request.env.items())[:MAX_ENV_EVENTS]:
+        events.emit(
+            ev.SessionEnv(
+                peer=peer,
+                channel=request.channel,
+                name=cap_text(name, MAX_NAME_BYTES),
+                value=cap_text(value, MAX_ENV_VALUE_BYTES),
+            )
+        )
     for kind, detail in refused_settings(request, persona):
         events.emit(ev.RequestRefused(peer=peer, request=kind, detail=detail))
     started = time.monotonic()
@@ -221,9 +252,23 @@ async def run_channel(
                 size=request.size if plan.tty else None,
             )
             try:
-                result = await pump(
-                    stream, io, on_resize=resized, tap=_Tap(totals, recorder), tty=plan.tty
-                )
+                # The login record never raises, so what leaves this group is the pump's alone.
+                try:
+                    async with asyncio.TaskGroup() as tasks:
+                        record = (
+                            tasks.create_task(_record_login(sandbox, request.username, peer))
+                            if plan.tty
+                            else None
+                        )
+                        result = await pump(
+                            stream, io, on_resize=resized, tap=_Tap(totals, recorder), tty=plan.tty
+                        )
+                        if record is not None:
+                            record.cancel()  # a process that is gone needs no utmp line
+                except BaseExceptionGroup as group:
+                    if len(group.exceptions) == 1:
+                        raise group.exceptions[0] from None
+                    raise
             finally:
                 await asyncio.shield(stream.close())
         status, bytes_in, bytes_out = result.exit_status, result.bytes_in, result.bytes_out

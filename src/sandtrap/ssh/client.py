@@ -1,8 +1,9 @@
 """SandTrap as an SSH client of itself: one password login that runs one command, and a scripted
 password guesser.
 
-The login is `sandtrap verify-security`'s (a fresh login after its bombs); the guesser drives the
-brute-force tests and benchmark. Kept here because asyncssh lives only in `ssh/` (DESIGN.md).
+The login is `sandtrap verify-security`'s (a fresh login after its bombs) and, with a PTY,
+`sandtrap verify-realism`'s; the guesser drives the brute-force tests and benchmark. Kept here
+because asyncssh lives only in `ssh/` (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,35 @@ class LoginResult:
     stdout: str
     elapsed: float
     error: str | None = None
+    # The server's host key as `ssh-keygen -l` prints it ("SHA256:..."), when asked for.
+    host_key_fingerprint: str | None = None
+
+
+async def login_pty_and_run(
+    host: str, port: int, username: str, password: str, command: str, within_seconds: float = 60
+) -> LoginResult:
+    """Like `login_and_run`, with a PTY (as an interactive attacker has) and the Ed25519 host key,
+    whose fingerprint is returned (`sandtrap verify-realism`)."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(within_seconds):
+            conn = await asyncssh.connect(
+                host,
+                port,
+                username=username,
+                password=password,
+                known_hosts=None,
+                client_keys=None,
+                agent_path=None,
+                server_host_key_algs=["ssh-ed25519"],
+            )
+            async with conn:
+                key = conn.get_server_host_key()
+                result = await conn.run(command, check=False, term_type="xterm")
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        return LoginResult("", time.monotonic() - started, str(exc) or type(exc).__name__)
+    fingerprint = key.get_fingerprint("sha256") if key is not None else None
+    return LoginResult(str(result.stdout or ""), time.monotonic() - started, None, fingerprint)
 
 
 async def login_and_run(

@@ -15,6 +15,7 @@ TESTED_ASYNCSSH = "2.24.1"
 _CONNECTION = "sandtrap.ssh.connection"
 _CHANNEL = "sandtrap.ssh.channel"
 _KEXALGS = "sandtrap.ssh.kexalgs"
+_HOSTBOUND = "sandtrap.ssh.hostbound"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,43 @@ INTERNALS: tuple[Internal, ...] = (
         "_e",
         "_f",
         "send_packet",
+    ),
+    # ssh/hostbound.py: publickey-hostbound-v00@openssh.com as a server auth handler (issue 19).
+    *_on(
+        "asyncssh.auth",
+        "",
+        _HOSTBOUND,
+        "server auth handler table",
+        "_server_auth_handlers",
+        "_ServerPublicKeyAuth",
+        "MSG_USERAUTH_PK_OK",
+    ),
+    *_on(
+        "asyncssh.auth",
+        "_ServerPublicKeyAuth",
+        _HOSTBOUND,
+        "the publickey handler we extend",
+        "_start",
+        "_conn",
+        "_username",
+        "send_success",
+        "send_failure",
+        "send_packet",
+    ),
+    *_on(
+        "asyncssh.connection",
+        "SSHServerConnection",
+        _HOSTBOUND,
+        "the host key the request must name, the key check",
+        "get_server_host_key",
+        "validate_public_key",
+    ),
+    *_on(
+        "asyncssh.public_key",
+        "SSHKeyPair",
+        _HOSTBOUND,
+        "the host key's blob",
+        "public_data",
     ),
     *_on(
         "asyncssh.crypto.pq",

@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
 
 from sandtrap import events as ev
+from sandtrap.auth import REASON_KEY_UNSIGNED
 from sandtrap.events import Peer
-from sandtrap.limits import MAX_NAME_BYTES, MAX_PASSWORD_BYTES, MAX_USERNAME_BYTES, cap_text
+from sandtrap.limits import (
+    MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PASSWORD_BYTES,
+    MAX_USERNAME_BYTES,
+    cap_text,
+)
 from sandtrap.session import Session
 from sandtrap.ssh.channel import AsyncsshChannelIO, channel_request, create_session
 from sandtrap.ssh.connection import ClientKexInit
@@ -41,6 +49,16 @@ def _describe(exc: Exception | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class _KeyOffer:
+    """An offered public key as events carry it (username capped, OpenSSH line)."""
+
+    username: str
+    key_type: str
+    fingerprint: str
+    key: str
+
+
 class SandTrapSSHServer(asyncssh.SSHServer):
     """One per connection: asyncssh hooks -> auth policy, refusals and events. No session logic."""
 
@@ -49,7 +67,9 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         self._session: Session | None = None
         self._conn: asyncssh.SSHServerConnection | None = None
         self._auth: ConnectionAuth | None = None
-        self._accepted_keys: set[tuple[str, str]] = set()
+        # Keys the policy accepted, by (username, fingerprint): event fields and reason.
+        self._pending_keys: dict[tuple[str, str], tuple[_KeyOffer, str]] = {}
+        self._last_key: tuple[str, str] | None = None
         self._authenticated = False
 
     @property
@@ -89,6 +109,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         front.adopt(self._session)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_unsigned_keys()
         self.session.lost(_describe(exc))
 
     def _disconnected(self) -> None:
@@ -114,6 +135,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
                 enc_algs=kexinit.encryption.split(","),
                 mac_algs=kexinit.mac.split(","),
                 comp_algs=kexinit.compression.split(","),
+                key_algs=kexinit.host_key.split(","),
             )
         )
 
@@ -151,6 +173,7 @@ class SandTrapSSHServer(asyncssh.SSHServer):
             )
         )
         if decision.accepted:
+            self._last_key = None
             self._logged_in(username)
             log.info("session %s: password login accepted for %r", peer.session_id, username)
             return True
@@ -162,26 +185,51 @@ class SandTrapSSHServer(asyncssh.SSHServer):
         return False
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        decision = self._front.policy.check_public_key(self._connection_auth(), username)
         fingerprint = key.get_fingerprint("sha256")
-        event_type = ev.AuthSuccess if decision.accepted else ev.AuthFailed
-        event = event_type(
-            peer=self.peer,
+        decision = self._front.policy.check_public_key(
+            self._connection_auth(), username, fingerprint
+        )
+        offer = _KeyOffer(
             username=cap_text(username, MAX_USERNAME_BYTES),
-            method="publickey",
             key_type=key.get_algorithm(),
-            key_fingerprint=fingerprint,
-            reason=decision.reason,
+            fingerprint=fingerprint,
+            key=cap_text(key.export_public_key("openssh").decode("ascii").strip(), MAX_KEY_BYTES),
         )
         if not decision.accepted:
-            self._emit(event)
+            self._emit(self._key_event(ev.AuthFailed, offer, decision.reason))
             return False
-        # asyncssh asks again when the signed request follows the query; record the success once.
-        if (username, fingerprint) not in self._accepted_keys:
-            self._accepted_keys.add((username, fingerprint))
-            self._logged_in(username)
-            self._emit(event)
+        # Accepted keys are reported when the outcome is known: at auth_completed (a valid
+        # signature followed), or as failed when none did (a client probing which keys work).
+        self._pending_keys.setdefault((username, fingerprint), (offer, decision.reason))
+        self._last_key = (username, fingerprint)
         return True
+
+    def _key_event(
+        self, kind: type[ev.AuthFailed] | type[ev.AuthSuccess], offer: _KeyOffer, reason: str
+    ) -> ev.Event:
+        return kind(
+            peer=self.peer,
+            username=offer.username,
+            method="publickey",
+            key_type=offer.key_type,
+            key_fingerprint=offer.fingerprint,
+            key=offer.key,
+            reason=reason,
+        )
+
+    def auth_completed(self) -> None:
+        last = self._last_key
+        if last is not None and not self._authenticated:
+            offer, reason = self._pending_keys.pop(last)
+            self._emit(self._key_event(ev.AuthSuccess, offer, reason))
+            self._logged_in(last[0])
+            log.info("session %s: public-key login accepted for %r", self.peer.session_id, last[0])
+        self._flush_unsigned_keys()
+
+    def _flush_unsigned_keys(self) -> None:
+        for offer, _reason in self._pending_keys.values():
+            self._emit(self._key_event(ev.AuthFailed, offer, REASON_KEY_UNSIGNED))
+        self._pending_keys.clear()
 
     # --- refusals (AllowTcpForwarding no, AllowStreamLocalForwarding no) -------------------------
 

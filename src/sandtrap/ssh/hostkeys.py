@@ -13,6 +13,8 @@ from pathlib import Path
 
 import asyncssh
 
+from sandtrap.sandbox.realism import HostKeyFiles
+
 log = logging.getLogger(__name__)
 
 # (file name, asyncssh algorithm, RSA key size), in sshd's HostKey order.
@@ -65,4 +67,23 @@ def load_or_create_host_keys(keys_dir: Path) -> list[asyncssh.SSHKey]:
     return keys
 
 
-__all__ = ["KEY_SPECS", "load_or_create_host_keys"]
+def sandbox_host_keys(keys_dir: Path, mode: str) -> tuple[HostKeyFiles, ...]:
+    """The front's host keys as the files each sandbox's /etc/ssh gets (`sandbox.host_keys`).
+
+    Blocking like `load_or_create_host_keys` (and generates missing keys the same way).
+    'public': the public halves only; 'private': both; 'image': none (the image keeps its own).
+    """
+    if mode == "image":
+        return ()
+    keys = load_or_create_host_keys(keys_dir)
+    return tuple(
+        HostKeyFiles(
+            name=name,
+            public=key.export_public_key("openssh"),
+            private=key.export_private_key("openssh") if mode == "private" else None,
+        )
+        for (name, _, _), key in zip(KEY_SPECS, keys, strict=True)
+    )
+
+
+__all__ = ["KEY_SPECS", "load_or_create_host_keys", "sandbox_host_keys"]

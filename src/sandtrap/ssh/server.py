@@ -27,6 +27,7 @@ from sandtrap.session import Link, Session, SessionSettings
 from sandtrap.ssh.accept import Address, Gatekeeper
 from sandtrap.ssh.connection import listen
 from sandtrap.ssh.hooks import SandTrapSSHServer
+from sandtrap.ssh.hostbound import enable_hostbound_auth
 from sandtrap.ssh.hostkeys import load_or_create_host_keys
 from sandtrap.ssh.kexalgs import enable_openssh_gex, enable_sntrup761, load_moduli
 from sandtrap.ssh.persona import server_options
@@ -281,6 +282,7 @@ async def start_ssh_server(
         log.warning("sntrup761 kex unavailable (pqcrypto not importable), see fingerprinting.md")
     # Without a moduli file sshd (and so SandTrap) offers only its fixed fallback groups.
     enable_openssh_gex(await asyncio.to_thread(load_moduli))
+    enable_hostbound_auth()
     persona = persona_for(config.ssh)
     front = SSHFront(config, provider, events, persona, policy or AuthPolicy(config.auth))
     await front.start(server_options(persona, keys))

@@ -1,9 +1,9 @@
 """The SQLite index (var/sandtrap.db): sessions, auth attempts, channels, commands, diffs, files.
 
-Owns the schema, the pure mapping from one event record to SQL statements (`statements`), the one
-writer (`EventIndex`: an EventLog listener feeding a bounded queue that a single worker thread
-drains; when the queue is full an event is dropped and counted, the SSH front never waits) and
-`rebuild` from the JSON-lines log, which stays the source of truth. Reading is analysis/'s.
+Owns the one writer (`EventIndex`: an EventLog listener feeding a bounded queue that a single worker
+thread drains; when the queue is full an event is dropped and counted, the SSH front never waits)
+and `rebuild` from the JSON-lines log, which stays the source of truth. The schema and the pure
+mapping from one event record to SQL (`statements`) are store/rows.py's; reading is analysis/'s.
 """
 
 from __future__ import annotations
@@ -20,218 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.events import Event, to_json_line
+from sandtrap.store.analysis_index import ANALYSIS_SCHEMA
+from sandtrap.store.rows import ALL_TABLES, SCHEMA, TABLES, Statement, network_detail, statements
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
 BATCH_SIZE = 500
 _POLL_SECONDS = 0.2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session TEXT PRIMARY KEY, sensor TEXT, src_ip TEXT, src_port INTEGER, dst_port INTEGER,
-    started TEXT, ended TEXT, username TEXT, password TEXT, client_version TEXT, hassh TEXT,
-    container_id TEXT, hostname TEXT, duration REAL, bytes_in INTEGER, bytes_out INTEGER,
-    exit_status INTEGER, reason TEXT
-);
-CREATE TABLE IF NOT EXISTS auth_attempts (
-    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, src_ip TEXT, username TEXT,
-    password TEXT, method TEXT, key_fingerprint TEXT, success INTEGER, reason TEXT
-);
-CREATE TABLE IF NOT EXISTS channels (
-    session TEXT, channel INTEGER, timestamp TEXT, kind TEXT, command TEXT, term TEXT,
-    width INTEGER, height INTEGER, recording TEXT, exit_status INTEGER, bytes_in INTEGER,
-    bytes_out INTEGER, duration REAL, PRIMARY KEY (session, channel)
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, channel INTEGER, source TEXT,
-    input TEXT
-);
-CREATE TABLE IF NOT EXISTS diffs (
-    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, container_id TEXT, path TEXT,
-    kind TEXT
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    id INTEGER PRIMARY KEY, session TEXT, timestamp TEXT, container_id TEXT, path TEXT,
-    size INTEGER, sha256 TEXT, artifact TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
-CREATE INDEX IF NOT EXISTS sessions_src_ip ON sessions (src_ip);
-CREATE INDEX IF NOT EXISTS auth_session ON auth_attempts (session);
-CREATE INDEX IF NOT EXISTS auth_timestamp ON auth_attempts (timestamp);
-CREATE INDEX IF NOT EXISTS commands_session ON commands (session);
-CREATE INDEX IF NOT EXISTS commands_timestamp ON commands (timestamp);
-CREATE INDEX IF NOT EXISTS diffs_session ON diffs (session);
-CREATE INDEX IF NOT EXISTS artifacts_session ON artifacts (session);
-"""
-TABLES = ("sessions", "auth_attempts", "channels", "commands", "diffs", "artifacts")
-
-Statement = tuple[str, tuple[Any, ...]]
-
-
-def _upsert_session(session: str, **values: Any) -> Statement:
-    """Insert the session row when missing, then set `values` (NULLs never overwrite)."""
-    names = ["session", *values]
-    updates = ", ".join(f"{name} = COALESCE(excluded.{name}, {name})" for name in values)
-    # Column names are our keyword arguments, never data; values are bound parameters.
-    sql = " ".join(
-        [
-            "INSERT INTO sessions (",
-            ", ".join(names),
-            ") VALUES (",
-            ", ".join("?" * len(names)),
-            ") ON CONFLICT (session) DO UPDATE SET",
-            updates,
-        ]
-    )
-    return sql, (session, *values.values())
-
-
-def statements(record: dict[str, Any]) -> list[Statement]:
-    """The SQL that indexes one event record (a decoded JSON line); pure, no I/O."""
-    session = record.get("session")
-    eventid = record.get("eventid")
-    when = record.get("timestamp")
-    if not isinstance(session, str) or not session:
-        return []
-    if eventid == "session.connect":
-        return [
-            _upsert_session(
-                session,
-                sensor=record.get("sensor"),
-                src_ip=record.get("src_ip"),
-                src_port=record.get("src_port"),
-                dst_port=record.get("dst_port"),
-                started=when,
-            )
-        ]
-    if eventid == "session.client.kex":
-        return [
-            _upsert_session(
-                session, client_version=record.get("client_version"), hassh=record.get("hassh")
-            )
-        ]
-    if eventid in ("auth.success", "auth.failed"):
-        success = eventid == "auth.success"
-        result: list[Statement] = [
-            (
-                "INSERT INTO auth_attempts (session, timestamp, src_ip, username, password, method,"
-                " key_fingerprint, success, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session,
-                    when,
-                    record.get("src_ip"),
-                    record.get("username"),
-                    record.get("password"),
-                    record.get("method"),
-                    record.get("key_fingerprint"),
-                    int(success),
-                    record.get("reason"),
-                ),
-            )
-        ]
-        if success:
-            result.append(
-                _upsert_session(
-                    session, username=record.get("username"), password=record.get("password")
-                )
-            )
-        return result
-    if eventid == "sandbox.allocated":
-        return [
-            _upsert_session(
-                session, container_id=record.get("container_id"), hostname=record.get("hostname")
-            )
-        ]
-    if eventid in ("session.shell", "session.exec", "session.subsystem"):
-        kind = eventid.split(".")[1]
-        command = record.get("input") if kind == "exec" else record.get("name")
-        opened: list[Statement] = [
-            (
-                "INSERT OR REPLACE INTO channels (session, channel, timestamp, kind, command, term,"
-                " width, height, recording) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session,
-                    record.get("channel"),
-                    when,
-                    kind,
-                    command,
-                    record.get("term"),
-                    record.get("width"),
-                    record.get("height"),
-                    record.get("recording"),
-                ),
-            )
-        ]
-        if kind == "exec":
-            opened.append(_command(session, when, record.get("channel"), "exec", command))
-        return opened
-    if eventid == "session.command":
-        return [_command(session, when, record.get("channel"), "shell", record.get("input"))]
-    if eventid == "session.channel.closed":
-        return [
-            (
-                "UPDATE channels SET exit_status = ?, bytes_in = ?, bytes_out = ?, duration = ?"
-                " WHERE session = ? AND channel = ?",
-                (
-                    record.get("exit_status"),
-                    record.get("bytes_in"),
-                    record.get("bytes_out"),
-                    record.get("duration"),
-                    session,
-                    record.get("channel"),
-                ),
-            )
-        ]
-    if eventid == "sandbox.diff":
-        return [
-            (
-                "INSERT INTO diffs (session, timestamp, container_id, path, kind)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (session, when, record.get("container_id"), change.get("path"), change.get("kind")),
-            )
-            for change in record.get("changes") or []
-            if isinstance(change, dict)
-        ]
-    if eventid == "sandbox.artifact":
-        return [
-            (
-                "INSERT INTO artifacts (session, timestamp, container_id, path, size, sha256,"
-                " artifact) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session,
-                    when,
-                    record.get("container_id"),
-                    record.get("path"),
-                    record.get("size"),
-                    record.get("sha256"),
-                    record.get("artifact"),
-                ),
-            )
-        ]
-    if eventid == "session.closed":
-        return [
-            _upsert_session(
-                session,
-                src_ip=record.get("src_ip"),
-                ended=when,
-                duration=record.get("duration"),
-                reason=record.get("reason"),
-                username=record.get("username"),
-                container_id=record.get("container_id"),
-                bytes_in=record.get("bytes_in"),
-                bytes_out=record.get("bytes_out"),
-                exit_status=record.get("exit_status"),
-            )
-        ]
-    return []
-
-
-def _command(session: str, when: Any, channel: Any, source: str, text: Any) -> Statement:
-    return (
-        "INSERT INTO commands (session, timestamp, channel, source, input) VALUES (?, ?, ?, ?, ?)",
-        (session, when, channel, source, text),
-    )
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -241,6 +37,7 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    db.executescript(ANALYSIS_SCHEMA)
     return db
 
 
@@ -290,7 +87,7 @@ def rebuild(db_path: Path, log_path: Path) -> int:
     db = connect(db_path)
     try:
         db.execute("BEGIN IMMEDIATE")
-        for table in TABLES:
+        for table in ALL_TABLES:
             db.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are our constants
         count = apply(db, read_records(log_path))
         db.commit()
@@ -388,3 +185,20 @@ class EventIndex:
             db.rollback()
             self._errors += 1
             log.error("index write failed (%d events lost from the index): %s", len(batch), exc)
+
+
+__all__ = [
+    "ALL_TABLES",
+    "SCHEMA",
+    "TABLES",
+    "EventIndex",
+    "IndexStatistics",
+    "Statement",
+    "apply",
+    "connect",
+    "log_files",
+    "network_detail",
+    "read_records",
+    "rebuild",
+    "statements",
+]

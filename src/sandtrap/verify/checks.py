@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sandtrap.sandbox.hardening import LXCFS_PROC_FILES
+
 Status = Literal["PASS", "FAIL", "WARN", "INFO"]
 Runtime = Literal["runc", "runsc"]
 
@@ -34,6 +36,8 @@ VIRTUAL_FS = frozenset(
 # The OCI default character devices. Inside a user namespace the runtime cannot mknod them, so it
 # binds the host's nodes in (from devtmpfs), and masks /proc files with /dev/null the same way.
 DEFAULT_DEVICES = frozenset({"/null", "/zero", "/full", "/random", "/urandom", "/tty"})
+# LXCFS's /proc files (sandbox.lxcfs), the only mounts the pool adds.
+LXCFS_TARGETS = frozenset(f"/proc/{name}" for name in LXCFS_PROC_FILES)
 # Host processes whose presence would mean the sandbox sees the host's PID namespace.
 HOST_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "runc", "systemd-journal"})
 
@@ -56,6 +60,8 @@ class Context:
     runtime: Runtime
     cap_add: tuple[str, ...]
     targets: Mapping[str, str]  # "ip:port" -> what it is ("host loopback", "docker0 gateway", ...)
+    network: Literal["none", "sinkhole"] = "none"
+    gateway: str = ""  # sinkhole mode: the sandboxes' gateway and resolver (the sinkhole)
 
 
 def cap_names(mask_hex: str) -> set[str]:
@@ -91,11 +97,36 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def sinkhole_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
+    """`sandbox.network: sinkhole`: a network that ends at the sinkhole (issue 16)."""
+    sink = obs.get("sink") or {}
+    routes = obs["routes"]
+    return [
+        _row("network: interfaces", who, "eth0 and lo", obs["interfaces"],
+             obs["interfaces"] == ["eth0", "lo"]),
+        _row("network: routes", who, "IPv4 on eth0 only, no IPv6", routes,
+             bool(routes) and all(r.startswith("route:eth0:") for r in routes)),
+        _row("network: IPv6", who, "unreachable", obs.get("ipv6"),
+             not str(obs.get("ipv6")).startswith("connected")),
+        _row("network: DNS answered by the sinkhole", who, ctx.gateway, sink.get("dns"),
+             sink.get("dns") == ctx.gateway),
+        _row("network: TCP to a documentation address", who, "caught by the sinkhole",
+             sink.get("far"), str(sink.get("far")).startswith("connected")),
+        _row("network: TCP to another sandbox", who,
+             "unreachable (sandboxes never send broadcast ARP)", sink.get("peer"),
+             not str(sink.get("peer")).startswith(("connected", "ECONNREFUSED"))),
+    ]  # fmt: skip
+
+
 def network_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
-    rows = [
-        _row("network: interfaces", who, "lo only", obs["interfaces"], obs["interfaces"] == ["lo"]),
-        _row("network: routes", who, "none (outside lo)", obs["routes"], not obs["routes"]),
-    ]
+    if ctx.network == "sinkhole":
+        rows = sinkhole_rows(obs, who, ctx)
+    else:
+        rows = [
+            _row("network: interfaces", who, "lo only", obs["interfaces"],
+                 obs["interfaces"] == ["lo"]),
+            _row("network: routes", who, "none (outside lo)", obs["routes"], not obs["routes"]),
+        ]  # fmt: skip
     for target, result in obs["tcp"].items():
         what = ctx.targets.get(target, target)
         rows.append(
@@ -108,6 +139,10 @@ def network_rows(obs: Mapping[str, Any], who: str, ctx: Context) -> list[Row]:
             )
         )
     for target, result in obs["icmp"].items():
+        if ctx.network == "sinkhole":  # routed to the gateway, which answers every address
+            rows.append(Row(f"network: ICMP echo to {target}", who, "to the sinkhole only",
+                            str(result), "INFO"))  # fmt: skip
+            continue
         rows.append(
             _row(f"network: ICMP echo to {target}", who, "not sent", result, result != "sent")
         )
@@ -287,6 +322,8 @@ def mount_row(mounts: list[list[str]], who: str, ctx: Context) -> Row:
             continue
         if fstype == "devtmpfs" and root in DEFAULT_DEVICES:
             continue  # userns-remap: the host's /dev/null and friends, bound in by the runtime
+        if fstype == "fuse.lxcfs" and target in LXCFS_TARGETS:
+            continue  # sandbox.lxcfs: LXCFS's read-only /proc files, nothing of the host's disk
         host.append(f"{target} ({fstype} {root})")
     return _row(
         "host paths mounted",

@@ -90,6 +90,13 @@ def _tcp(target: str) -> str:
             return "connected"
 
 
+def _resolve(name: str) -> str:
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        return f"error:{exc}"[:80]
+
+
 def _socket(family: int, kind: int, proto: int) -> str:
     try:
         socket.socket(family, kind, proto).close()
@@ -299,6 +306,10 @@ def common(args: dict[str, Any]) -> dict[str, Any]:
     out["icmp"] = {target: _icmp_send(target) for target in args.get("icmp_targets", [])}
     out["raw_socket"] = _socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     out["packet_socket"] = _socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sink = args.get("sinkhole") or {}  # sandbox.network: sinkhole (issue 16)
+    out["ipv6"] = _tcp("[2001:db8::1]:80")
+    out["sink"] = {key: _tcp(target) for key, target in sink.get("tcp", {}).items()}
+    out["sink"]["dns"] = _resolve(sink["name"]) if sink else "-"
     out["mount"] = _in_child(_mount_tmpfs)
     out["unshare_user"] = _in_child(lambda: _call(_libc.unshare, CLONE_NEWUSER))
     out["unshare_net"] = _in_child(lambda: _call(_libc.unshare, CLONE_NEWNET))

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
@@ -32,6 +33,7 @@ from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
+from sandtrap.sandbox.sinknet import addresses, network_name
 from sandtrap.ssh.client import login_and_run
 from sandtrap.verify import checks, hostchecks
 from sandtrap.verify.attacks import (
@@ -229,12 +231,23 @@ async def _attack(
 ) -> list[Row]:
     config, pool = service.config, service.pool
     sandbox_config = config.sandbox
-    ctx = Context(sandbox_config.runtime, tuple(sandbox_config.cap_add), listeners.targets)
+    ctx = Context(
+        sandbox_config.runtime, tuple(sandbox_config.cap_add), listeners.targets,
+        sandbox_config.network, addresses(sandbox_config).gateway,
+    )  # fmt: skip
     rows: list[Row] = []
     lease = _Lease(pool, engine)
     try:
         sandbox = await lease.take()
-        args = {"targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)}
+        args: dict[str, Any] = {
+            "targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)
+        }  # fmt: skip
+        if sandbox_config.network == "sinkhole":
+            args["sinkhole"] = {
+                "name": "verify.sandtrap.example",
+                # A documentation address (RFC 5737), and another warm sandbox on the same bridge.
+                "tcp": {"far": "203.0.113.7:80", "peer": await _peer(engine, config, sandbox.id)},
+            }
         report("probing as root")
         as_root = await probe(engine, sandbox.id, "root", args, "root", 120)
         report(f"probing as {LOGIN_USER}")
@@ -369,6 +382,18 @@ async def _with_service(
     return rows
 
 
+async def _peer(engine: Engine, config: Config, own_id: str) -> str:
+    """Port 80 of another running sandbox of this sensor (nothing listens: a reachable one would
+    refuse the connection), or a free address of the sandboxes' range when there is none."""
+    listing = await engine.containers(*sandbox_labels(config.sensor), all_states=False)
+    for item in listing:
+        nets = (item.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (nets.get(network_name(config.sensor)) or {}).get("IPAddress")
+        if item.get("Id") != own_id and address:
+            return f"{address}:80"
+    return f"{ipaddress.IPv4Network(addresses(config.sandbox).ip_range).broadcast_address - 1}:80"
+
+
 async def _bridge_gateway(engine: Engine) -> str | None:
     try:
         network = await engine.request("GET", "networks/bridge", operation="network inspect")
@@ -377,4 +402,7 @@ async def _bridge_gateway(engine: Engine) -> str | None:
     for item in (network.get("IPAM") or {}).get("Config") or []:
         if item.get("Gateway"):
             return str(item["Gateway"])
+        if item.get("Subnet"):  # Debian's 20.10 lists no Gateway for the default bridge
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.ip_network(str(item["Subnet"])).network_address + 1)
     return None

@@ -1,0 +1,1 @@
+"""The analyst's web console (`sandtrap web`): ASGI routes, templates, vendored static assets."""
