@@ -124,11 +124,9 @@ def artifacts(console: Console) -> Endpoint:
 
 def artifact(console: Console) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        digest = request.path_params["sha256"]
-        try:
-            detail = await console.reader.ask(lambda db: browse.artifact_detail(db, digest))
-        except QueryError as exc:
-            return console.problem(request, 404, str(exc))
+        detail = await console.artifact(request)
+        if isinstance(detail, Response):
+            return detail
         stored = console.layout.artifact(detail["sha256"])
         detail["stored"] = stored.is_file()
         return _json(detail)
@@ -138,11 +136,9 @@ def artifact(console: Console) -> Endpoint:
 
 def download(console: Console) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        digest = request.path_params["sha256"]
-        try:
-            detail = await console.reader.ask(lambda db: browse.artifact_detail(db, digest))
-        except QueryError as exc:
-            return console.problem(request, 404, str(exc))
+        detail = await console.artifact(request)
+        if isinstance(detail, Response):
+            return detail
         stored = console.layout.artifact(detail["sha256"])
         if not stored.is_file():
             return console.problem(request, 404, "the stored copy is gone (retention)")

@@ -25,7 +25,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sandtrap import __version__
-from sandtrap.analysis.query import open_index
+from sandtrap.analysis import browse
+from sandtrap.analysis.query import QueryError, open_index
 from sandtrap.config import Config
 from sandtrap.paths import DataLayout
 from sandtrap.web import present
@@ -117,6 +118,14 @@ class Console:
         context["path"] = request.url.path
         body = self.env.get_template(name).render(**context)
         return HTMLResponse(body, status_code=status)
+
+    async def artifact(self, request: Request) -> dict[str, Any] | Response:
+        """The artifact the path's sha256 (or unique prefix) names, or the 404 to answer."""
+        digest = request.path_params["sha256"]
+        try:
+            return await self.reader.ask(lambda db: browse.artifact_detail(db, digest))
+        except QueryError as exc:
+            return self.problem(request, 404, str(exc))
 
     def problem(self, request: Request, status: int, message: str) -> Response:
         """An error as JSON under /api/, else as a page."""

@@ -160,11 +160,9 @@ def artifacts(console: Console) -> Endpoint:
 
 def artifact(console: Console) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        digest = request.path_params["sha256"]
-        try:
-            detail = await console.reader.ask(lambda db: browse.artifact_detail(db, digest))
-        except QueryError as exc:
-            return console.problem(request, 404, str(exc))
+        detail = await console.artifact(request)
+        if isinstance(detail, Response):
+            return detail
         stored = await files.describe(console.layout.artifact(detail["sha256"]))
         return console.page(request, "artifact.html", a=detail, stored=stored)
 
