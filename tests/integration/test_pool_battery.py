@@ -202,3 +202,37 @@ async def test_the_grown_pool_shrinks_back_to_its_size_once_arrivals_are_quiet(
                 await asyncio.sleep(backend.health_interval)
         assert pool.statistics().target == 1
         assert len(await backend.pool_members()) == 1
+
+
+async def test_retention_never_removes_a_sandbox_whose_diff_is_still_to_run(
+    backend: Backend, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a burst, diffs wait while logins wait; a prune meanwhile (kept sandboxes over
+    retention.max_count) must not remove the stopped sandboxes whose diffs are pending."""
+    diffs_may_run = asyncio.Event()
+    real_diff = engine.diff
+
+    async def slow_diff(container_id: str) -> list[dict[str, object]]:
+        await diffs_may_run.wait()
+        return await real_diff(container_id)
+
+    monkeypatch.setattr(engine, "diff", slow_diff)
+    sink = Sink()
+    config = backend.config(pool={"size": 1, "max_sandboxes": 8}, retention={"max_count": 1})
+    async with backend.pool(config, sink) as pool:
+        boxes = [await pool.allocate(peer(n)) for n in range(1, 4)]
+        releases = [
+            asyncio.ensure_future(pool.release(box, peer(n))) for n, box in enumerate(boxes, 1)
+        ]
+        async with asyncio.timeout(backend.patience):
+            while len([c for c in await engine.containers() if c["State"] == "exited"]) < 3:
+                await asyncio.sleep(0.01)
+        assert await pool.prune() == []  # all three held: stopped, diff pending
+        diffs_may_run.set()
+        await asyncio.gather(*releases)
+        await pool.prune()  # (or the pool's own coalesced prune after the releases)
+        exited = [c for c in await engine.containers() if c["State"] == "exited"]
+        assert len(exited) == 1  # now over max_count: the two oldest went
+    diffs = {e.container_id for e in sink.events if e.eventid == "sandbox.diff"}
+    assert diffs == {box.id for box in boxes}
+    assert not [e for e in sink.events if e.eventid == "sandbox.failure"]

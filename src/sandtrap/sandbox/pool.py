@@ -392,16 +392,17 @@ class Pool:
             # A reconnect from the same source IP waits for this before restarting it.
             self._releasing[sandbox.id] = asyncio.Event()
         try:
-            await stop_and_record(
-                self._engine,
-                sandbox,
-                peer,
-                self._events,
-                self._artifacts,
-                self._config.sandbox.artifact_max_bytes,
-                self._engine_failed,
-                self._forensics.turn,
-            )
+            with self._retention.holding(sandbox.id):
+                await stop_and_record(
+                    self._engine,
+                    sandbox,
+                    peer,
+                    self._events,
+                    self._artifacts,
+                    self._config.sandbox.artifact_max_bytes,
+                    self._engine_failed,
+                    self._forensics.turn,
+                )
         finally:
             self._state.end_release(release)
             released = self._releasing.pop(sandbox.id, None)

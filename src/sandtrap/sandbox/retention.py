@@ -8,8 +8,9 @@ are too old, or when together they use too much disk. Running sandboxes are neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -107,11 +108,17 @@ async def enforce_retention(
     events: EventSink,
     sensor: str,
     known: dict[str, Kept] | None = None,
+    held: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Remove what the policy says; returns the removed container ids (`known`: see list_kept)."""
+    """Remove what the policy says; returns the removed container ids (`known`: see list_kept).
+
+    `held`: stopped sandboxes whose forensics (diff, artifacts) are still to run. They count
+    towards the limits but are never removed: the next pass removes what is then over them."""
     kept = await list_kept(engine, sensor, with_sizes=policy.max_disk_mb > 0, known=known)
     removed = []
     for item, reason in plan_prune(kept, policy, datetime.now(UTC)):
+        if item.container_id in held:
+            continue
         log.info("retention: removing %s (%s)", item.name, reason)
         await engine.remove(item.container_id)
         events.emit(SandboxPruned(container_id=item.container_id, reason=reason))
@@ -135,6 +142,7 @@ class Retention:
         self._events = events
         self._sensor = sensor
         self._known: dict[str, Kept] = {}
+        self._held: set[str] = set()
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
 
@@ -143,8 +151,23 @@ class Retention:
         to remove the same oldest sandbox."""
         async with self._lock:
             return await enforce_retention(
-                self._engine, self._policy, self._events, self._sensor, known=self._known
+                self._engine,
+                self._policy,
+                self._events,
+                self._sensor,
+                known=self._known,
+                held=frozenset(self._held),
             )
+
+    @contextlib.contextmanager
+    def holding(self, container_id: str) -> Iterator[None]:
+        """While a released sandbox is stopped and its forensics wait their turn (a burst delays
+        diffs while logins wait), retention must not remove it: that would lose its diff."""
+        self._held.add(container_id)
+        try:
+            yield
+        finally:
+            self._held.discard(container_id)
 
     def wanted(self) -> None:
         """A sandbox was kept: prune soon (never from the releasing session's own path)."""
