@@ -26,6 +26,7 @@ from sandtrap.events import utcnow
 from sandtrap.gate.child import GateChild
 from sandtrap.health import write_status
 from sandtrap.metrics import Metrics
+from sandtrap.network.broker import FetchBroker
 from sandtrap.network.deploy import ensure_sinkhole, supervise
 from sandtrap.network.feed import SinkholeFeed
 from sandtrap.outputs import Outputs, drain
@@ -127,7 +128,11 @@ def _sinkhole_tasks(
     """`sandbox.network: sinkhole`: its records become events; without a gate, we keep it up."""
     if config.sandbox.network != "sinkhole":
         return []
-    out = [tasks.create_task(SinkholeFeed(config, engine, events).run(), name="sinkhole-feed")]
+    feed = SinkholeFeed(config, engine, events)
+    out = [tasks.create_task(feed.run(), name="sinkhole-feed")]
+    if config.sandbox.sinkhole.fetch.enabled:
+        broker = FetchBroker(config, events, feed.owner)
+        out.append(tasks.create_task(broker.run(), name="fetch-on-behalf"))
     if config.sandbox.gate == "off":
         out.append(tasks.create_task(supervise(engine, config), name="sinkhole"))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -97,6 +98,46 @@ class WeightedImage(_Model):
     weight: float = Field(default=1.0, gt=0)
 
 
+class FetchConfig(_Model):
+    """Fetch-on-behalf (`sandbox.sinkhole.fetch`): a sandbox's HTTP GET is fetched for real by the
+    front, within these bounds, and the body stored as an artifact (SECURITY.md)."""
+
+    enabled: bool = False
+    public: bool = Field(
+        default=True,
+        description="fetch from global (public) addresses; false: only from the `allow` networks",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) fetched although private, loopback, link-local, multicast "
+        "or reserved; everything else of those kinds is refused after resolution",
+    )
+    deny: list[str] = Field(
+        default_factory=list, description="networks never fetched, even when public"
+    )
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    per_sandbox_per_minute: int = Field(default=10, ge=1, le=10_000)
+    per_minute: int = Field(default=60, ge=1, le=100_000)
+    concurrent: int = Field(default=4, ge=1, le=64)
+    socket_dir: Path | None = Field(
+        default=None,
+        description="host directory of the fetch socket, mounted read-only into the sinkhole "
+        "(default <data_dir>/run/fetch; it must be the same path on the engine's host)",
+    )
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"not a network (CIDR): {item!r}") from None
+        return out
+
+
 class SinkholeConfig(_Model):
     """The network sinkhole of `sandbox.network: sinkhole` (docs/configuration.md, SECURITY.md)."""
 
@@ -110,6 +151,7 @@ class SinkholeConfig(_Model):
     events_burst: int = Field(default=200, ge=1, le=100_000)
     flood_report_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     memory_mb: int = Field(default=128, ge=64, le=4096)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
 
     @field_validator("subnet")
     @classmethod

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import os
+import random
 import signal
 import subprocess
 import uuid
@@ -83,6 +86,27 @@ def remove_sensor_containers(sensor: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+def free_subnet() -> str:
+    """A private /16 for a sinkhole network that no network on the engine overlaps (other test
+    modules, and other sensors on a shared engine, have theirs)."""
+    names = subprocess.run(
+        ["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    taken: list[ipaddress.IPv4Network] = []
+    if names:
+        out = subprocess.run(
+            ["docker", "network", "inspect", "-f",
+             "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *names],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        for item in out.split():
+            with contextlib.suppress(ValueError):
+                taken.append(ipaddress.IPv4Network(item))
+    choices = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(120, 251)]
+    free = [net for net in choices if not any(net.overlaps(other) for other in taken)]
+    return str(random.choice(free))
 
 
 def dockerd_pid() -> int | None:

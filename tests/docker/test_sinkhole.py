@@ -30,6 +30,7 @@ from tests.conftest import IMAGE
 from tests.docker.service import (
     SSH_OPTS,
     RunningService,
+    free_subnet,
     remove_sensor_containers,
     service_config,
 )
@@ -62,7 +63,7 @@ def _wait_events(
 @pytest.fixture(scope="module")
 def sinkholed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     build_sinkhole(SINKHOLE_IMAGE)
-    subnet = f"10.{random.randint(120, 250)}.0.0/16"
+    subnet = free_subnet()
     config = service_config(
         tmp_path_factory.mktemp("var"),
         pool={"size": 2, "max_sandboxes": 6},
@@ -336,7 +337,7 @@ def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
     as the login user, including the host listeners on every host address never being reached."""
     build_sinkhole(SINKHOLE_IMAGE)
     sensor = f"verify-sink-{random.randint(0, 1 << 30):x}"
-    subnet = f"10.{random.randint(120, 250)}.0.0/16"
+    subnet = free_subnet()
     config = tmp_path / "config.yaml"
     config.write_text(
         f"sensor: {sensor}\nstorage:\n  data_dir: {tmp_path / 'var'}\nsandbox:\n  image: {IMAGE}\n"

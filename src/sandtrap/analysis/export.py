@@ -128,6 +128,15 @@ def _from_artifacts(records: list[dict[str, Any]], layout: DataLayout, bundle: B
             )
 
 
+def _downloads(records: list[dict[str, Any]], layout: DataLayout, bundle: Bundle) -> None:
+    """What the sinkhole fetched on the sandbox's behalf (`network.download`), by URL."""
+    for record in records:
+        digest = str(record.get("sha256", ""))
+        stored = layout.artifact(digest)
+        if record.get("eventid") == "network.download" and len(digest) == 64 and stored.is_file():
+            _add_file(bundle, str(record.get("url")), "downloaded", stored.read_bytes(), "network")
+
+
 def _json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
@@ -158,6 +167,7 @@ async def collect(
         from_engine = await _from_container(engine, container_id, _session_changes(records), bundle)
     if not from_engine:
         _from_artifacts(records, layout, bundle)
+    _downloads(records, layout, bundle)
     bundle.members["files.json"] = _json(bundle.files)
     # Threat analysis (issue 19): keys, triage, enrichment, techniques, anomaly score.
     bundle.members["analysis.json"] = _json(session_analysis(records))

@@ -22,6 +22,7 @@ from typing import Any
 from sandtrap.analysis.triage import STARTER_RULES, Triage, compile_rules, triage_file
 from sandtrap.config import AnalysisConfig
 from sandtrap.events import ArtifactAnalysed, Event, EventSink, Peer, SessionEvent
+from sandtrap.events.network import NetworkDownload
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,21 @@ class ArtifactTriager:
         return TriageStatistics(self._queue.qsize(), self._analysed, self._dropped, self._failed)
 
     def offer(self, event: Event) -> None:
+        if isinstance(event, NetworkDownload) and event.session is not None:
+            # A download of a session's sandbox (fetch-on-behalf): its URL stands for the path.
+            peer = Peer(event.session, event.src_ip or "", 0, 0)
+            self._offer(peer, event.sha256, event.artifact, event.url)
+            return
         if isinstance(event, ArtifactAnalysed) or not isinstance(event, SessionEvent):
             return
         sha256 = getattr(event, "sha256", None)
         artifact = getattr(event, "artifact", None)
         if not isinstance(sha256, str) or not isinstance(artifact, str):
             return
+        path = getattr(event, "path", None)
+        self._offer(event.peer, sha256, artifact, path if isinstance(path, str) else None)
+
+    def _offer(self, peer: Peer, sha256: str, artifact: str, path: str | None) -> None:
         if self._loop is None:
             try:
                 self._loop = asyncio.get_running_loop()
@@ -110,8 +120,7 @@ class ArtifactTriager:
                 self._dropped += 1
                 log.warning("artifact %s offered outside the event loop: not analysed", sha256)
                 return
-        path = getattr(event, "path", None)
-        job = _Job(event.peer, sha256, Path(artifact), path if isinstance(path, str) else None)
+        job = _Job(peer, sha256, Path(artifact), path)
         self._loop.call_soon_threadsafe(self._enqueue, job)
 
     def _enqueue(self, job: _Job) -> None:

@@ -102,6 +102,33 @@ class NetworkFlood(NetworkEvent):
     seconds: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class NetworkDownload(NetworkEvent):
+    """Fetch-on-behalf (`sandbox.sinkhole.fetch`): a sandbox's HTTP GET fetched for real from
+    `dst_ip`:`dst_port` (the address connected to, after the policy's checks), the answer passed
+    back to the sandbox and its body stored as `artifact` (var/artifacts/<sha256>)."""
+
+    eventid: ClassVar[str] = "network.download"
+    url: str
+    status: int
+    content_type: str
+    size: int
+    sha256: str
+    artifact: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkFetchFailed(NetworkEvent):
+    """Fetch-on-behalf refused or failed (a private address, too large, no answer, ...); the
+    sandbox got the sinkhole's own answer instead. `dst_ip` is empty when no address was tried.
+    Requests over the rate limits are not one event each: `network.flood` of kind `fetch`."""
+
+    eventid: ClassVar[str] = "network.fetch_failed"
+    url: str
+    reason: str
+
+
 NETWORK_EVENTS: tuple[type[NetworkEvent], ...] = (
     NetworkDns, NetworkConnect, NetworkHttp, NetworkTls, NetworkData, NetworkUdp, NetworkFlood,
+    NetworkDownload, NetworkFetchFailed,
 )  # fmt: skip

@@ -23,6 +23,7 @@ from sandtrap.sandbox.sinknet import (
     ROLE_SINK_NETWORK,
     ROLE_SINKHOLE,
     container_name,
+    fetch_socket_dir,
     network_body,
     network_name,
     sinkhole_body,
@@ -115,7 +116,10 @@ async def ensure_sinkhole(engine: Engine, config: Config) -> str:
     await ensure_network(engine, config)
     sandbox = config.sandbox
     name = container_name(config.sensor)
-    body = sinkhole_body(sandbox, config.sensor, utcnow())
+    fetch_dir = fetch_socket_dir(sandbox, config.storage.data_dir)
+    if sandbox.sinkhole.fetch.enabled:
+        await asyncio.to_thread(fetch_dir.mkdir, parents=True, exist_ok=True)
+    body = sinkhole_body(sandbox, config.sensor, utcnow(), fetch_dir)
     spec = spec_hash(body, await _image_id(engine, sandbox.sinkhole.image))
     body["Labels"][LABEL_SPEC] = spec
     try:

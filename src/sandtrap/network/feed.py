@@ -207,6 +207,7 @@ class SinkholeFeed:
         self._network = network_name(config.sensor)
         self._owners: dict[str, Owner] = {}
         self._refreshed = 0.0
+        self._listing = asyncio.Lock()
         self.emitted = 0
         self.bad = 0
         self.ready = asyncio.Event()
@@ -238,10 +239,16 @@ class SinkholeFeed:
             log.info("sinkhole ready on %s", record["address"])
             self.ready.set()
             return
-        self._events.emit(to_event(record, await self._owner(record["src"])))
+        self._events.emit(to_event(record, await self.owner(record["src"])))
         self.emitted += 1
 
-    async def _owner(self, address: str) -> Owner | None:
+    async def owner(self, address: str) -> Owner | None:
+        """The sandbox that holds `address` now (None when no sandbox of ours does). The feed
+        and the fetch broker ask concurrently: one listing at a time, the other waits for it."""
+        async with self._listing:
+            return await self._lookup(address)
+
+    async def _lookup(self, address: str) -> Owner | None:
         owner = self._owners.get(address)
         now = time.monotonic()
         # A stopped sandbox's address goes to the next one: the map is trusted for 5 s at most,

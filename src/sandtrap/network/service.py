@@ -48,6 +48,23 @@ MAX_BODY = 64 * 1024
 READ_TIMEOUT, IDLE_TIMEOUT = 10.0, 60.0
 MAX_CONNECTIONS, MAX_PER_SOURCE = 1024, 64
 MAX_STREAM = 1024 * 1024  # bytes read from one connection before it is closed
+FETCH_SOCKET = os.environ.get("STSINK_FETCH", "")  # empty: fetch-on-behalf is off
+FETCH_TIMEOUT, FETCH_MAX = 120.0, 1 << 30
+_SAFE = str.maketrans({c: " " for c in map(chr, [*range(32), 127])})
+
+
+def _fetch_head(status: int, reason: str, ctype: str, location: str, size: int) -> bytes:
+    """The response head for a fetched body (pure); header values are cleaned of control bytes."""
+    lines = [
+        f"HTTP/1.1 {status} {reason.translate(_SAFE)[:64] or 'OK'}",
+        "Server: nginx",
+        f"Date: {email.utils.formatdate(usegmt=True)}",
+        f"Content-Type: {ctype.translate(_SAFE)[:128] or 'application/octet-stream'}",
+        f"Content-Length: {size}",
+    ]
+    if location:
+        lines.append(f"Location: {location.translate(_SAFE)[:2048]}")
+    return ("\r\n".join([*lines, "Connection: close", "", ""])).encode("latin-1", "replace")
 
 
 def ruleset(device: str, subnet: str, tproxy: bool) -> str:
@@ -220,6 +237,14 @@ class Sinkhole:
                 headers=[list(pair) for pair in request.headers], body_bytes=request.content_length,
                 body=_b64(body),
             )  # fmt: skip
+            if (
+                request.method == "GET"
+                and FETCH_SOCKET
+                and await self._fetched(
+                    writer, src, full_url(request, dst, dport), request.user_agent
+                )
+            ):
+                return
             writer.write(http_response(request, email.utils.formatdate(usegmt=True)))
             await writer.drain()
             return
@@ -230,6 +255,44 @@ class Sinkhole:
             if not chunk:
                 break
             total += len(chunk)
+
+    async def _fetched(
+        self, writer: asyncio.StreamWriter, src: str, url: str, user_agent: str
+    ) -> bool:
+        """Fetch-on-behalf: ask the front (its socket, mounted read-only) for the URL and pass
+        its answer on. False when the front refuses or cannot be reached: the caller answers
+        like nginx. The front checks and bounds everything; this side only relays."""
+        try:
+            reader, front = await asyncio.wait_for(
+                asyncio.open_unix_connection(FETCH_SOCKET, limit=8192), READ_TIMEOUT
+            )
+        except (OSError, TimeoutError):
+            return False
+        try:
+            ask = {"src": src, "url": url, "ua": user_agent}
+            front.write(json.dumps(ask, ensure_ascii=True).encode()[:8000] + b"\n")
+            await front.drain()
+            head = json.loads(await asyncio.wait_for(reader.readline(), FETCH_TIMEOUT))
+            status, size = int(head.get("status", 0)), int(head.get("size", 0))
+            if not 100 <= status <= 599 or not 0 <= size <= FETCH_MAX:
+                return False
+            reply = _fetch_head(status, str(head.get("reason", "")), str(head.get("type", "")),
+                                str(head.get("location", "")), size)  # fmt: skip
+            writer.write(reply)
+            left = size
+            while left > 0:
+                chunk = await asyncio.wait_for(reader.read(min(left, 65536)), FETCH_TIMEOUT)
+                if not chunk:
+                    break
+                writer.write(chunk)
+                left -= len(chunk)
+                await writer.drain()
+            await writer.drain()
+            return True
+        except (OSError, TimeoutError, ValueError, TypeError, AttributeError):
+            return False
+        finally:
+            front.close()
 
     def dns_readable(self, sock: socket.socket) -> None:
         for _ in range(64):

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sandtrap.config import SandboxConfig
@@ -35,6 +36,9 @@ ISOLATION_SYSCTLS = {
     "net.ipv4.conf.all.arp_accept": "1",
 }
 SINKHOLE_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID")
+# Fetch-on-behalf: the front's socket directory, read-only in the sinkhole (network/broker.py).
+FETCH_MOUNT = "/run/sandtrap-fetch"
+FETCH_SOCKET = "fetch.sock"
 
 
 def _digest(sensor: str) -> str:
@@ -124,12 +128,27 @@ def network_body(config: SandboxConfig, sensor: str) -> dict[str, Any]:
     }
 
 
-def sinkhole_body(config: SandboxConfig, sensor: str, created: datetime) -> dict[str, Any]:
+def fetch_socket_dir(config: SandboxConfig, data_dir: Path) -> Path:
+    """The host directory of the fetch socket (`sandbox.sinkhole.fetch.socket_dir`), absolute."""
+    chosen = config.sinkhole.fetch.socket_dir or data_dir / "run" / "fetch"
+    return chosen.absolute()
+
+
+def sinkhole_body(
+    config: SandboxConfig, sensor: str, created: datetime, fetch_dir: Path | None = None
+) -> dict[str, Any]:
     """`POST /containers/create` of the sinkhole: network capabilities for its setup only (the
-    service drops to nobody without capabilities before it reads a byte), read-only, bounded."""
+    service drops to nobody without capabilities before it reads a byte), read-only, bounded.
+    With fetch-on-behalf, `fetch_dir` (the front's socket directory) is mounted read-only."""
     sink = config.sinkhole
     addr = addresses(config)
     memory = sink.memory_mb * 1024 * 1024
+    fetching = sink.fetch.enabled and fetch_dir is not None
+    mounts = (
+        [{"Type": "bind", "Source": str(fetch_dir), "Target": FETCH_MOUNT, "ReadOnly": True}]
+        if fetching
+        else []
+    )
     return {
         "Image": sink.image,
         "Hostname": "gateway",
@@ -138,6 +157,7 @@ def sinkhole_body(config: SandboxConfig, sensor: str, created: datetime) -> dict
             f"STSINK_RATE={sink.events_per_second}",
             f"STSINK_BURST={sink.events_burst}",
             f"STSINK_INTERVAL={sink.flood_report_interval_seconds}",
+            f"STSINK_FETCH={FETCH_MOUNT + '/' + FETCH_SOCKET if fetching else ''}",
         ],
         "Labels": {
             LABEL_ROLE: ROLE_SINKHOLE,
@@ -165,7 +185,7 @@ def sinkhole_body(config: SandboxConfig, sensor: str, created: datetime) -> dict
             "RestartPolicy": {"Name": "always"},
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "20m", "max-file": "3"}},
             "Binds": [],
-            "Mounts": [],
+            "Mounts": mounts,
             "Devices": [],
         },
         "NetworkingConfig": {

@@ -88,6 +88,13 @@ def network_detail(record: dict[str, Any]) -> str:
         return f"{record.get('count')} {record.get('kind')} records over {record.get('seconds')}s"
     if kind in ("data", "udp"):
         return f"{kind} {record.get('bytes')} bytes"
+    if kind == "download":
+        return (
+            f"downloaded {record.get('url')} (HTTP {record.get('status')}, "
+            f"{record.get('size')} bytes, sha256 {str(record.get('sha256'))[:16]})"
+        )
+    if kind == "fetch_failed":
+        return f"not fetched {record.get('url')}: {record.get('reason')}"
     return str(record.get("proto", kind))
 
 
@@ -257,7 +264,28 @@ def _table_statements(record: dict[str, Any]) -> list[Statement]:
             )
         ]
     if network:
+        # A download is an artifact too (its URL as the path): `artifacts list`, the console.
+        downloaded = (
+            [
+                (
+                    "INSERT INTO artifacts (session, timestamp, container_id, path, size, sha256,"
+                    " artifact) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        session,
+                        when,
+                        record.get("container_id"),
+                        record.get("url"),
+                        record.get("size"),
+                        record.get("sha256"),
+                        record.get("artifact"),
+                    ),
+                )
+            ]
+            if eventid == "network.download"
+            else []
+        )
         return [
+            *downloaded,
             (
                 "INSERT INTO network (session, timestamp, eventid, dst_ip, dst_port, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
