@@ -129,6 +129,7 @@ def _sinkhole_tasks(
     if config.sandbox.network != "sinkhole":
         return []
     feed = SinkholeFeed(config, engine, events)
+    events.subscribe(feed.offer)
     out = [tasks.create_task(feed.run(), name="sinkhole-feed")]
     if config.sandbox.sinkhole.fetch.enabled:
         broker = FetchBroker(config, events, feed.owner)

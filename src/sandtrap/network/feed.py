@@ -22,7 +22,7 @@ from typing import Any
 
 from sandtrap.config import Config
 from sandtrap.errors import SandboxError
-from sandtrap.events import EventSink
+from sandtrap.events import Event, EventSink
 from sandtrap.events.network import (
     NetworkConnect,
     NetworkData,
@@ -43,6 +43,9 @@ MAX_LINE = 16 * 1024
 MAX_TEXT = 1024
 MAX_B64 = 700  # base64 of 512 bytes is 684 characters
 _PROTOS = frozenset({"tcp", "icmp"})
+_OWNER_CHANGES = frozenset(
+    {"sandbox.allocated", "sandbox.released", "sandbox.died", "sandbox.pruned"}
+)
 _KINDS = frozenset({"dns", "connect", "http", "tls", "data", "udp", "flood", "ready"})
 
 
@@ -208,6 +211,7 @@ class SinkholeFeed:
         self._owners: dict[str, Owner] = {}
         self._refreshed = 0.0
         self._listing = asyncio.Lock()
+        self._stale = False
         self.emitted = 0
         self.bad = 0
         self.ready = asyncio.Event()
@@ -242,6 +246,11 @@ class SinkholeFeed:
         self._events.emit(to_event(record, await self.owner(record["src"])))
         self.emitted += 1
 
+    def offer(self, event: Event) -> None:
+        """Event-log subscriber: an allocation or release changes who holds an address."""
+        if event.eventid in _OWNER_CHANGES:
+            self._stale = True
+
     async def owner(self, address: str) -> Owner | None:
         """The sandbox that holds `address` now (None when no sandbox of ours does). The feed
         and the fetch broker ask concurrently: one listing at a time, the other waits for it."""
@@ -251,11 +260,13 @@ class SinkholeFeed:
     async def _lookup(self, address: str) -> Owner | None:
         owner = self._owners.get(address)
         now = time.monotonic()
-        # A stopped sandbox's address goes to the next one: the map is trusted for 5 s at most,
-        # and an unknown or unallocated address is looked up again at most once a second.
+        # A stopped sandbox's address goes to the next one, and a warm sandbox gets its session
+        # when it is allocated: the map is listed again after any allocation or release (offer),
+        # after 2 s at most, and for an unknown or unallocated address after 0.1 s.
         age = now - self._refreshed
-        if age >= 5.0 or ((owner is None or owner.session is None) and age >= 1.0):
+        if self._stale or age >= 2.0 or ((owner is None or owner.session is None) and age >= 0.1):
             self._refreshed = now
+            self._stale = False
             try:
                 listing = await self._engine.containers(
                     *sandbox_labels(self._config.sensor), all_states=False
