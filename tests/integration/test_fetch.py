@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from sandtrap.config import parse_config
-from sandtrap.events import Event, to_record
+from sandtrap.events import Event, Peer, SandboxAllocated, to_record
 from sandtrap.network.broker import FetchBroker
-from sandtrap.network.feed import Owner
+from sandtrap.network.feed import Owner, SinkholeFeed
 from sandtrap.network.fetch import FetchRefused, fetch, parse_head, parse_target, refusal
 from sandtrap.network.service import _fetch_head
-from sandtrap.sandbox.sinknet import FETCH_MOUNT, sinkhole_body
+from sandtrap.sandbox.hardening import pool_name, session_name
+from sandtrap.sandbox.sinknet import FETCH_MOUNT, network_name, sinkhole_body
 from sandtrap.sandboxconfig import FetchConfig
 
 LOCAL = FetchConfig(enabled=True, allow=["127.0.0.1/32"], public=False, timeout_seconds=3)
@@ -294,3 +295,41 @@ def test_the_sinkhole_mounts_the_socket_only_when_fetching(tmp_path: Path) -> No
         {"Type": "bind", "Source": str(tmp_path), "Target": FETCH_MOUNT, "ReadOnly": True}
     ]
     assert f"STSINK_FETCH={FETCH_MOUNT}/fetch.sock" in body["Env"]
+
+
+# --- who holds an address: the feed's owner map ------------------------------------------------
+
+
+class _Listing:
+    """The engine's container listing only (the map's one input); `name` changes on allocation."""
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.name = "/" + pool_name()
+        self.calls = 0
+
+    async def containers(self, *labels: str, all_states: bool = True) -> list[dict[str, Any]]:
+        self.calls += 1
+        nets = {self.network: {"IPAddress": "10.118.0.2"}}
+        return [{"Id": "c" * 64, "Names": [self.name], "NetworkSettings": {"Networks": nets}}]
+
+
+async def test_an_allocated_sandbox_is_known_at_once() -> None:
+    """A warm sandbox's address has no session; once it is allocated (renamed), the next record
+    must carry the session at once, not a second later (a flood of wgets right after login lost
+    its session on 24 records of 50 that way)."""
+    config = parse_config({"sensor": "s1", "sandbox": {"network": "sinkhole"}})
+    listing = _Listing(network_name("s1"))
+    feed = SinkholeFeed(config, listing, Events())  # type: ignore[arg-type]
+    warm = await feed.owner("10.118.0.2")
+    assert warm is not None and warm.session is None
+    listing.name = "/" + session_name("abc123def456", "203.0.113.45")
+    peer = Peer("abc123def456", "203.0.113.45", 40000, 22)
+    feed.offer(SandboxAllocated(peer=peer, container_id="c" * 64, image="i", hostname="h",
+                                wait_ms=1.0))  # fmt: skip
+    owner = await feed.owner("10.118.0.2")
+    assert owner is not None and (owner.session, owner.src_ip) == ("abc123def456", "203.0.113.45")
+    calls = listing.calls
+    await feed.owner("10.118.0.2")  # known: no listing per record
+    assert listing.calls == calls
+    assert await feed.owner("10.118.0.99") is None  # unknown: listed again at most every 0.1 s
