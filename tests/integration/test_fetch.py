@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sandtrap.config import parse_config
-from sandtrap.events import Event, Peer, SandboxAllocated, to_record
+from sandtrap.events import Event, Peer, SandboxAllocated, SandboxReleased, to_record
 from sandtrap.network.broker import FetchBroker
 from sandtrap.network.feed import Owner, SinkholeFeed
 from sandtrap.network.fetch import FetchRefused, fetch, parse_head, parse_target, refusal
@@ -333,3 +333,32 @@ async def test_an_allocated_sandbox_is_known_at_once() -> None:
     await feed.owner("10.118.0.2")  # known: no listing per record
     assert listing.calls == calls
     assert await feed.owner("10.118.0.99") is None  # unknown: listed again at most every 0.1 s
+
+
+async def test_a_stopped_sandboxs_late_records_keep_its_session() -> None:
+    """Its flood summary comes an interval after the sandbox stopped; the address's next holder
+    takes it over at once."""
+    config = parse_config({"sensor": "s1", "sandbox": {"network": "sinkhole"}})
+    listing = _Listing(network_name("s1"))
+    listing.name = "/" + session_name("abc123def456", "203.0.113.45")
+    feed = SinkholeFeed(config, listing, Events())  # type: ignore[arg-type]
+    assert (await feed.owner("10.118.0.2")).session == "abc123def456"  # type: ignore[union-attr]
+    listing.network = "gone"  # the sandbox stopped: no running sandbox holds the address
+    feed.offer(SandboxReleased(peer=Peer("abc123def456", "203.0.113.45", 1, 22),
+                               container_id="c" * 64, stopped=True))  # fmt: skip
+    late = await feed.owner("10.118.0.2")
+    assert late is not None and late.session == "abc123def456"
+    listing.network = network_name("s1")
+    listing.name = "/" + pool_name()  # the refill's warm sandbox got the address: it sends nothing
+    feed.offer(SandboxReleased(peer=Peer("abc123def456", "203.0.113.45", 1, 22),
+                               container_id="c" * 64, stopped=True))  # fmt: skip
+    late = await feed.owner("10.118.0.2")
+    assert late is not None and late.session == "abc123def456"
+    listing.network = network_name("s1")
+    listing.name = "/" + session_name("fedcba987654", "198.51.100.7")
+    peer = Peer("fedcba987654", "198.51.100.7", 1, 22)
+    feed.offer(
+        SandboxAllocated(peer=peer, container_id="c" * 64, image="i", hostname="h", wait_ms=1.0)
+    )
+    after = await feed.owner("10.118.0.2")
+    assert after is not None and after.session == "fedcba987654"

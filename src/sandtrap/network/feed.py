@@ -212,6 +212,7 @@ class SinkholeFeed:
         self._refreshed = 0.0
         self._listing = asyncio.Lock()
         self._stale = False
+        self._released: dict[str, tuple[Owner, float]] = {}
         self.emitted = 0
         self.bad = 0
         self.ready = asyncio.Event()
@@ -274,6 +275,30 @@ class SinkholeFeed:
             except SandboxError as exc:
                 log.warning("sinkhole records: cannot list sandboxes: %s", exc)
             else:
-                self._owners = owners(listing, self._network)
+                self._owners = self._keep_released(owners(listing, self._network), now)
             owner = self._owners.get(address)
         return owner
+
+    def _keep_released(self, held: dict[str, Owner], now: float) -> dict[str, Owner]:
+        """`held` plus the session owners of addresses no session's sandbox holds any more, for
+        a grace period: a sandbox's last records (its flood summary, a record still in the
+        engine's log pipe) arrive after it stopped, when the engine may already have given its
+        address to a warm sandbox of the refill (which sends nothing: no session has it). Once
+        a session holds the address, its records are that session's (`held` wins)."""
+        for address, owner in self._owners.items():
+            now_held = held.get(address)
+            if owner.session is not None and (
+                now_held is None or now_held.session != owner.session
+            ):
+                kept = self._released.get(address)
+                if kept is None or kept[0] != owner:  # a kept owner's grace runs from its release
+                    self._released[address] = (owner, now)
+        grace = max(60.0, 2 * self._config.sandbox.sinkhole.flood_report_interval_seconds)
+        for address in list(self._released):
+            owner, since = self._released[address]
+            holder = held.get(address)
+            if (holder is not None and holder.session is not None) or now - since > grace:
+                del self._released[address]
+            else:
+                held[address] = owner
+        return held
