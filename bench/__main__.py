@@ -24,6 +24,7 @@ from bench import (
     brute_bench,
     load_bench,
     machine,
+    network_bench,
     peers,
     pool_bench,
     pty_bench,
@@ -46,8 +47,9 @@ BENCHMARKS = (
     "scaling",
     "burst",
     "bruteforce",
+    "network",
 )
-SSH_BENCHMARKS = BENCHMARKS[1:]
+SSH_BENCHMARKS = BENCHMARKS[1:-1]
 # Cap on SandTrap's sandboxes: a burst of 200 logins plus a refilling pool (pool.max_sandboxes).
 MAX_SANDBOXES = 220
 NOT_MEASURED = [
@@ -269,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(name in selected for name in SSH_BENCHMARKS):
             figures += _ssh_benchmarks(args, run, workdir, cleanup, selected, gaps)
             facts["Cowrie"] = peers.cowrie_version() or "not available"
+        if "network" in selected:
+            for figure in network_bench.figures(
+                run, workdir / "network", args.image, cleanup, args.quick
+            ):
+                _emit(figure, figures)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import socket
 import subprocess
@@ -332,6 +333,84 @@ def test_sandboxes_cannot_reach_each_other(sinkholed: RunningService) -> None:
         server.communicate(timeout=10)
 
 
+def _inspect(container: str, template: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", template, container], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def _bridge_ports(bridge: str) -> dict[int, str]:
+    ports = Path("/sys/class/net", bridge, "brif")
+    return {
+        int(Path("/sys/class/net", name, "ifindex").read_text()):
+            Path("/sys/class/net", name, "brport", "isolated").read_text().strip()
+        for name in os.listdir(ports)
+    }  # fmt: skip
+
+
+def _host_port_of(container: str) -> int:
+    """The host-side ifindex of a container's eth0 (its iflink, read through its root)."""
+    pid = _inspect(container, "{{.State.Pid}}")
+    return int(Path(f"/proc/{pid}/root/sys/class/net/eth0/iflink").read_text())
+
+
+def test_the_bridge_isolates_sandboxes_even_past_arp(sinkholed: RunningService) -> None:
+    """Host-side defence under the ARP isolation (network/isolate.py): every sandbox port of the
+    bridge is `isolated`, the sinkhole's is not; a sandbox given its peer's MAC by hand (as if it
+    had beaten ARP) still cannot reach it, and still reaches the sinkhole."""
+    argv = ["sshpass", "-p", "123456", "ssh", "-p", str(sinkholed.port)]
+    server = subprocess.Popen(
+        [*argv, *SSH_OPTS, "-b", "127.0.0.4", "root@127.0.0.1",
+         "python3 -m http.server 8001 & sleep 25; echo a-done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        session = _session_of(sinkholed, "python3 -m http.server 8001")
+        sensor = sinkholed.config.sensor
+        ids = subprocess.run(
+            ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=sandtrap.sensor={sensor}",
+             "--filter", "label=sandtrap.role=sandbox"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        names = {cid: _inspect(cid, "{{.Name}}") for cid in ids}
+        server_id = next(cid for cid, name in names.items() if session in name)
+        other_id = next(cid for cid in ids if cid != server_id)
+        address = _sandbox_ip(sensor, session)
+        mac = _inspect(server_id, "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}")
+        deadline = time.monotonic() + 10
+        while True:  # the loop isolates a new port within a fraction of a second
+            ports = _bridge_ports(bridge_name(sensor))
+            sink = _host_port_of(container_name(sensor))
+            mine = [_host_port_of(cid) for cid in (server_id, other_id)]
+            if all(ports.get(i) == "1" for i in mine) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ports[sink] == "0", (ports, sink)
+        assert [ports.get(i) for i in mine] == ["1", "1"], (ports, mine)
+        assert all(v == "1" for i, v in ports.items() if i != sink), ports
+        pid = _inspect(other_id, "{{.State.Pid}}")
+        nsenter = ["nsenter", "-t", pid, "-n"]
+        subprocess.run([*nsenter, "ip", "neigh", "replace", address, "lladdr", mac, "dev", "eth0",
+                        "nud", "permanent"], check=True, capture_output=True)  # fmt: skip
+        probe = (
+            "import socket, sys\n"
+            "for target in sys.argv[1:]:\n"
+            "    s = socket.socket(); s.settimeout(3)\n"
+            "    port = 8001 if target == sys.argv[1] else 80\n"
+            "    try:\n        s.connect((target, port)); r = 'connected'\n"
+            "    except OSError as e:\n        r = type(e).__name__\n"
+            "    print(target, r)\n"
+        )
+        out = subprocess.run(
+            [*nsenter, "python3", "-c", probe, address, "203.0.113.7"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert f"{address} connected" not in out and f"{address} " in out, out
+        assert "203.0.113.7 connected" in out, out
+    finally:
+        server.kill()
+        server.communicate(timeout=10)
+
+
 def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
     """`sandtrap verify-security` with `sandbox.network: sinkhole`: every row passes, as root and
     as the login user, including the host listeners on every host address never being reached."""
@@ -364,6 +443,13 @@ def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
         ):  # fmt: skip
             assert checks[(name, who)]["status"] == "PASS", checks.get((name, who))
     assert checks[("network: host listeners reached", "host")]["status"] == "PASS"
+    # The sinkhole's own reach, probed as its service's user (verify/sinkself.py).
+    sink_rows = [row for row in rows if row["who"] == "sinkhole"]
+    assert len(sink_rows) == 4 and {row["status"] for row in sink_rows} == {"PASS"}, sink_rows
+    reach = checks[("sinkhole: TCP to the host, the bridge gateway, a documentation address",
+                    "sinkhole")]["observed"]  # fmt: skip
+    assert "203.0.113.7:80" in reach and "docker bridge gateway" in reach, reach
+    assert checks[("sinkhole: bridge ports isolated", "host")]["status"] == "PASS", rows
     peer = checks[("network: TCP to another sandbox", "root")]["observed"]
     assert peer in ("EHOSTUNREACH", "timeout"), peer
 

@@ -6,6 +6,7 @@ import pytest
 
 from sandtrap.verify import checks, hostchecks
 from sandtrap.verify.checks import Context
+from sandtrap.verify.sinkself import bridge_row, sinkhole_self_rows
 
 
 @pytest.mark.parametrize(
@@ -219,3 +220,68 @@ def test_lxcfs_proc_files_are_not_host_paths_but_other_fuse_mounts_are() -> None
     other = [*lxcfs, ["/proc/kcore", "/proc/kcore", "fuse.lxcfs", "ro"]]
     assert checks.mount_row(other, "root", CTX).status == "FAIL"
     assert checks.mount_row([["/srv", "/", "fuse.sshfs", "rw"]], "root", CTX).status == "FAIL"
+
+
+# The sinkhole's own reach (verify/sinkself.py).
+_SINK_CLEAN: dict[str, object] = {
+    "uid": 65534,
+    "processes": [["1", "65534", "0000000000000000"], ["7", "65533", "0000000000000000"]],
+    "default_route": False,
+    "tcp": {
+        "10.0.0.5:4711": "timeout",
+        "172.17.0.1:4712": "EHOSTUNREACH",
+        "203.0.113.7:80": "timeout",
+    },
+    "unix": {"/run/sandtrap-fetch/fetch.sock": "connected", "/var/run/docker.sock": "absent"},
+}
+
+
+def _sink_rows(obs: dict[str, object], hits: list[str] | None = None) -> dict[str, str]:
+    rows = sinkhole_self_rows(obs, hits or [], {"10.0.0.5:4711": "host address (eth0)"})
+    return {row.check: row.status for row in rows}
+
+
+def test_a_contained_sinkhole_passes() -> None:
+    statuses = _sink_rows(_SINK_CLEAN)
+    assert len(statuses) == 4 and set(statuses.values()) == {"PASS"}, statuses
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        ({"processes": [["1", "0", "0000000000000000"]]}, "sinkhole: processes"),
+        ({"processes": [["1", "65534", "0000000000002000"]]}, "sinkhole: processes"),
+        ({"processes": []}, "sinkhole: processes"),
+        ({"default_route": True}, "sinkhole: default route"),
+        (
+            {"tcp": {"10.0.0.5:4711": "connected"}},
+            "sinkhole: TCP to the host, the bridge gateway, a documentation address",
+        ),
+        ({"tcp": {}}, "sinkhole: TCP to the host, the bridge gateway, a documentation address"),
+        ({"unix": {"/var/run/docker.sock": "connected"}}, "sinkhole: Unix sockets (engine, gate)"),
+        (
+            {"unix": {"/srv/var/run/gate.sock": "connected"}},
+            "sinkhole: Unix sockets (engine, gate)",
+        ),
+    ],
+)
+def test_each_sinkhole_breach_fails(change: dict[str, object], check: str) -> None:
+    statuses = _sink_rows({**_SINK_CLEAN, **change})
+    assert statuses[check] == "FAIL"
+    assert sum(status == "FAIL" for status in statuses.values()) == 1, statuses
+
+
+def test_a_listener_hit_during_the_sinkhole_probe_fails() -> None:
+    statuses = _sink_rows(_SINK_CLEAN, ["('10.0.0.2', 40000)"])
+    assert (
+        statuses["sinkhole: TCP to the host, the bridge gateway, a documentation address"] == "FAIL"
+    )
+
+
+def test_bridge_row() -> None:
+    ports = {"vs": (7, False), "va": (8, True), "vb": (9, True)}
+    assert bridge_row(ports, 7).status == "PASS"
+    assert bridge_row({**ports, "vb": (9, False)}, 7).status == "FAIL"  # a sandbox port open
+    assert bridge_row({**ports, "vs": (7, True)}, 7).status == "FAIL"  # the sinkhole cut off
+    assert bridge_row(ports, None).status == "FAIL"  # the sinkhole's port not found
+    assert bridge_row(None, None).status == "WARN"  # not the host's network namespace

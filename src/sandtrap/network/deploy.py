@@ -16,6 +16,7 @@ from typing import Any
 from sandtrap.config import Config
 from sandtrap.errors import ImageMissing, SandboxError, SandboxGone
 from sandtrap.events import utcnow
+from sandtrap.network.isolate import PortIsolation
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.sinknet import (
     LABEL_ROLE,
@@ -149,10 +150,17 @@ async def ensure_sinkhole(engine: Engine, config: Config) -> str:
 async def supervise(
     engine: Engine, config: Config, interval: float = SUPERVISE_INTERVAL_SECONDS
 ) -> None:
-    """Keep the sinkhole there (the engine restarts a crash; this recreates a removed one).
+    """Keep the sinkhole there (the engine restarts a crash; this recreates a removed one) and
+    its bridge's sandbox ports isolated (`network/isolate.py`).
 
     Runs until cancelled; engine trouble is logged and retried at the next interval.
     """
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(PortIsolation(engine, config).run(), name="sinkhole-isolation")
+        tasks.create_task(_keep(engine, config, interval), name="sinkhole-keeper")
+
+
+async def _keep(engine: Engine, config: Config, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:

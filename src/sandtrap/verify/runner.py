@@ -28,14 +28,15 @@ from sandtrap.app import Service, serve
 from sandtrap.config import Config, parse_config
 from sandtrap.errors import SandboxError, SandTrapError
 from sandtrap.events import Peer
+from sandtrap.network.isolate import PortIsolation, bridge_ports
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import host_pids_limit, sandbox_labels
 from sandtrap.sandbox.pool import Pool
-from sandtrap.sandbox.sinknet import addresses, network_name
+from sandtrap.sandbox.sinknet import addresses, bridge_name, container_name, network_name
 from sandtrap.ssh.client import login_and_run
-from sandtrap.verify import checks, hostchecks
+from sandtrap.verify import checks, hostchecks, sinkself
 from sandtrap.verify.attacks import (
     LOGIN_USER,
     cpu_stats,
@@ -259,6 +260,9 @@ async def _attack(
         rows.append(await _userns_row(engine, sandbox.id))
         rows += checks.probe_rows(as_user, "user", ctx) + checks.probe_rows(as_root, "root", ctx)
         rows.append(checks.setuid_row(as_user.get("suid_euid"), as_root.get("suid_prepared")))
+        if sandbox_config.network == "sinkhole":
+            report("probing the sinkhole's own reach")
+            rows += await _sinkhole_reach(engine, config, listeners)
         rows.append(
             checks.Row(
                 "network: host listeners reached",
@@ -379,6 +383,37 @@ async def _with_service(
         while isinstance(group, BaseExceptionGroup):
             group = group.exceptions[0]
         raise group from None
+    return rows
+
+
+async def _sinkhole_reach(engine: Engine, config: Config, listeners: Listeners) -> list[Row]:
+    """The sinkhole probed as its service's user: the host's addresses (not its own loopback,
+    which is its own), the bridge gateway, a documentation address, the engine and gate sockets.
+    Hits on the listeners during this probe are the sinkhole's, and are reported as such."""
+    targets = {t: what for t, what in listeners.targets.items()
+               if not ipaddress.ip_address(t.rpartition(":")[0]).is_loopback}  # fmt: skip
+    targets["203.0.113.7:80"] = "documentation address"
+    paths = [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        str(DataLayout(config.storage.data_dir).gate_socket),
+    ]
+    if isinstance(config.sandbox.gate, str) and config.sandbox.gate.startswith("/"):
+        paths.append(config.sandbox.gate)
+    before = len(listeners.hits)
+    observed = await sinkself.probe_sinkhole(
+        engine, container_name(config.sensor), list(targets), paths
+    )
+    await asyncio.sleep(0.2)  # a connection that did arrive is counted by its listener
+    hits = listeners.hits[before:]
+    del listeners.hits[before:]  # the sandbox's row judges the sandbox's probes only
+    rows = sinkself.sinkhole_self_rows(observed, hits, targets)
+    isolation = PortIsolation(engine, config)
+    try:
+        ports = bridge_ports(bridge_name(config.sensor))
+    except FileNotFoundError:
+        ports = None
+    rows.append(sinkself.bridge_row(ports, await isolation.find_sinkhole()))
     return rows
 
 
