@@ -33,7 +33,13 @@ from bench import (
     web_bench,
 )
 from bench.peers import Peer
-from bench.resources import Cleanup, Run, become_subreaper, remove_labelled_containers
+from bench.resources import (
+    Cleanup,
+    Run,
+    become_subreaper,
+    remove_labelled_containers,
+    remove_sinkhole_network,
+)
 from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
 from bench.stats import Figure, render_text
 from sandtrap.config import DEFAULT_IMAGE, Config
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = Cleanup()
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run.run_id}-"))
     cleanup.push("work dir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    # The sinkhole's network (sandbox.network defaults to sinkhole), after the containers on it.
+    cleanup.push("sinkhole network", lambda: remove_sinkhole_network(run.sensor))
     cleanup.push("containers", lambda: remove_labelled_containers(run.sensor))
     figures: list[Figure] = []
     gaps = list(NOT_MEASURED)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -18,13 +17,12 @@ from pathlib import Path
 
 from bench import ssh_bench
 from bench.peers import Peer
-from bench.resources import Cleanup, Run, remove_labelled_containers
+from bench.resources import Cleanup, Run, remove_labelled_containers, remove_sinkhole_network
 from bench.service import BENCH_PASSWORD, BENCH_USER, RunningService, bench_config
 from bench.stats import Figure, Row, Summary
 from sandtrap.config import Config, parse_config
 from sandtrap.events import Peer as SessionPeer
 from sandtrap.network.image import build_sinkhole
-from sandtrap.sandbox.sinknet import network_name
 
 NONE = "network none"
 
@@ -81,8 +79,7 @@ def figures(run: Run, workdir: Path, image: str, cleanup: Cleanup, quick: bool) 
         service = RunningService(config)
         # Undone newest first: the service, its containers, then the network they were on.
         if network == "sinkhole":
-            argv = ["docker", "network", "rm", network_name(sensor)]
-            cleanup.push("sinkhole network", partial(subprocess.run, argv, capture_output=True))
+            cleanup.push("sinkhole network", partial(remove_sinkhole_network, sensor))
         cleanup.push(f"containers (network {network})", partial(remove_labelled_containers, sensor))
         cleanup.push(f"SandTrap service (network {network})", service.stop)
         service.start()

@@ -51,7 +51,7 @@ def _config(run: Run, data_dir: Path, image: str, size: int) -> Config:
         {
             "sensor": run.sensor,
             "pool": {"size": size, "max_sandboxes": size + 2},
-            "sandbox": {"image": image},
+            "sandbox": {"image": image, "network": "none"},  # Pool objects alone: no sinkhole
             "storage": {"data_dir": str(data_dir)},
             "logging": {"level": "WARNING"},
         }

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandtrap.sandbox.sinknet import network_name
+
 log = logging.getLogger(__name__)
 
 BENCH_LABEL = "sandtrap.bench"
@@ -60,6 +62,12 @@ class Cleanup:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def remove_sinkhole_network(sensor: str) -> None:
+    """`docker network rm` the sensor's sinkhole network, when there is one."""
+    subprocess.run(["docker", "network", "rm", network_name(sensor)], capture_output=True,
+                   check=False, timeout=60)  # fmt: skip
 
 
 def remove_labelled_containers(sensor: str) -> int:

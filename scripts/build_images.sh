@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the images a SandTrap deployment needs: the target image(s) the sandboxes run and the image
-# of SandTrap itself (SSH front and Engine API gate). Each build is skipped or cached when its
-# inputs are unchanged.
+# Build the images a SandTrap deployment needs: the target image(s) the sandboxes run, the network
+# sinkhole's, and the image of SandTrap itself (SSH front and Engine API gate). Each build is
+# skipped or cached when its inputs are unchanged.
 #
 #   scripts/build_images.sh [--app-only|--targets-only] [--tag TAG] [--base IMAGE]
 #
@@ -28,6 +28,8 @@ SANDTRAP=${SANDTRAP:-.venv/bin/sandtrap}
 
 if [ "$targets" = 1 ]; then
   "$SANDTRAP" image build
+  # The network sinkhole (sandbox.network: sinkhole, the default) on the same Debian base.
+  "$SANDTRAP" image build --sinkhole sandtrap/sinkhole:12
 fi
 
 if [ "$app" = 1 ]; then

@@ -74,7 +74,11 @@ class Backend:
                 "allocate_timeout_seconds": self.allocate_timeout,
                 "health_interval_seconds": self.health_interval,
             },
-            "sandbox": {"image": self.image, "hostnames": ["web-prod-03", "db-prod-01"]},
+            "sandbox": {
+                "image": self.image,
+                "hostnames": ["web-prod-03", "db-prod-01"],
+                "network": "none",
+            },
             "storage": {"data_dir": str(self.tmp_path / "var")},
         }
         for key, value in sections.items():

@@ -38,6 +38,7 @@ from sandtrap.sandboxconfig import (
     SandboxConfig,
     SinkholeConfig,
     WeightedImage,
+    sensor_subnet,
 )
 
 
@@ -257,12 +258,36 @@ class Config(_Model):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sinkhole_subnet_of_sensor(cls, data: Any) -> Any:
+        """`sandbox.sinkhole.subnet` absent or `auto`: the one chosen by the sensor's name."""
+        if not isinstance(data, dict):
+            return data
+        sandbox = data.get("sandbox", {})
+        sinkhole = sandbox.get("sinkhole", {}) if isinstance(sandbox, dict) else None
+        if not isinstance(sinkhole, dict) or sinkhole.get("subnet", "auto") != "auto":
+            return data
+        sensor = data.get("sensor")
+        if not isinstance(sensor, str) or not sensor:
+            sensor = socket.gethostname()
+        sinkhole = {**sinkhole, "subnet": sensor_subnet(sensor)}
+        return {**data, "sandbox": {**sandbox, "sinkhole": sinkhole}}
+
     @model_validator(mode="after")
     def _outputs_agree(self) -> Config:
         check_outputs(self.outputs, self.alerts)
         return self
 
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+
+def with_sensor(config: Config, data: dict[str, Any], sensor: str) -> None:
+    """Rename the sensor in `data` (a `model_dump` of `config`): a sinkhole subnet that was the
+    old name's default follows the new name, so the two can run on one engine side by side."""
+    data["sensor"] = sensor
+    if config.sandbox.sinkhole.subnet == sensor_subnet(config.sensor):
+        data["sandbox"]["sinkhole"]["subnet"] = sensor_subnet(sensor)
 
 
 def _format_errors(source: str, exc: ValidationError) -> list[str]:

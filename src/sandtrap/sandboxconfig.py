@@ -6,14 +6,18 @@ sections); every default is stated once, here. Pure: pydantic models and their v
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_IMAGE = "sandtrap/target-debian:12"
+# The default sinkhole subnet is one /20 of this range, chosen by the sensor's name (config.py).
+SINKHOLE_SUPERNET = ipaddress.IPv4Network("10.128.0.0/9")
+SINKHOLE_PREFIX = 20
 
 # Capabilities a login shell and common admin commands need inside the sandbox. Each is justified
 # in config/config.example.yaml; everything else is dropped (cap_drop: ALL).
@@ -138,14 +142,25 @@ class FetchConfig(_Model):
         return out
 
 
+def sensor_subnet(sensor: str) -> str:
+    """The default sinkhole subnet of a sensor: one of the 2048 /20s of 10.128.0.0/9, chosen by
+    a hash of its name, so the sensors sharing an engine rarely collide (when two do, the second
+    cannot create its network and says so: set `sandbox.sinkhole.subnet`). Pure."""
+    count = 2 ** (SINKHOLE_PREFIX - SINKHOLE_SUPERNET.prefixlen)
+    index = int.from_bytes(hashlib.sha256(sensor[:253].encode()).digest()[:4], "big") % count
+    base = int(SINKHOLE_SUPERNET.network_address) + index * 2 ** (32 - SINKHOLE_PREFIX)
+    return str(ipaddress.IPv4Network((base, SINKHOLE_PREFIX)))
+
+
 class SinkholeConfig(_Model):
     """The network sinkhole of `sandbox.network: sinkhole` (docs/configuration.md, SECURITY.md)."""
 
     image: str = Field(default="sandtrap/sinkhole:12", min_length=1, max_length=255)
     subnet: str = Field(
-        default="10.118.0.0/16",
+        default=sensor_subnet(""),
         description="the sandboxes' network: the first address is their gateway and resolver "
-        "(the sinkhole), sandboxes take the lower half, the sinkhole the last address",
+        "(the sinkhole), sandboxes take the lower half, the sinkhole the last address; "
+        "'auto' (the default): a /20 of 10.128.0.0/9 chosen by the sensor's name",
     )
     events_per_second: float = Field(default=20.0, gt=0, le=10_000)
     events_burst: int = Field(default=200, ge=1, le=100_000)
@@ -156,6 +171,8 @@ class SinkholeConfig(_Model):
     @field_validator("subnet")
     @classmethod
     def _check_subnet(cls, value: str) -> str:
+        if value == "auto":  # config.py puts the sensor's own here; alone, the nameless one
+            return sensor_subnet("")
         try:
             net = ipaddress.IPv4Network(value)
         except ValueError:
@@ -181,9 +198,10 @@ class SandboxConfig(_Model):
     images: list[WeightedImage] = Field(default_factory=list)
     runtime: Literal["runc", "runsc"] = "runc"
     network: Literal["none", "sinkhole"] = Field(
-        default="none",
+        default="sinkhole",
         description="'none': only lo; 'sinkhole': eth0 on this sensor's sinkhole network, every "
-        "packet caught and logged by the sinkhole (sandbox.sinkhole)",
+        "packet caught and logged by the sinkhole (sandbox.sinkhole); the default, but 'none' "
+        "when runtime is runsc (the sinkhole does not run under gVisor yet)",
     )
     sinkhole: SinkholeConfig = Field(default_factory=SinkholeConfig)
     cap_add: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
@@ -234,6 +252,23 @@ class SandboxConfig(_Model):
                 raise ValueError(f"capability {name} would let a sandbox reach the host; refused")
             out.append(name)
         return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_follows_runtime(cls, data: Any) -> Any:
+        """Under runsc the default network is 'none' (set explicitly, 'sinkhole' is refused)."""
+        if isinstance(data, dict) and "network" not in data and data.get("runtime") == "runsc":
+            return {**data, "network": "none"}
+        return data
+
+    @model_validator(mode="after")
+    def _sinkhole_runs_under_runc(self) -> SandboxConfig:
+        if self.runtime == "runsc" and self.network == "sinkhole":
+            raise ValueError(
+                "network 'sinkhole' does not run under runtime 'runsc' yet: set network: none "
+                "(or runtime: runc)"
+            )
+        return self
 
     @field_validator("gate")
     @classmethod

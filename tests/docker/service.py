@@ -34,7 +34,9 @@ def service_config(data_dir: Path, **sections: Any) -> Config:
             ]
         },
         "pool": {"size": 2, "max_sandboxes": 6, "allocate_timeout_seconds": 20},
-        "sandbox": {"image": IMAGE},
+        # `none` unless a test asks for the sinkhole (tests/docker/test_sinkhole.py): the
+        # other tests are about other things, and a sinkhole per service costs a container.
+        "sandbox": {"image": IMAGE, "network": "none"},
         "storage": {"data_dir": str(data_dir)},
     }
     for key, value in sections.items():
@@ -86,6 +88,13 @@ def remove_sensor_containers(sensor: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    # And its sinkhole network, when it had one (the network default is `sinkhole`).
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"label=sandtrap.sensor={sensor}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    if networks:
+        subprocess.run(["docker", "network", "rm", *networks], capture_output=True, check=False)
 
 
 def free_subnet() -> str:

@@ -58,7 +58,7 @@ def _config(tmp_path: Path, sensor: str, **retention: int) -> Path:
     path = tmp_path / "c.yaml"
     data = {
         "sensor": sensor,
-        "sandbox": {"image": IMAGE},
+        "sandbox": {"image": IMAGE, "network": "none"},
         "storage": {"data_dir": str(tmp_path / "var")},
         "retention": {"max_count": 100, **retention},
     }
@@ -107,7 +107,7 @@ def test_run_fails_clearly_without_the_image(tmp_path: Path) -> None:
         yaml.safe_dump(
             {
                 "ssh": {"listen": ["127.0.0.1:0"]},
-                "sandbox": {"image": "sandtrap/no-such-image:1"},
+                "sandbox": {"image": "sandtrap/no-such-image:1", "network": "none"},
                 "storage": {"data_dir": str(tmp_path / "var")},
             }
         )
@@ -122,7 +122,7 @@ def test_run_fails_clearly_without_an_engine(tmp_path: Path) -> None:
     path.write_text(
         yaml.safe_dump(
             {
-                "sandbox": {"docker_url": f"unix://{tmp_path}/no.sock"},
+                "sandbox": {"docker_url": f"unix://{tmp_path}/no.sock", "network": "none"},
                 "storage": {"data_dir": str(tmp_path / "var")},
             }
         )

@@ -162,9 +162,12 @@ def test_compose_up_login_down_keeps_evidence(deployment: Deployment) -> None:
          "--format", "{{.Names}} {{.State}}"],
         text=True,
     ).split("\n")  # fmt: skip
-    kept = [row for row in kept if row]
-    assert len(kept) == 1 and kept[0].startswith("sandtrap-s-"), kept
-    assert kept[0].endswith("exited")
+    kept = sorted(row for row in kept if row)
+    # The session's sandbox, kept for forensics, and the sinkhole (the default network), which
+    # the gate stops on its way down (the next `up` starts it again): nothing left running.
+    assert len(kept) == 2, kept
+    assert kept[0].startswith("sandtrap-s-") and kept[1].startswith("sandtrap-sinkhole-"), kept
+    assert all(row.endswith("exited") for row in kept), kept
     events = [json.loads(line) for line in deployment.volume_file("log/events.jsonl").splitlines()]
     closed = [e for e in events if e["eventid"] == "session.closed"]
     assert closed and closed[0]["sensor"] == deployment.sensor

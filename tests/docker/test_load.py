@@ -71,7 +71,7 @@ class Subprocess:
                 "allocate_timeout_seconds": 20,
                 "create_concurrency": 2,
             },
-            "sandbox": {"image": IMAGE},
+            "sandbox": {"image": IMAGE, "network": "none"},
             "storage": {"data_dir": str(self.data_dir)},
         }
         self.config_path = tmp_path / "config.yaml"

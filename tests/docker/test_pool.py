@@ -89,7 +89,7 @@ def make_config(sensor: str, tmp_path: Path, **sections: dict[str, Any]) -> Conf
     data: dict[str, Any] = {
         "sensor": sensor,
         "pool": {"size": 2, "max_sandboxes": 4, "allocate_timeout_seconds": 5},
-        "sandbox": {"image": IMAGE, "hostnames": ["web-prod-03", "db-prod-01"]},
+        "sandbox": {"image": IMAGE, "hostnames": ["web-prod-03", "db-prod-01"], "network": "none"},
         "storage": {"data_dir": str(tmp_path / "var")},
     }
     for key, value in sections.items():

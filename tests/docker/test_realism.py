@@ -260,7 +260,7 @@ def _docker_cli(*args: str) -> str:
 def test_verify_realism_sees_no_tell_we_mean_to_hide(tmp_path: Path, lxcfs: Path) -> None:
     """`sandtrap verify-realism` end to end (CI): a real service, a real login, no FAIL row."""
     config = tmp_path / "config.yaml"
-    config.write_text(f"sandbox:\n  image: {IMAGE}\n  lxcfs_dir: {lxcfs}\n")
+    config.write_text(f"sandbox:\n  image: {IMAGE}\n  network: none\n  lxcfs_dir: {lxcfs}\n")
     # In-process (CliRunner), so coverage sees the check's runner.
     done = CliRunner().invoke(cli, ["verify-realism", "--json", "--config", str(config)])
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

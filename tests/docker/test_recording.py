@@ -46,7 +46,7 @@ def _config_file(running: RunningService, path: Path) -> Path:
     data = {
         "sensor": config.sensor,
         "storage": {"data_dir": str(config.storage.data_dir)},
-        "sandbox": {"docker_url": config.sandbox.docker_url},
+        "sandbox": {"docker_url": config.sandbox.docker_url, "network": "none"},
     }
     path.write_text(yaml.safe_dump(data))
     return path

@@ -9,6 +9,7 @@ own, counting only, removed afterwards).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from sandtrap.cli import cli
+from sandtrap.network import hostwall
 from sandtrap.network.image import build_sinkhole
 from sandtrap.sandbox.sinknet import addresses, bridge_name, container_name, network_name
 from tests.conftest import IMAGE
@@ -333,6 +335,47 @@ def test_sandboxes_cannot_reach_each_other(sinkholed: RunningService) -> None:
         server.communicate(timeout=10)
 
 
+def test_broadcast_and_multicast_reach_no_host_service(sinkholed: RunningService) -> None:
+    """A sandbox's datagrams to 255.255.255.255, 224.0.0.1, its subnet's broadcast or a host
+    address never reach a UDP service on the host (the bridge's host side has no address, but the
+    host took broadcasts from it until the host firewall rules, network/hostwall.py)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("0.0.0.0", 0))  # noqa: S104 - the point: a host service on every address
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    bridge = bridge_name(sinkholed.config.sensor)
+    try:
+        for tool, chain, match in hostwall.rules(bridge):
+            present = subprocess.run([tool, "-w", "10", "-C", chain, *match], capture_output=True)
+            assert present.returncode == 0, (tool, chain, present.stderr)
+        broadcast = ipaddress.IPv4Network(
+            sinkholed.config.sandbox.sinkhole.subnet
+        ).broadcast_address
+        hosts = ["255.255.255.255", "224.0.0.1", str(broadcast), *_host_addresses()]
+        script = (
+            "import socket\n"
+            f"for host in {hosts!r}:\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n"
+            "    try:\n"
+            f"        s.sendto(b'udp-to-host', (host, {port})); print(host, 'sent')\n"
+            "    except OSError as e:\n        print(host, e.errno)\n"
+        )
+        for user, password in (("root", "123456"), ("oracle", "x")):
+            proc = sinkholed.ssh(f'python3 -c "{script}"', user=user, password=password)
+            assert b"255.255.255.255 sent" in proc.stdout, proc.stdout + proc.stderr
+        received = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                received.append(listener.recvfrom(64))
+            except TimeoutError:
+                continue
+        assert received == [], received
+    finally:
+        listener.close()
+
+
 def _inspect(container: str, template: str) -> str:
     return subprocess.run(["docker", "inspect", "-f", template, container], capture_output=True,
                           text=True, check=True).stdout.strip()  # fmt: skip
@@ -450,6 +493,8 @@ def test_verifier_passes_in_sinkhole_mode(tmp_path: Path) -> None:
                     "sinkhole")]["observed"]  # fmt: skip
     assert "203.0.113.7:80" in reach and "docker bridge gateway" in reach, reach
     assert checks[("sinkhole: bridge ports isolated", "host")]["status"] == "PASS", rows
+    udp = checks[("network: UDP to the host (broadcast, multicast, unicast)", "host")]
+    assert udp["status"] == "PASS" and "255.255.255.255" in udp["observed"], udp
     peer = checks[("network: TCP to another sandbox", "root")]["observed"]
     assert peer in ("EHOSTUNREACH", "timeout"), peer
 

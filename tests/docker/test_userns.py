@@ -86,7 +86,7 @@ def test_sandbox_root_is_unprivileged_on_the_host(remapped: str) -> None:
 def test_verifier_passes_on_a_remapped_engine(remapped: str, tmp_path: Path) -> None:
     """The whole verifier, the pool and an SSH login against the remapped engine."""
     config = tmp_path / "config.yaml"
-    config.write_text(f"sandbox:\n  image: {IMAGE}\n  docker_url: {remapped}\n")
+    config.write_text(f"sandbox:\n  image: {IMAGE}\n  network: none\n  docker_url: {remapped}\n")
     result = CliRunner().invoke(cli, ["verify-security", "--config", str(config), "--json"])
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     failed = [row for row in rows if row["status"] == "FAIL"]

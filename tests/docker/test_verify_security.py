@@ -53,7 +53,7 @@ REQUIRED = [
 
 def _verify(tmp_path: Path, runtime: str) -> list[dict[str, str]]:
     config = tmp_path / "config.yaml"
-    config.write_text(f"sandbox:\n  image: {IMAGE}\n")
+    config.write_text(f"sandbox:\n  image: {IMAGE}\n  network: none\n")
     # In-process (CliRunner), so coverage sees the verifier; the probe itself runs in the sandbox.
     result = CliRunner().invoke(
         cli,

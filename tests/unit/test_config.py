@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_are_safe() -> None:
     config = Config()
     assert config.ssh.listen == ["0.0.0.0:2222"]
-    assert config.sandbox.network == "none"
+    # A network that ends at the sinkhole (issue 16): nothing leaves, and `wget` works.
+    assert config.sandbox.network == "sinkhole"
     # A warm floor, room to grow for a burst of distinct sources, logins that wait (issue 13).
     assert config.pool.size == 10
     assert config.pool.warm_ceiling() == 40
@@ -26,6 +28,28 @@ def test_defaults_are_safe() -> None:
     assert config.pool.share_per_source is True
     assert "SYS_ADMIN" not in config.sandbox.cap_add
     assert config.auth.accept_after_failures == 0
+
+
+def test_the_sinkhole_subnet_follows_the_sensor() -> None:
+    first = parse_config({"sensor": "sensor-a"}).sandbox.sinkhole.subnet
+    assert first == parse_config({"sensor": "sensor-a"}).sandbox.sinkhole.subnet  # stable
+    assert first != parse_config({"sensor": "sensor-b"}).sandbox.sinkhole.subnet
+    assert first.endswith("/20") and ipaddress.ip_network(first).subnet_of(
+        ipaddress.ip_network("10.128.0.0/9")
+    )
+    auto = {"sensor": "sensor-a", "sandbox": {"sinkhole": {"subnet": "auto"}}}
+    assert parse_config(auto).sandbox.sinkhole.subnet == first
+    given = {"sensor": "sensor-a", "sandbox": {"sinkhole": {"subnet": "10.7.0.0/16"}}}
+    assert parse_config(given).sandbox.sinkhole.subnet == "10.7.0.0/16"
+    # Two hundred sensor names: spread, not clustered.
+    subnets = {parse_config({"sensor": f"s{n}"}).sandbox.sinkhole.subnet for n in range(200)}
+    assert len(subnets) > 180
+
+
+def test_runsc_defaults_to_no_network_and_refuses_the_sinkhole() -> None:
+    assert parse_config({"sandbox": {"runtime": "runsc"}}).sandbox.network == "none"
+    with pytest.raises(ConfigError, match="does not run under runtime 'runsc'"):
+        parse_config({"sandbox": {"runtime": "runsc", "network": "sinkhole"}})
 
 
 def test_none_path_gives_defaults() -> None:

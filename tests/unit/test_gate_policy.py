@@ -24,7 +24,9 @@ from sandtrap.gate.policy import GatePolicy, Refused, force_label_filter, is_our
 from sandtrap.sandbox.docker import exec_body
 from sandtrap.sandbox.hardening import container_body
 
-CONFIG = parse_config({"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12"}})
+CONFIG = parse_config(
+    {"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12", "network": "none"}}
+)
 POLICY = GatePolicy.from_config(CONFIG, "v1.41", blkio_device="/dev/sda")
 CID = "a" * 64
 
@@ -406,7 +408,7 @@ def test_lxcfs_binds_pass_exactly_and_no_other_mount_does() -> None:
         check_create(POLICY, extra)
     # With sandbox.lxcfs off in the gate's configuration, not even LXCFS's binds pass.
     off = parse_config(
-        {"sensor": "s1", "sandbox": {"image": "sandtrap/target-debian:12", "lxcfs": "off"}}
+        {"sensor": "s1", "sandbox": {**CONFIG.sandbox.model_dump(mode="json"), "lxcfs": "off"}}
     )
     with pytest.raises(Refused, match="Mounts must be"):
         check_create(GatePolicy.from_config(off, "v1.41", blkio_device="/dev/sda"), _lxcfs_body())

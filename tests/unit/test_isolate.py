@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from sandtrap.config import parse_config
+from sandtrap.network import hostwall
 from sandtrap.network.isolate import PortIsolation, bridge_ports, plan, set_isolated
 from sandtrap.sandbox.sinknet import bridge_name
 
@@ -85,3 +86,15 @@ def test_a_pass_isolates_new_ports_and_then_only_lists(tmp_path: Path) -> None:
         }  # fmt: skip
 
     asyncio.run(passes())
+
+
+def test_the_host_rules_drop_what_comes_from_the_bridge_but_not_what_it_bridges() -> None:
+    rules = hostwall.rules("stsinkabc")
+    assert {(tool, chain) for tool, chain, _ in rules} == {
+        ("iptables", "INPUT"), ("iptables", "FORWARD"), ("ip6tables", "INPUT"),
+        ("ip6tables", "FORWARD"),
+    }  # fmt: skip
+    for tool, _chain, match in rules:
+        assert match[:2] == ["-i", "stsinkabc"] and match[-2:] == ["-j", "DROP"], (tool, match)
+    forward = next(m for t, c, m in rules if (t, c) == ("iptables", "FORWARD"))
+    assert forward[2:5] == ["!", "-o", "stsinkabc"]  # frames bridged to the sinkhole pass

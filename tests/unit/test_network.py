@@ -38,6 +38,8 @@ CONFIG = parse_config(
 
 # --- DNS -----------------------------------------------------------------------------------------
 
+NONE_S1 = {"sensor": "s1", "sandbox": {"network": "none"}}
+
 
 def test_every_name_exists_and_points_at_the_sinkhole() -> None:
     query = dns.parse_query(dns.query_bytes("C2.Example", 1, ident=0xBEEF))
@@ -280,12 +282,15 @@ def test_sandbox_body_joins_the_sinkhole_network_and_the_gate_rebuilds_it() -> N
         with pytest.raises(Refused):
             create_body(policy, hostile)
     none_body = container_body(
-        parse_config({"sensor": "s1"}).sandbox, image="sandtrap/target-debian:12",
+        parse_config(NONE_S1).sandbox, image="sandtrap/target-debian:12",
         hostname="web-prod-01", sensor="s1", created=datetime(2026, 1, 1, tzinfo=UTC),
     )  # fmt: skip
     assert none_body["HostConfig"]["NetworkMode"] == "none" and none_body["NetworkDisabled"]
     with pytest.raises(Refused):  # a sinkhole sandbox is not a sandbox of a `none` sensor
-        create_body(GatePolicy.from_config(parse_config({"sensor": "s1"}), "v1.41"), body)
+        create_body(
+            GatePolicy.from_config(parse_config(NONE_S1), "v1.41"),
+            body,
+        )
 
 
 def test_the_gate_serves_only_the_sinkholes_stdout() -> None:
@@ -301,7 +306,7 @@ def test_the_gate_serves_only_the_sinkholes_stdout() -> None:
     ):
         with pytest.raises(Refused):
             route(policy, "GET", target)
-    none_policy = GatePolicy.from_config(parse_config({"sensor": "s1"}), "v1.41")
+    none_policy = GatePolicy.from_config(parse_config(NONE_S1), "v1.41")
     with pytest.raises(Refused):
         route(none_policy, "GET", f"/v1.41/containers/{name}/logs?stdout=1")
     labels = {"sandtrap.role": "sinkhole", "sandtrap.sensor": "s1"}

@@ -71,7 +71,7 @@ def test_prune_nothing_when_within_policy() -> None:
 
 
 def test_container_body_is_hardened() -> None:
-    config = SandboxConfig(io_bps_limit=1000)
+    config = SandboxConfig(io_bps_limit=1000, network="none")
     body = container_body(
         config,
         image="img",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sandtrap.config import parse_config
+from sandtrap.errors import ConfigError
+from sandtrap.sandboxconfig import sensor_subnet
 from sandtrap.verify import checks, hostchecks
 from sandtrap.verify.checks import Context
+from sandtrap.verify.runner import verifier_config
 from sandtrap.verify.sinkself import bridge_row, sinkhole_self_rows
 
 
@@ -285,3 +291,18 @@ def test_bridge_row() -> None:
     assert bridge_row({**ports, "vs": (7, True)}, 7).status == "FAIL"  # the sinkhole cut off
     assert bridge_row(ports, None).status == "FAIL"  # the sinkhole's port not found
     assert bridge_row(None, None).status == "WARN"  # not the host's network namespace
+
+
+def test_the_verifiers_config_gets_its_own_sinkhole_subnet_and_runsc_no_network(
+    tmp_path: Path,
+) -> None:
+    config = parse_config({"sensor": "honeypot-1"})
+    mine, _ = verifier_config(config, tmp_path, None)
+    assert mine.sandbox.network == "sinkhole"
+    assert mine.sandbox.sinkhole.subnet == sensor_subnet(mine.sensor)
+    assert mine.sandbox.sinkhole.subnet != config.sandbox.sinkhole.subnet  # runs beside it
+    given = parse_config({"sensor": "h", "sandbox": {"sinkhole": {"subnet": "10.7.0.0/16"}}})
+    assert verifier_config(given, tmp_path, None)[0].sandbox.sinkhole.subnet == "10.7.0.0/16"
+    assert verifier_config(config, tmp_path, "runsc")[0].sandbox.network == "none"
+    with pytest.raises(ConfigError, match="runsc"):  # asked for explicitly: said, not dropped
+        verifier_config(parse_config({"sandbox": {"network": "sinkhole"}}), tmp_path, "runsc")

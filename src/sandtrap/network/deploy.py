@@ -8,14 +8,16 @@ create networks nor the sinkhole), or the service itself with `sandbox.gate: off
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 from typing import Any
 
 from sandtrap.config import Config
-from sandtrap.errors import ImageMissing, SandboxError, SandboxGone
+from sandtrap.errors import EngineError, ImageMissing, SandboxError, SandboxGone
 from sandtrap.events import utcnow
+from sandtrap.network.hostwall import keep_rules, remove_rules
 from sandtrap.network.isolate import PortIsolation
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.sinknet import (
@@ -23,6 +25,7 @@ from sandtrap.sandbox.sinknet import (
     LABEL_SENSOR,
     ROLE_SINK_NETWORK,
     ROLE_SINKHOLE,
+    bridge_name,
     container_name,
     fetch_socket_dir,
     network_body,
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LABEL_SPEC = "sandtrap.sinkhole-spec"
 SUPERVISE_INTERVAL_SECONDS = 15.0
+STOP_SECONDS = 5
 
 
 class SinkholeError(SandboxError):
@@ -87,7 +91,16 @@ async def ensure_network(engine: Engine, config: Config) -> None:
     try:
         have = await engine.request("GET", f"networks/{want['Name']}", operation="network")
     except SandboxGone:
-        await engine.request("POST", "networks/create", body=want, operation="network create")
+        try:
+            await engine.request("POST", "networks/create", body=want, operation="network create")
+        except EngineError as exc:
+            if "overlap" not in str(exc).lower():
+                raise
+            raise SinkholeError(
+                f"cannot create the sinkhole network {want['Name']}: its subnet "
+                f"{config.sandbox.sinkhole.subnet} overlaps another Docker network on this "
+                "engine; set sandbox.sinkhole.subnet to a free private range"
+            ) from None
         log.info("created sinkhole network %s (%s)", want["Name"], config.sandbox.sinkhole.subnet)
         return
     why = network_mismatch(want, have if isinstance(have, dict) else {})
@@ -147,6 +160,17 @@ async def ensure_sinkhole(engine: Engine, config: Config) -> str:
     return container_id
 
 
+async def remove_sinkhole(engine: Engine, config: Config) -> None:
+    """Remove this sensor's sinkhole container and network, and the host's rules for its bridge
+    (a throwaway sensor's, e.g. the verifier's, when it is done); what is gone is no error."""
+    await engine.remove(container_name(config.sensor))
+    await remove_rules(bridge_name(config.sensor))
+    with contextlib.suppress(SandboxGone):
+        await engine.request(
+            "DELETE", f"networks/{network_name(config.sensor)}", operation="network remove"
+        )
+
+
 async def supervise(
     engine: Engine, config: Config, interval: float = SUPERVISE_INTERVAL_SECONDS
 ) -> None:
@@ -155,9 +179,17 @@ async def supervise(
 
     Runs until cancelled; engine trouble is logged and retried at the next interval.
     """
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(PortIsolation(engine, config).run(), name="sinkhole-isolation")
-        tasks.create_task(_keep(engine, config, interval), name="sinkhole-keeper")
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(PortIsolation(engine, config).run(), name="sinkhole-isolation")
+            tasks.create_task(keep_rules(bridge_name(config.sensor)), name="sinkhole-hostwall")
+            tasks.create_task(_keep(engine, config, interval), name="sinkhole-keeper")
+    finally:
+        # With its keeper gone nothing reads its records: stopped, not removed (the next start
+        # starts it again); one that keeps running after `compose down` would be an orphan.
+        with contextlib.suppress(SandboxError, TimeoutError):
+            async with asyncio.timeout(STOP_SECONDS + 10):
+                await engine.stop(container_name(config.sensor), timeout_seconds=STOP_SECONDS)
 
 
 async def _keep(engine: Engine, config: Config, interval: float) -> None:

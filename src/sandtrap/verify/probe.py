@@ -90,6 +90,18 @@ def _tcp(target: str) -> str:
             return "connected"
 
 
+def _udp(target: str) -> str:
+    """One datagram, broadcast allowed: whether it reaches the host is the host's to count."""
+    host, _, port = target.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        try:
+            sock.sendto(b"sandtrap-verify-udp", (host, int(port)))
+        except OSError as exc:
+            return _err(exc.errno or 0)
+    return "sent"
+
+
 def _resolve(name: str) -> str:
     try:
         return socket.gethostbyname(name)
@@ -304,6 +316,7 @@ def common(args: dict[str, Any]) -> dict[str, Any]:
     out["routes"] = _routes()
     out["tcp"] = {target: _tcp(target) for target in args.get("targets", [])}
     out["icmp"] = {target: _icmp_send(target) for target in args.get("icmp_targets", [])}
+    out["udp"] = {target: _udp(target) for target in args.get("udp_targets", [])}
     out["raw_socket"] = _socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     out["packet_socket"] = _socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     sink = args.get("sinkhole") or {}  # sandbox.network: sinkhole (issue 16)

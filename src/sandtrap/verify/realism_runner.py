@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandtrap.app import Service, serve
-from sandtrap.config import Config, parse_config
+from sandtrap.config import Config, parse_config, with_sensor
 from sandtrap.errors import SandTrapError
+from sandtrap.network.deploy import remove_sinkhole
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import is_lxcfs_serving, sandbox_labels
 from sandtrap.ssh.client import login_pty_and_run
@@ -29,7 +30,7 @@ def realism_config(config: Config, data_dir: Path) -> tuple[Config, str]:
     """The operator's sandbox settings with the check's own sensor, listener and root login."""
     password = secrets.token_urlsafe(16)
     data = config.model_dump(mode="json")
-    data["sensor"] = f"{config.sensor[:200]}-realism-{secrets.token_hex(4)}"
+    with_sensor(config, data, f"{config.sensor[:200]}-realism-{secrets.token_hex(4)}")
     data["ssh"].update(listen=["127.0.0.1:0"], auth_failure_delay_seconds=0.1)
     data["auth"].update(credentials=[{"username": "root", "password": password}], deny=[])
     data["auth"]["accept_after_failures"] = 0
@@ -56,6 +57,8 @@ async def verify_realism(
             with contextlib.suppress(SandTrapError):
                 for item in await engine.containers(*sandbox_labels(vconfig.sensor)):
                     await engine.remove(str(item["Id"]))
+                if vconfig.sandbox.network == "sinkhole":
+                    await remove_sinkhole(engine, vconfig)
             await engine.close()
 
 

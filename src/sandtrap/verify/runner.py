@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import logging
 import math
 import os
 import secrets
-import socket
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from sandtrap.app import Service, serve
-from sandtrap.config import Config, parse_config
+from sandtrap.config import Config, parse_config, with_sensor
 from sandtrap.errors import SandboxError, SandTrapError
 from sandtrap.events import Peer
+from sandtrap.network.deploy import remove_sinkhole
 from sandtrap.network.isolate import PortIsolation, bridge_ports
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.container import ContainerSandbox
@@ -46,21 +44,20 @@ from sandtrap.verify.attacks import (
     probe_watched,
 )
 from sandtrap.verify.checks import Context, Row
+from sandtrap.verify.listeners import Listeners, host_addresses, icmp_targets
 
 log = logging.getLogger(__name__)
 
-BANNER = b"sandtrap-verify\n"
 # Small on purpose, so the disk fill trips the budget in seconds (issue 6).
 DISK_LIMIT_MB = 64
 DISK_CHECK_SECONDS = 0.5
-_SIOCGIFADDR = 0x8915
 
 
 def verifier_config(config: Config, data_dir: Path, runtime: str | None) -> tuple[Config, str]:
     """The operator's hardening with the verifier's own sensor, listener, login and disk budget."""
     password = secrets.token_urlsafe(16)
     data = config.model_dump(mode="json")
-    data["sensor"] = f"{config.sensor[:200]}-verify-{secrets.token_hex(4)}"
+    with_sensor(config, data, f"{config.sensor[:200]}-verify-{secrets.token_hex(4)}")
     data["ssh"].update(listen=["127.0.0.1:0"], auth_failure_delay_seconds=0.1)
     data["auth"].update(credentials=[{"username": LOGIN_USER, "password": password}], deny=[])
     data["auth"]["accept_after_failures"] = 0
@@ -71,56 +68,10 @@ def verifier_config(config: Config, data_dir: Path, runtime: str | None) -> tupl
     )
     if runtime is not None:
         data["sandbox"]["runtime"] = runtime
+        if runtime == "runsc" and "network" not in config.sandbox.model_fields_set:
+            data["sandbox"]["network"] = "none"  # the default under runsc (sandboxconfig.py)
     data["storage"]["data_dir"] = str(data_dir)
     return parse_config(data, "<verify-security>"), password
-
-
-def host_addresses() -> dict[str, str]:
-    """This machine's own IPv4 addresses by interface (SIOCGIFADDR), loopback first."""
-    found: dict[str, str] = {"127.0.0.1": "host loopback"}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _index, name in socket.if_nameindex():
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)
-            except OSError:
-                continue
-            address = socket.inet_ntoa(answer[20:24])
-            if not ipaddress.ip_address(address).is_loopback:
-                found.setdefault(address, f"host address ({name})")
-    return found
-
-
-class Listeners:
-    """TCP listeners on this machine's addresses; any connection that arrives is counted."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        self.targets: dict[str, str] = {}
-        self._servers: list[asyncio.Server] = []
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.hits.append(str(writer.get_extra_info("peername")))
-        writer.write(BANNER)
-        with contextlib.suppress(OSError):
-            await writer.drain()
-        writer.close()
-
-    async def open(self, addresses: dict[str, str]) -> None:
-        for address, what in addresses.items():
-            try:
-                server = await asyncio.start_server(self._answer, address, 0)
-            except OSError as exc:
-                log.warning("cannot listen on %s: %s", address, exc)
-                continue
-            self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
-            self.targets[f"{address}:{port}"] = what
-
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-            await server.wait_closed()
 
 
 async def _ensure_user(engine: Engine, sandbox: ContainerSandbox) -> None:
@@ -134,12 +85,6 @@ async def _ensure_user(engine: Engine, sandbox: ContainerSandbox) -> None:
             f"creating the login user did not finish within 60s; sandbox {sandbox.id[:12]} is "
             f"{state.get('Status')} (exit code {state.get('ExitCode')})"
         ) from None
-
-
-def _icmp_targets(listeners: Listeners) -> list[str]:
-    # The sandbox's own loopback is its own: only the host's other addresses are targets.
-    hosts = {target.rpartition(":")[0] for target in listeners.targets}
-    return sorted(h for h in hosts if not ipaddress.ip_address(h).is_loopback)
 
 
 async def _login(port: int, password: str) -> Row:
@@ -240,8 +185,10 @@ async def _attack(
     lease = _Lease(pool, engine)
     try:
         sandbox = await lease.take()
+        subnet = sandbox_config.sinkhole.subnet if sandbox_config.network == "sinkhole" else None
         args: dict[str, Any] = {
-            "targets": list(listeners.targets), "icmp_targets": _icmp_targets(listeners)
+            "targets": list(listeners.targets), "icmp_targets": icmp_targets(listeners),
+            "udp_targets": listeners.udp_targets(subnet),
         }  # fmt: skip
         if sandbox_config.network == "sinkhole":
             args["sinkhole"] = {
@@ -263,6 +210,19 @@ async def _attack(
         if sandbox_config.network == "sinkhole":
             report("probing the sinkhole's own reach")
             rows += await _sinkhole_reach(engine, config, listeners)
+        await asyncio.sleep(0.5)  # a datagram that did arrive is counted by then
+        udp_sent = sorted({t for obs in (as_root, as_user) for t, r in obs.get("udp", {}).items()
+                           if r == "sent"})  # fmt: skip
+        rows.append(
+            checks.Row(
+                "network: UDP to the host (broadcast, multicast, unicast)",
+                "host",
+                "no datagram reaches a host listener",
+                (f"received from {', '.join(sorted(set(listeners.udp_hits)))}"
+                 if listeners.udp_hits else f"none; sent to {', '.join(udp_sent) or 'nothing'}"),
+                "FAIL" if listeners.udp_hits else "PASS",
+            )
+        )  # fmt: skip
         rows.append(
             checks.Row(
                 "network: host listeners reached",
@@ -334,6 +294,7 @@ async def verify(
                 addresses.setdefault(gateway, "docker bridge gateway")
                 addresses[gateway] = "docker bridge gateway"
             await listeners.open(addresses)
+            await listeners.open_udp()
             report(f"starting a SandTrap service (sensor {vconfig.sensor})")
             rows = await _with_service(
                 vconfig, engine, listeners, versions, password, strict, report
@@ -343,6 +304,8 @@ async def verify(
             with contextlib.suppress(SandTrapError):
                 for item in await engine.containers(*sandbox_labels(vconfig.sensor)):
                     await engine.remove(str(item["Id"]))
+                if vconfig.sandbox.network == "sinkhole":
+                    await remove_sinkhole(engine, vconfig)
             await engine.close()
     return rows
 
@@ -400,13 +363,15 @@ async def _sinkhole_reach(engine: Engine, config: Config, listeners: Listeners) 
     ]
     if isinstance(config.sandbox.gate, str) and config.sandbox.gate.startswith("/"):
         paths.append(config.sandbox.gate)
-    before = len(listeners.hits)
+    before, udp_before = len(listeners.hits), len(listeners.udp_hits)
     observed = await sinkself.probe_sinkhole(
-        engine, container_name(config.sensor), list(targets), paths
-    )
-    await asyncio.sleep(0.2)  # a connection that did arrive is counted by its listener
-    hits = listeners.hits[before:]
-    del listeners.hits[before:]  # the sandbox's row judges the sandbox's probes only
+        engine, container_name(config.sensor), list(targets), paths,
+        listeners.udp_targets(config.sandbox.sinkhole.subnet),
+    )  # fmt: skip
+    await asyncio.sleep(0.5)  # a connection or datagram that did arrive is counted by then
+    hits = listeners.hits[before:] + [f"udp from {a}" for a in listeners.udp_hits[udp_before:]]
+    # The sandbox's rows judge the sandbox's probes only.
+    del listeners.hits[before:], listeners.udp_hits[udp_before:]
     rows = sinkself.sinkhole_self_rows(observed, hits, targets)
     isolation = PortIsolation(engine, config)
     try:

@@ -43,6 +43,18 @@ def tcp(target):
     finally:
         s.close()
 
+def udp(target):
+    host, _, port = target.rpartition(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.sendto(b"sandtrap-verify-udp", (host, int(port)))
+        return "sent"
+    except OSError as e:
+        return err(e)
+    finally:
+        s.close()
+
 def unix(path):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(2)
@@ -95,20 +107,26 @@ print(json.dumps({
     "processes": processes(),
     "default_route": default_route(),
     "tcp": {t: tcp(t) for t in args["targets"]},
+    "udp": {t: udp(t) for t in args.get("udp", [])},
     "unix": sockets(),
 }))
 """
 
 
 async def probe_sinkhole(
-    engine: Engine, container: str, targets: Sequence[str], paths: Sequence[str]
+    engine: Engine,
+    container: str,
+    targets: Sequence[str],
+    paths: Sequence[str],
+    udp: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the probe in the sinkhole container as nobody; its JSON observations.
 
     Raises:
         SandboxError: the probe did not run or said nothing readable.
     """
-    argv = ["python3", "-c", PROBE, json.dumps({"targets": list(targets), "paths": list(paths)})]
+    spec = {"targets": list(targets), "paths": list(paths), "udp": list(udp)}
+    argv = ["python3", "-c", PROBE, json.dumps(spec)]
     try:
         async with asyncio.timeout(120):
             status, out, err = await engine.run(container, argv, user=NOBODY)
