@@ -18,10 +18,12 @@ from sandtrap.config import Config
 from sandtrap.errors import EngineUnavailable, SandboxError
 from sandtrap.gate.policy import GatePolicy
 from sandtrap.gate.proxy import Gate
+from sandtrap.gate.sealing import Sealer
 from sandtrap.network.deploy import ensure_sinkhole, supervise
 from sandtrap.paths import DataLayout
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.hardening import blkio_device_for
+from sandtrap.sandbox.sinknet import bridge_name
 from sandtrap.store.jsonl import open_event_log
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ async def serve_gate(
         events,
         socket_group,
         max_connections=gate_max_connections(config),
+        sealer=Sealer(bridge_name(config.sensor)) if config.sandbox.network == "sinkhole" else None,
     )
     listening = ready or asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)

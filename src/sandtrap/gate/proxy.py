@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from sandtrap.gate.http import (
     linger,
     peer_credentials,
     read_head,
+    trim_heap,
 )
 from sandtrap.gate.policy import (
     GatePolicy,
@@ -51,19 +51,10 @@ from sandtrap.gate.policy import (
     route,
 )
 from sandtrap.gate.refusals import REFUSAL_INTERVAL_SECONDS, RefusalAggregator
+from sandtrap.gate.sealing import Sealer
 from sandtrap.gate.upstream import STREAM_LIMIT, Upstream
 
 log = logging.getLogger(__name__)
-
-
-def trim_heap() -> None:
-    """Return freed heap memory to the system (glibc's malloc_trim; a no-op elsewhere).
-
-    A burst of connections leaves CPython's freed buffers in glibc arenas, which it keeps for
-    reuse: measured, 95 MiB stayed after 3,000 hostile requests until trimmed.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 # A request (head and body) must arrive within this; a slow client cannot hold a slot longer.
@@ -113,8 +104,10 @@ class Gate:
         socket_group: int | None = None,
         *,
         max_connections: int = 1024,
+        sealer: Sealer | None = None,
     ) -> None:
         self.policy = policy
+        self.sealer = sealer  # sinkhole mode: starts go through it (gate/sealing.py)
         self.listen = listen
         self.upstream = Upstream(upstream, policy.api_version)
         self._events = events
@@ -298,19 +291,34 @@ class Gate:
             await self.upstream.forward(checked.method, path, body, checked.upgrade, reader,
                                         writer)  # fmt: skip
             return
+        sealer = self.sealer if starting else None
         async with self._state_lock:
             target = path.split("/")[3] if starting else None
             check_capacity(self.policy, await self._sandboxes(), starting=target)
             self.forwarded += 1
-            try:
-                async with asyncio.timeout(_CREATE_TIMEOUT):  # never hold the lock for long
-                    await self.upstream.forward(checked.method, path, body, False, reader, writer)
-            except TimeoutError:
-                if starting:
-                    raise
-                name = ((checked.query or {}).get("name") or [""])[0]
-                log.warning("gate: create of %r took over %.0fs; dropped", name, _CREATE_TIMEOUT)
-                await self._remove_late(name)
+            if sealer is not None:
+                async with asyncio.timeout(_CREATE_TIMEOUT):
+                    status, data = await self.upstream.json(
+                        f"containers/{target}/start", method="POST"
+                    )
+            else:
+                try:
+                    async with asyncio.timeout(_CREATE_TIMEOUT):  # never hold the lock for long
+                        await self.upstream.forward(
+                            checked.method, path, body, False, reader, writer
+                        )
+                except TimeoutError:
+                    if starting:
+                        raise
+                    name = ((checked.query or {}).get("name") or [""])[0]
+                    log.warning(
+                        "gate: create of %r took over %.0fs; dropped", name, _CREATE_TIMEOUT
+                    )
+                    await self._remove_late(name)
+                return
+        # Sealed outside the lock (other starts go on), answered only once sealed.
+        writer.write(await sealer.answer(self.upstream, str(target), status, data))
+        await writer.drain()
 
     async def _remove_late(self, name: str) -> None:
         """A create the client stopped waiting for may still complete: nobody would own it."""

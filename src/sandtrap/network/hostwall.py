@@ -43,7 +43,8 @@ def rules(bridge: str) -> list[tuple[str, str, list[str]]]:
     ]
 
 
-async def _run(argv: Sequence[str]) -> tuple[int, str]:
+async def run_command(argv: Sequence[str]) -> tuple[int, str]:
+    """Run a short host command; (exit status, the end of its stderr); 124 on timeout."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -67,10 +68,10 @@ async def ensure_rules(bridge: str) -> list[str]:
         if shutil.which(tool) is None:
             problems.append(f"{tool} is not installed")
             continue
-        status, _ = await _run([tool, "-w", "10", "-C", chain, *match])
+        status, _ = await run_command([tool, "-w", "10", "-C", chain, *match])
         if status == 0:
             continue
-        status, err = await _run([tool, "-w", "10", "-I", chain, "1", *match])
+        status, err = await run_command([tool, "-w", "10", "-I", chain, "1", *match])
         if status != 0:
             problems.append(f"{tool} -I {chain}: {err or f'exit {status}'}")
         else:
@@ -84,7 +85,7 @@ async def remove_rules(bridge: str) -> None:
         if shutil.which(tool) is None:
             continue
         for _ in range(8):  # a rule inserted twice by two keepers is there twice
-            status, _ = await _run([tool, "-w", "10", "-D", chain, *match])
+            status, _ = await run_command([tool, "-w", "10", "-D", chain, *match])
             if status != 0:
                 break
 

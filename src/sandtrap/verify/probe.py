@@ -102,6 +102,23 @@ def _udp(target: str) -> str:
     return "sent"
 
 
+def _docker_dns(name: str) -> str:
+    """Ask Docker's embedded resolver (127.0.0.11) for `name`: answered, or how it failed."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p)
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(("127.0.0.11", 53))
+            sock.send(query)
+            answer = sock.recv(512)
+        except TimeoutError:
+            return "timeout"
+        except OSError as exc:
+            return _err(exc.errno or 0)
+    return f"answered ({len(answer)} bytes, {answer[7] if len(answer) > 7 else 0} records)"
+
+
 def _resolve(name: str) -> str:
     try:
         return socket.gethostbyname(name)
@@ -323,6 +340,8 @@ def common(args: dict[str, Any]) -> dict[str, Any]:
     out["ipv6"] = _tcp("[2001:db8::1]:80")
     out["sink"] = {key: _tcp(target) for key, target in sink.get("tcp", {}).items()}
     out["sink"]["dns"] = _resolve(sink["name"]) if sink else "-"
+    if sink:
+        out["sink"]["docker_dns"] = _docker_dns(sink.get("container", "sandtrap"))
     out["mount"] = _in_child(_mount_tmpfs)
     out["unshare_user"] = _in_child(lambda: _call(_libc.unshare, CLONE_NEWUSER))
     out["unshare_net"] = _in_child(lambda: _call(_libc.unshare, CLONE_NEWNET))

@@ -193,6 +193,7 @@ async def _attack(
         if sandbox_config.network == "sinkhole":
             args["sinkhole"] = {
                 "name": "verify.sandtrap.example",
+                "container": container_name(config.sensor),  # a name Docker's resolver knows
                 # A documentation address (RFC 5737), and another warm sandbox on the same bridge.
                 "tcp": {"far": "203.0.113.7:80", "peer": await _peer(engine, config, sandbox.id)},
             }
