@@ -8,6 +8,7 @@ own, counting only, removed afterwards).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import json
@@ -26,8 +27,11 @@ import pytest
 from click.testing import CliRunner
 
 from sandtrap.cli import cli
+from sandtrap.config import parse_config
 from sandtrap.network import hostwall
+from sandtrap.network.deploy import SinkholeError, ensure_network
 from sandtrap.network.image import build_sinkhole
+from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.sinknet import addresses, bridge_name, container_name, network_name
 from tests.conftest import IMAGE
 from tests.docker.service import (
@@ -340,32 +344,62 @@ import socket, sys
 name = sys.argv[1]
 labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
 query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
-for proto in ("udp", "tcp"):
+def ports(proto):  # sockets of the resolver on 127.0.0.11 (0B00007F), as ss shows them
+    with open("/proc/net/" + proto) as f:
+        return sorted({int(l.split()[1].split(":")[1], 16) for l in list(f)[1:]
+                       if l.split()[1].startswith("0B00007F:")})
+def ask(proto, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
     s.settimeout(3)
     try:
-        s.connect(("127.0.0.11", 53))
+        s.connect(("127.0.0.11", port))
         if proto == "udp":
             s.send(query); s.recv(512)
-        print(proto, "answered")
+        return "answered"
     except OSError as e:
-        print(proto, type(e).__name__)
+        return type(e).__name__
+for proto in ("udp", "tcp"):
+    for port in [53] + ports(proto):
+        print(proto, "port-53" if port == 53 else "own-port", ask(proto, port))
+own = socket.socket(); own.bind(("127.0.0.11", 5000)); own.listen(1)
+print("user-service", ask("tcp", 5000))
 """
+
+
+def _resolver_closed(container: str) -> bool:
+    pid = _inspect(container, "{{.State.Pid}}")
+    check = ["nsenter", "-t", pid, "-n", "iptables", "-w", "10", "-t", "nat", "-C", "OUTPUT",
+             "-d", "127.0.0.11/32", "-j", "RETURN"]  # fmt: skip
+    return subprocess.run(check, capture_output=True, check=False).returncode == 0
 
 
 def test_dockers_resolver_is_closed_in_every_sandbox(sinkholed: RunningService) -> None:
     """127.0.0.11 (Docker's resolver: it names every container on the network, and is a Docker
-    tell itself) refuses as on a server where nothing listens there; the sandbox's root cannot
-    reopen it (no NET_ADMIN)."""
-    name = container_name(sinkholed.config.sensor)
+    tell itself) answers like a closed port on port 53 and on the resolver's own ports, while a
+    service of the sandbox's own on that address works as on any server; root cannot reopen it
+    (no NET_ADMIN); and a sandbox restarted outside the gate is closed again by the keeper."""
+    sensor = sinkholed.config.sensor
     proc = sinkholed.ssh(
-        f"python3 -c '{DOCKER_DNS}' {name}; iptables -F OUTPUT 2>&1 | tail -1; "
-        f"python3 -c '{DOCKER_DNS}' {name}"
+        f"python3 -c '{DOCKER_DNS}' {container_name(sensor)}; iptables -F 2>&1 | tail -1; "
+        f"python3 -c '{DOCKER_DNS}' {container_name(sensor)}"
     )
     out = proc.stdout.decode()
-    assert "answered" not in out, out
-    assert out.count("udp ConnectionRefusedError") == 2, out
-    assert out.count("tcp ConnectionRefusedError") == 2, out
+    assert not [line for line in out.splitlines() if "port" in line and "answered" in line], out
+    for proto in ("udp", "tcp"):
+        assert out.count(f"{proto} port-53 ConnectionRefusedError") == 2, out
+        assert out.count(f"{proto} own-port ConnectionRefusedError") == 2, out  # found in /proc
+    assert out.count("user-service answered") == 2, out
+    idle = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=sandtrap.sensor={sensor}",
+         "--filter", "name=sandtrap-pool-"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert idle and _resolver_closed(idle[0])
+    subprocess.run(["docker", "restart", "-t", "1", idle[0]], check=True, capture_output=True)
+    deadline = time.monotonic() + 15
+    while not _resolver_closed(idle[0]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _resolver_closed(idle[0]), "the keeper did not close a restarted sandbox's resolver"
 
 
 def test_broadcast_and_multicast_reach_no_host_service(sinkholed: RunningService) -> None:
@@ -595,3 +629,31 @@ def test_root_tricks_get_nowhere(sinkholed: RunningService) -> None:
     # The sinkhole still serves everyone after the flood.
     again = sinkholed.ssh("wget -q -O- http://203.0.113.7/after.sh")
     assert b"#!/bin/sh" in again.stdout
+
+
+def test_a_taken_subnet_is_named_and_nothing_is_made() -> None:
+    """Two sensors whose subnets collide (or a range another network holds): the second does not
+    start, and says what to change."""
+    subnet = free_subnet()
+    taken = f"sttest-taken-{random.randint(0, 1 << 30):x}"
+    subprocess.run(["docker", "network", "create", "--subnet", subnet, taken], check=True,
+                   capture_output=True)  # fmt: skip
+    sensor = f"test-overlap-{random.randint(0, 1 << 30):x}"
+    config = parse_config({"sensor": sensor, "sandbox": {"sinkhole": {"subnet": subnet}}})
+
+    async def attempt() -> None:
+        engine = Engine(config.sandbox.docker_url)
+        try:
+            await ensure_network(engine, config)
+        finally:
+            await engine.close()
+
+    try:
+        with pytest.raises(SinkholeError, match="overlaps another Docker network"):
+            asyncio.run(attempt())
+        listed = subprocess.run(["docker", "network", "ls", "-q", "--filter",
+                                 f"name={network_name(sensor)}"], capture_output=True, text=True,
+                                check=True).stdout  # fmt: skip
+        assert listed.strip() == ""
+    finally:
+        subprocess.run(["docker", "network", "rm", taken], capture_output=True, check=False)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from sandtrap.config import parse_config
-from sandtrap.network import hostwall
+from sandtrap.network import hostwall, seal
 from sandtrap.network.isolate import PortIsolation, bridge_ports, plan, set_isolated
 from sandtrap.sandbox.sinknet import bridge_name
 
@@ -98,3 +98,21 @@ def test_the_host_rules_drop_what_comes_from_the_bridge_but_not_what_it_bridges(
         assert match[:2] == ["-i", "stsinkabc"] and match[-2:] == ["-j", "DROP"], (tool, match)
     forward = next(m for t, c, m in rules if (t, c) == ("iptables", "FORWARD"))
     assert forward[2:5] == ["!", "-o", "stsinkabc"]  # frames bridged to the sinkhole pass
+
+
+DOCKER_OUTPUT = """\
+-N DOCKER_OUTPUT
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:40383
+-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:59287
+"""
+
+
+def test_dockers_resolver_ports_are_read_and_closed_like_any_closed_port() -> None:
+    ports = seal.resolver_ports(DOCKER_OUTPUT)
+    assert ports == {"tcp": 40383, "udp": 59287}
+    rules = seal.reject_rules(ports)
+    assert [r[r.index("--dport") + 1] for r in rules] == ["40383", "59287"]
+    assert [r[-1] for r in rules] == ["tcp-reset", "icmp-port-unreachable"]
+    assert all(r[:3] == ["INPUT", "-i", "lo"] for r in rules)
+    assert seal.resolver_ports("-A DOCKER_OUTPUT -j DNAT --to-destination 127.0.0.11:99999") == {}
+    assert seal.resolver_ports("") == {}

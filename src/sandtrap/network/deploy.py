@@ -19,6 +19,7 @@ from sandtrap.errors import EngineError, ImageMissing, SandboxError, SandboxGone
 from sandtrap.events import utcnow
 from sandtrap.network.hostwall import keep_rules, remove_rules
 from sandtrap.network.isolate import PortIsolation
+from sandtrap.network.seal import ResolverKeeper
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.sinknet import (
     LABEL_ROLE,
@@ -94,12 +95,13 @@ async def ensure_network(engine: Engine, config: Config) -> None:
         try:
             await engine.request("POST", "networks/create", body=want, operation="network create")
         except EngineError as exc:
-            if "overlap" not in str(exc).lower():
+            # "Pool overlaps ...", or "failed to allocate gateway ...: Address already in use"
+            if not any(word in str(exc).lower() for word in ("overlap", "already in use")):
                 raise
             raise SinkholeError(
                 f"cannot create the sinkhole network {want['Name']}: its subnet "
                 f"{config.sandbox.sinkhole.subnet} overlaps another Docker network on this "
-                "engine; set sandbox.sinkhole.subnet to a free private range"
+                f"engine ({exc}); set sandbox.sinkhole.subnet to a free private range"
             ) from None
         log.info("created sinkhole network %s (%s)", want["Name"], config.sandbox.sinkhole.subnet)
         return
@@ -181,7 +183,9 @@ async def supervise(
     """
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(PortIsolation(engine, config).run(), name="sinkhole-isolation")
+            isolation = PortIsolation(engine, config)
+            isolation.on_new_ports = ResolverKeeper(engine, config).check
+            tasks.create_task(isolation.run(), name="sinkhole-isolation")
             tasks.create_task(keep_rules(bridge_name(config.sensor)), name="sinkhole-hostwall")
             tasks.create_task(_keep(engine, config, interval), name="sinkhole-keeper")
     finally:

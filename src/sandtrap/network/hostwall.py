@@ -43,21 +43,24 @@ def rules(bridge: str) -> list[tuple[str, str, list[str]]]:
     ]
 
 
-async def run_command(argv: Sequence[str]) -> tuple[int, str]:
-    """Run a short host command; (exit status, the end of its stderr); 124 on timeout."""
+async def run_command(argv: Sequence[str], *, output: bool = False) -> tuple[int, str]:
+    """Run a short host command: (exit status, the end of its stderr, or with `output` its
+    stdout up to 64 KiB); 124 on timeout."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
-            _, err = await proc.communicate()
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
         return 124, f"{argv[0]} timed out"
+    if output:
+        return proc.returncode or 0, (out or b"")[:65536].decode("utf-8", "replace")
     return proc.returncode or 0, err.decode("utf-8", "replace").strip()[-300:]
 
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,8 @@ class PortIsolation:
     _resolved_at: float = field(default=-1e9, repr=False)
     _synced_at: float = field(default=-1e9, repr=False)
     _settled: dict[str, int] = field(default_factory=dict, repr=False)  # name -> ifindex
+    # Called after a pass that found new ports (network/seal.py's ResolverKeeper).
+    on_new_ports: Callable[[], Awaitable[None]] | None = None
     _unavailable: bool = field(default=False, repr=False)
 
     async def find_sinkhole(self) -> int | None:
@@ -132,6 +134,8 @@ class PortIsolation:
                 self.isolated += changes[port]
                 log.debug("bridge %s port %s isolated=%s", bridge, port, changes[port])
             self._settled[port] = index
+        if fresh and self.on_new_ports is not None:
+            await self.on_new_ports()
 
     async def run(self, interval: float = INTERVAL_SECONDS) -> None:
         bridge = bridge_name(self.config.sensor)

@@ -7,8 +7,8 @@ the host's namespaces) between the engine's answer to `containers/<id>/start` an
   `network/isolate.py`, would within 0.2 s; this leaves no window at all);
 - Docker's embedded resolver (127.0.0.11, which answers every container's name on the network,
   `sandtrap-s-<session>` and the sinkhole's included, and is a Docker tell by itself) is closed
-  in the sandbox's own network namespace: every port of it is sent to a closed one, so TCP gets a
-  reset and UDP an ICMP port unreachable, as on a server where nothing listens there.
+  in the sandbox's own network namespace: port 53 and the resolver's own ports answer like
+  closed ones (TCP reset, UDP port unreachable), as on a server where nothing listens there.
 
 The sandbox has no `NET_ADMIN`, so it cannot undo either.
 
@@ -20,22 +20,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 from pathlib import Path
 
+from sandtrap.config import Config
+from sandtrap.errors import SandboxError
 from sandtrap.network.hostwall import run_command
 from sandtrap.network.isolate import SYS_NET, bridge_ports, set_isolated
+from sandtrap.sandbox.docker import Engine
+from sandtrap.sandbox.sinknet import container_name, network_name
 
 log = logging.getLogger(__name__)
 
 DOCKER_RESOLVER = "127.0.0.11/32"
-# Every port of 127.0.0.11 is sent to port 9, where nothing listens (binding it needs
-# NET_BIND_SERVICE, which no sandbox has): UDP gets an ICMP port unreachable, TCP a reset, as on a
-# server without that address. Inserted in the nat table ahead of Docker's own DNAT to its resolver.
-RESOLVER_RULES = tuple(
-    ["OUTPUT", "-d", DOCKER_RESOLVER, "-p", proto, "-j", "DNAT", "--to-destination", "127.0.0.11:9"]
-    for proto in ("udp", "tcp")
-)
+# Docker DNATs 127.0.0.11:53 to its resolver's own ports (`DOCKER_OUTPUT` in the nat table).
+# Closing it: a nat RETURN ahead of that jump (port 53 then has nothing behind it, as on any
+# server: TCP reset, UDP port unreachable; a user's own service on 127.0.0.11 works as anywhere),
+# and a REJECT in INPUT for the resolver's own two ports, so they answer like closed ones.
+SKIP_DOCKER_DNAT = ["OUTPUT", "-d", DOCKER_RESOLVER, "-j", "RETURN"]
+_DOCKER_DNAT = re.compile(r"-p (tcp|udp) .*--to-destination 127\.0\.0\.11:(\d{1,5})\b")
+
+
+def resolver_ports(nat_rules: str) -> dict[str, int]:
+    """The resolver's own ports by protocol, from `iptables -t nat -S DOCKER_OUTPUT` (pure)."""
+    found: dict[str, int] = {}
+    for line in nat_rules.splitlines()[:64]:
+        match = _DOCKER_DNAT.search(line)
+        if match and 0 < int(match.group(2)) < 65536:
+            found.setdefault(match.group(1), int(match.group(2)))
+    return found
+
+
+def reject_rules(ports: dict[str, int]) -> list[list[str]]:
+    """filter INPUT rules that make the resolver's ports answer like closed ones (pure)."""
+    how = {"tcp": "tcp-reset", "udp": "icmp-port-unreachable"}
+    return [
+        ["INPUT", "-i", "lo", "-d", DOCKER_RESOLVER, "-p", proto, "-m", proto, "--dport",
+         str(port), "-j", "REJECT", "--reject-with", how[proto]]
+        for proto, port in sorted(ports.items())
+    ]  # fmt: skip
 
 
 def host_port_index(pid: int, proc: Path = Path("/proc")) -> int:
@@ -59,17 +83,28 @@ def isolate_port(pid: int, bridge: str, sys_net: Path = SYS_NET, proc: Path = Pa
     raise LookupError(f"no port of {bridge} has ifindex {index}")
 
 
+async def _ensure(ns: list[str], table: str, rule: list[str]) -> str | None:
+    """Insert `rule` at the top of its chain unless it is there; a problem, or None."""
+    status, _ = await run_command([*ns, "-t", table, "-C", *rule])
+    if status == 0:
+        return None
+    status, err = await run_command([*ns, "-t", table, "-I", rule[0], "1", *rule[1:]])
+    return None if status == 0 else f"resolver rule: {err or f'exit {status}'}"
+
+
 async def close_resolver(pid: int) -> list[str]:
-    """Insert the REJECT rules in the container's network namespace (once); problems."""
+    """Close Docker's resolver in the network namespace of `pid` (idempotent); problems."""
+    ns = ["nsenter", "-t", str(pid), "-n", "iptables", "-w", "10"]
+    status, listing = await run_command([*ns, "-t", "nat", "-S", "DOCKER_OUTPUT"], output=True)
+    if status != 0:
+        return [f"cannot read the sandbox's nat rules (exit {status})"]
+    rules = [("nat", SKIP_DOCKER_DNAT)]
+    rules += [("filter", rule) for rule in reject_rules(resolver_ports(listing))]
     problems: list[str] = []
-    for match in RESOLVER_RULES:
-        ns = ["nsenter", "-t", str(pid), "-n", "iptables", "-w", "10", "-t", "nat"]
-        status, _ = await run_command([*ns, "-C", *match])
-        if status == 0:
-            continue
-        status, err = await run_command([*ns, "-I", match[0], "1", *match[1:]])
-        if status != 0:
-            problems.append(f"resolver rule: {err or f'exit {status}'}")
+    for table, rule in rules:
+        problem = await _ensure(ns, table, rule)
+        if problem is not None:
+            problems.append(problem)
     return problems
 
 
@@ -86,3 +121,49 @@ async def seal(pid: int, bridge: str) -> list[str]:
     else:
         problems += await close_resolver(pid)
     return problems
+
+
+class ResolverKeeper:
+    """The keeper's second look (`deploy.supervise`, when a new port appears on the bridge):
+    every sandbox on the network whose process is new (one started outside the gate, e.g. an
+    operator's `docker restart`) gets its resolver closed too. One network listing per new port,
+    and one inspect per sandbox not seen before or whose process has gone."""
+
+    def __init__(self, engine: Engine, config: Config, proc: Path = Path("/proc")) -> None:
+        self.engine = engine
+        self.config = config
+        self.proc = proc
+        self._pids: dict[str, int] = {}  # container id -> the process whose namespace is closed
+        self._said: set[str] = set()
+
+    async def check(self) -> None:
+        sensor = self.config.sensor
+        try:
+            network = await self.engine.request(
+                "GET", f"networks/{network_name(sensor)}", operation="network"
+            )
+        except (SandboxError, TimeoutError):
+            return
+        members = network.get("Containers") if isinstance(network, dict) else None
+        ids = [str(cid) for cid in (members or {}) if len(str(cid)) == 64]
+        self._pids = {cid: pid for cid, pid in self._pids.items() if cid in ids}
+        for cid in ids:
+            known = self._pids.get(cid)
+            if known is not None and (known < 0 or (self.proc / str(known)).exists()):
+                continue
+            try:
+                details = await self.engine.inspect(cid)
+            except (SandboxError, TimeoutError):
+                continue
+            if details.get("Name", "").lstrip("/") == container_name(sensor):
+                self._pids[cid] = -1  # the sinkhole: not a sandbox
+                continue
+            pid = (details.get("State") or {}).get("Pid")
+            if not isinstance(pid, int) or pid <= 0:
+                continue
+            problems = await close_resolver(pid)
+            self._pids[cid] = pid
+            fresh = [p for p in problems if p not in self._said]
+            if fresh:
+                self._said.update(fresh)
+                log.warning("keeper: resolver of %s not closed: %s", cid[:12], "; ".join(fresh))
