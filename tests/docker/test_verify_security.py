@@ -64,7 +64,8 @@ def _verify(tmp_path: Path, runtime: str) -> list[dict[str, str]]:
     )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     failed = [row for row in rows if row["status"] == "FAIL"]
-    assert proc.returncode == 0, (failed, proc.stderr[-3000:])
+    summary = [f"{row['check']} ({row['who']}): {row['observed']}" for row in failed]
+    assert proc.returncode == 0, (summary, proc.stderr[-3000:])
     assert rows
     assert not failed
     assert {row["status"] for row in rows} <= {"PASS", "WARN", "INFO"}

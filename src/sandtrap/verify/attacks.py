@@ -158,7 +158,8 @@ async def disk_fill(engine: Engine, sandbox_id: str, events_log: Path, limit_mb:
     writer = asyncio.create_task(engine.run(sandbox_id, ["/bin/sh", "-c", fill], user=LOGIN_USER))
     stopped_after = None
     try:
-        while time.monotonic() - started < 90:
+        # The watcher's size check is an inspect with sizes, slow on a loaded engine: be patient.
+        while time.monotonic() - started < 180:
             state = (await engine.inspect(sandbox_id)).get("State", {})
             if not state.get("Running"):
                 stopped_after = time.monotonic() - started
@@ -169,7 +170,7 @@ async def disk_fill(engine: Engine, sandbox_id: str, events_log: Path, limit_mb:
         with contextlib.suppress(asyncio.CancelledError, SandboxError):
             await writer
     event = None
-    for _ in range(20):  # the event log is appended by the pool's task; give it a moment
+    for _ in range(100):  # the event log is appended by the pool's task; give it a moment
         if (event := disk_event(events_log, sandbox_id)) is not None:
             break
         await asyncio.sleep(0.1)
