@@ -88,6 +88,14 @@ def test_a_sandbox_killed_under_its_session_ends_the_session(gvisor: RunningServ
             while not gvisor.events("session.closed", session=died["session"]):
                 await asyncio.sleep(0.2)
 
+    async def death() -> None:
+        # The client may see the channel end before the watcher writes the event (a loaded CI
+        # engine once took longer than the ssh's exit): the event must come, not be first.
+        async with asyncio.timeout(30):
+            while not gvisor.events("sandbox.died"):
+                await asyncio.sleep(0.2)
+
+    asyncio.run(death())
     (died,) = gvisor.events("sandbox.died")
     # Killed by the host's OOM killer: the engine flags it, or at least reports the SIGKILL.
     assert died["oom_killed"] is True or died["exit_code"] == 137, died
