@@ -65,9 +65,16 @@ class Cleanup:
 
 
 def remove_sinkhole_network(sensor: str) -> None:
-    """`docker network rm` the sensor's sinkhole network, when there is one."""
-    subprocess.run(["docker", "network", "rm", network_name(sensor)], capture_output=True,
-                   check=False, timeout=60)  # fmt: skip
+    """`docker network rm` the sensor's sinkhole network, when there is one; retried for a few
+    seconds while the engine still holds an endpoint of a container just removed."""
+    name = network_name(sensor)
+    for _ in range(10):
+        done = subprocess.run(["docker", "network", "rm", name], capture_output=True, text=True,
+                              check=False, timeout=60)  # fmt: skip
+        if done.returncode == 0 or "not found" in done.stderr.lower():
+            return
+        time.sleep(1)
+    log.warning("network %s not removed: %s", name, done.stderr.strip()[-200:])
 
 
 def remove_labelled_containers(sensor: str) -> int:

@@ -113,7 +113,9 @@ def free_subnet() -> str:
         for item in out.split():
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.IPv4Network(item))
-    choices = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(120, 251)]
+    # Below 10.128.0.0/9, where `sandbox.sinkhole.subnet: auto` picks (sandboxconfig.py), so
+    # a test's network never collides with a default-config service started later.
+    choices = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(64, 128)]
     free = [net for net in choices if not any(net.overlaps(other) for other in taken)]
     return str(random.choice(free))
 

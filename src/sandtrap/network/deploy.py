@@ -2,7 +2,8 @@
 
 Run by whoever holds the engine: the gate (`sandbox.gate` auto or a socket; the front can neither
 create networks nor the sinkhole), or the service itself with `sandbox.gate: off`. Bodies are
-`sandbox/sinknet.py`'s; the engine restarts a crashed sinkhole itself (restart policy `always`).
+`sandbox/sinknet.py`'s; the engine restarts a crashed sinkhole itself (restart policy
+`unless-stopped`: one its keeper stopped stays stopped across engine restarts).
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def sinkhole_body(
                 "net.ipv4.conf.all.send_redirects": "0",
                 "net.ipv4.conf.all.arp_announce": "2",
             },
-            "RestartPolicy": {"Name": "always"},
+            "RestartPolicy": {"Name": "unless-stopped"},  # not again after its keeper stopped it
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "20m", "max-file": "3"}},
             "Binds": [],
             "Mounts": mounts,
