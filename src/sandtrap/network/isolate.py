@@ -55,6 +55,16 @@ def bridge_ports(
     return out
 
 
+def host_port_index(pid: int, proc: Path = Path("/proc")) -> int:
+    """The host-side ifindex of the container's eth0 (its `iflink`, read through its root).
+
+    Raises:
+        OSError, ValueError: the process or its interface is gone, or the file is not a number.
+    """
+    path = proc / str(pid) / "root" / "sys" / "class" / "net" / "eth0" / "iflink"
+    return int(path.read_text().strip()[:12])
+
+
 def set_isolated(port: str, on: bool, sys_net: Path = SYS_NET) -> None:
     (sys_net / port / "brport" / "isolated").write_text("1" if on else "0")
 
@@ -95,10 +105,8 @@ class PortIsolation:
         pid = int((details.get("State") or {}).get("Pid") or 0)
         if pid <= 0:
             return None
-        path = self.proc / str(pid) / "root" / "sys" / "class" / "net" / "eth0" / "iflink"
         try:
-            text = await asyncio.to_thread(path.read_text)
-            return int(text.strip()[:12])
+            return await asyncio.to_thread(host_port_index, pid, self.proc)
         except (OSError, ValueError):
             return None
 

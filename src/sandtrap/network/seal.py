@@ -27,7 +27,7 @@ from pathlib import Path
 from sandtrap.config import Config
 from sandtrap.errors import SandboxError
 from sandtrap.network.hostwall import run_command
-from sandtrap.network.isolate import SYS_NET, bridge_ports, set_isolated
+from sandtrap.network.isolate import SYS_NET, bridge_ports, host_port_index, set_isolated
 from sandtrap.sandbox.docker import Engine
 from sandtrap.sandbox.sinknet import container_name, network_name
 
@@ -60,12 +60,6 @@ def reject_rules(ports: dict[str, int]) -> list[list[str]]:
          str(port), "-j", "REJECT", "--reject-with", how[proto]]
         for proto, port in sorted(ports.items())
     ]  # fmt: skip
-
-
-def host_port_index(pid: int, proc: Path = Path("/proc")) -> int:
-    """The host-side ifindex of the container's eth0 (its `iflink`, read through its root)."""
-    path = proc / str(pid) / "root" / "sys" / "class" / "net" / "eth0" / "iflink"
-    return int(path.read_text().strip()[:12])
 
 
 def isolate_port(pid: int, bridge: str, sys_net: Path = SYS_NET, proc: Path = Path("/proc")) -> str:
