@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pexpect
@@ -318,3 +319,49 @@ def test_a_shell_login_prints_the_previous_login_as_sshd_does(honeypot: RunningS
     done = honeypot.ssh(None, stdin=b"sleep 1; exit\n", extra=["-tt"])
     assert b"The programs included with the Debian" in done.stdout, done.stdout[-500:]
     assert b"Last login" not in done.stdout
+
+
+def _image_mtimes(paths: list[str]) -> dict[str, int]:
+    out = _docker_run("--entrypoint", "stat", IMAGE, "-c", "%Y %n", *paths).stdout
+    return {name: int(t) for t, _, name in (line.partition(" ") for line in out.splitlines())}
+
+
+def _started_at(container_id: str) -> float:
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", container_id],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()  # fmt: skip
+    return datetime.fromisoformat(out[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+async def test_the_images_logs_name_this_host_and_keep_their_times(
+    sensor: str, tmp_path: Path
+) -> None:
+    """The fake past was written under the build's host name: preparation makes it this
+    sandbox's, in every log file, and leaves each file's modification time as it was."""
+    built = (
+        await asyncio.to_thread(
+            subprocess.run,
+            ["docker", "image", "inspect", "-f",
+             '{{index .Config.Labels "sandtrap.log-hostname"}}', IMAGE],
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+    ).stdout.strip()  # fmt: skip
+    assert built, "the target image names the host its logs were written on"
+    config = make_config(sensor, tmp_path, pool={"size": 1})
+    async with running_pool(config, Sink()) as pool, asyncio.timeout(90):
+        await pool.wait_warm()
+        sandbox = await pool.allocate(peer(1))
+        code, out = await sh(sandbox, f"grep -rlsF -- ' {built} ' /var/log | wc -l")
+        assert code == 0 and out.strip() == "0", out
+        code, out = await sh(sandbox, f"grep -rlsF -- ' {sandbox.hostname} ' /var/log")
+        logs = out.split()
+        assert code == 0 and len(logs) >= 2, out
+        code, out = await sh(sandbox, "stat -c '%Y %n' " + " ".join(logs))
+        ours = {name: int(t) for t, _, name in (line.partition(" ") for line in out.splitlines())}
+        before = await asyncio.to_thread(_image_mtimes, logs)
+        started = await asyncio.to_thread(_started_at, sandbox.id)
+    kept = [name for name in logs if ours[name] == before[name]]
+    # Each file keeps the image's time, unless a daemon of this sandbox wrote to it since.
+    assert len(kept) >= 2, (ours, before)
+    assert all(ours[n] >= started - 1 for n in logs if n not in kept), (ours, before, started)

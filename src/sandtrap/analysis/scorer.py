@@ -10,6 +10,7 @@ analysis/anomaly.py's.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import sqlite3
 from collections import OrderedDict, deque
@@ -77,7 +78,9 @@ class AnomalyScorer:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         try:
-            import sklearn  # noqa: F401 - only whether the analysis extra is installed
+            # Only whether the analysis extra is installed; its import (scipy's included) takes
+            # a second or more, so not on the event loop.
+            await asyncio.to_thread(importlib.import_module, "sklearn")
         except ImportError:
             log.warning("scikit-learn is not installed: sessions are not scored for anomalies")
             if ready is not None:

@@ -124,6 +124,7 @@ async def serve_gate(
     events = open_event_log(
         config.storage, config.sensor, DataLayout(config.storage.data_dir).gate_log
     )
+    sealer = Sealer(bridge_name(config.sensor)) if config.sandbox.network == "sinkhole" else None
     gate = Gate(
         policy,
         listen,
@@ -131,7 +132,7 @@ async def serve_gate(
         events,
         socket_group,
         max_connections=gate_max_connections(config),
-        sealer=Sealer(bridge_name(config.sensor)) if config.sandbox.network == "sinkhole" else None,
+        sealer=sealer,
     )
     listening = ready or asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -145,7 +146,10 @@ async def serve_gate(
             serving = tasks.create_task(gate.run(stop, listening), name="gate")
             keeper = None
             if sinkhole_engine is not None:
-                keeper = tasks.create_task(supervise(sinkhole_engine, config), name="sinkhole")
+                sealed = sealer.pids if sealer is not None else None
+                keeper = tasks.create_task(
+                    supervise(sinkhole_engine, config, sealed=sealed), name="sinkhole"
+                )
             await listening.wait()
             watcher: asyncio.Task[None] | None = None
             if lifeline:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 from sandtrap.gate.http import answer_head
 from sandtrap.gate.upstream import Upstream
@@ -19,6 +20,7 @@ from sandtrap.network.seal import seal
 log = logging.getLogger(__name__)
 
 SEAL_TIMEOUT_SECONDS = 30.0
+MAX_REMEMBERED = 4096  # sealed sandboxes the keeper need not look at again
 _PHRASES = {204: "No Content", 304: "Not Modified", 404: "Not Found", 409: "Conflict"}
 
 
@@ -29,6 +31,9 @@ class Sealer:
         self.bridge = bridge
         self.sealed = 0
         self.failed = 0
+        # container id -> the sealed process, for the keeper's second look (network/seal.py's
+        # ResolverKeeper prunes what left the network); bounded all the same.
+        self.pids: dict[str, int] = {}
         self._said: set[str] = set()
 
     async def answer(
@@ -43,12 +48,14 @@ class Sealer:
         return answer_head(status, phrase, len(payload)) + payload
 
     async def _seal(self, upstream: Upstream, container_id: str) -> None:
+        pid = 0
         try:
             async with asyncio.timeout(SEAL_TIMEOUT_SECONDS):
                 status, info = await upstream.json(f"containers/{container_id}/json")
                 state = info.get("State") if isinstance(info, dict) else None
-                pid = state.get("Pid") if isinstance(state, dict) else None
-                if status != 200 or not isinstance(pid, int) or pid <= 0:
+                found = state.get("Pid") if isinstance(state, dict) else None
+                pid = found if isinstance(found, int) else 0
+                if status != 200 or pid <= 0:
                     problems = [f"no process to seal (inspect status {status})"]
                 else:
                     problems = await seal(pid, self.bridge)
@@ -56,6 +63,14 @@ class Sealer:
             problems = [f"{type(exc).__name__}: {exc}"]
         if not problems:
             self.sealed += 1
+            if len(self.pids) >= MAX_REMEMBERED:
+                del self.pids[next(iter(self.pids))]
+            self.pids[container_id] = pid
+            return
+        if pid > 0 and not await asyncio.to_thread(Path(f"/proc/{pid}").exists):
+            # Stopped while it started (a shutdown's stop of a sandbox being created): nothing
+            # runs that could be reached, and nothing to warn about.
+            log.debug("gate: sandbox %s ended before its seal", container_id[:12])
             return
         self.failed += 1
         fresh = [p for p in problems if p not in self._said]

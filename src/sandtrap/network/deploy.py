@@ -175,17 +175,21 @@ async def remove_sinkhole(engine: Engine, config: Config) -> None:
 
 
 async def supervise(
-    engine: Engine, config: Config, interval: float = SUPERVISE_INTERVAL_SECONDS
+    engine: Engine,
+    config: Config,
+    interval: float = SUPERVISE_INTERVAL_SECONDS,
+    sealed: dict[str, int] | None = None,
 ) -> None:
     """Keep the sinkhole there (the engine restarts a crash; this recreates a removed one) and
-    its bridge's sandbox ports isolated (`network/isolate.py`).
+    its bridge's sandbox ports isolated (`network/isolate.py`); `sealed`: the gate's record of
+    the sandboxes it sealed at start (`network/seal.py`'s ResolverKeeper).
 
     Runs until cancelled; engine trouble is logged and retried at the next interval.
     """
     try:
         async with asyncio.TaskGroup() as tasks:
             isolation = PortIsolation(engine, config)
-            isolation.on_new_ports = ResolverKeeper(engine, config).check
+            isolation.on_new_ports = ResolverKeeper(engine, config, sealed=sealed).check
             tasks.create_task(isolation.run(), name="sinkhole-isolation")
             tasks.create_task(keep_rules(bridge_name(config.sensor)), name="sinkhole-hostwall")
             tasks.create_task(_keep(engine, config, interval), name="sinkhole-keeper")

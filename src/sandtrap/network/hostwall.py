@@ -43,18 +43,20 @@ def rules(bridge: str) -> list[tuple[str, str, list[str]]]:
     ]
 
 
-async def run_command(argv: Sequence[str], *, output: bool = False) -> tuple[int, str]:
-    """Run a short host command: (exit status, the end of its stderr, or with `output` its
-    stdout up to 64 KiB); 124 on timeout."""
+async def run_command(
+    argv: Sequence[str], *, output: bool = False, stdin: str | None = None
+) -> tuple[int, str]:
+    """Run a short host command, with `stdin` as its input: (exit status, the end of its stderr,
+    or with `output` its stdout up to 64 KiB); 124 on timeout."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE if output else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
-            out, err = await proc.communicate()
+            out, err = await proc.communicate(None if stdin is None else stdin.encode())
     except TimeoutError:
         proc.kill()
         await proc.wait()

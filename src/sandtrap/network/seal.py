@@ -77,29 +77,78 @@ def isolate_port(pid: int, bridge: str, sys_net: Path = SYS_NET, proc: Path = Pa
     raise LookupError(f"no port of {bridge} has ifindex {index}")
 
 
-async def _ensure(ns: list[str], table: str, rule: list[str]) -> str | None:
-    """Insert `rule` at the top of its chain unless it is there; a problem, or None."""
-    status, _ = await run_command([*ns, "-t", table, "-C", *rule])
-    if status == 0:
-        return None
-    status, err = await run_command([*ns, "-t", table, "-I", rule[0], "1", *rule[1:]])
-    return None if status == 0 else f"resolver rule: {err or f'exit {status}'}"
+def _option_groups(tokens: list[str]) -> list[tuple[str, ...]]:
+    """A rule's options as groups (`-p tcp`, `! -o br0`), in a canonical order (pure)."""
+    groups: list[list[str]] = []
+    negate = False
+    for word in tokens:
+        if word == "!":
+            negate = True
+        elif word.startswith("-") or not groups:
+            groups.append(["!", word] if negate else [word])
+            negate = False
+        else:
+            groups[-1].append(word)
+    return sorted(tuple(group) for group in groups)
+
+
+def saved_rules(saved: str) -> dict[str, list[list[str]]]:
+    """`iptables-save` output as table -> its `-A` lines split into words (pure, bounded)."""
+    tables: dict[str, list[list[str]]] = {}
+    table = ""
+    for line in saved.splitlines()[:4096]:
+        if line.startswith("*"):
+            table = line[1:].strip()
+            tables.setdefault(table, [])
+        elif line.startswith("-A ") and table:
+            tables[table].append(line.split()[1:])
+    return tables
+
+
+def missing_rules(saved: str) -> list[tuple[str, list[str]]]:
+    """The (table, rule) pairs that close the resolver and are not in the namespace yet, from
+    its `iptables-save` (pure; a rule counts as there whatever the order of its options)."""
+    tables = saved_rules(saved)
+    dnat = "\n".join(" ".join(["-A", *rule]) for rule in tables.get("nat", []))
+    wanted = [("nat", SKIP_DOCKER_DNAT)]
+    wanted += [("filter", rule) for rule in reject_rules(resolver_ports(dnat))]
+    missing = []
+    for table, rule in wanted:
+        have = {
+            (line[0], tuple(_option_groups(line[1:]))) for line in tables.get(table, []) if line
+        }
+        if (rule[0], tuple(_option_groups(rule[1:]))) not in have:
+            missing.append((table, rule))
+    return missing
+
+
+def restore_input(rules: list[tuple[str, list[str]]]) -> str:
+    """`iptables-restore --noflush` input inserting each rule at the top of its chain (pure)."""
+    out: list[str] = []
+    for table in dict.fromkeys(table for table, _ in rules):
+        out.append(f"*{table}")
+        out += [" ".join(["-I", rule[0], "1", *rule[1:]]) for t, rule in rules if t == table]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
 
 
 async def close_resolver(pid: int) -> list[str]:
-    """Close Docker's resolver in the network namespace of `pid` (idempotent); problems."""
-    ns = ["nsenter", "-t", str(pid), "-n", "iptables", "-w", "10"]
-    status, listing = await run_command([*ns, "-t", "nat", "-S", "DOCKER_OUTPUT"], output=True)
+    """Close Docker's resolver in the network namespace of `pid` (idempotent); problems.
+
+    Two processes at most: one `iptables-save` to read the namespace's rules (the resolver's
+    ports, and which of ours are there), one `iptables-restore --noflush` for what is missing.
+    """
+    ns = ["nsenter", "-t", str(pid), "-n"]
+    status, saved = await run_command([*ns, "iptables-save"], output=True)
     if status != 0:
         return [f"cannot read the sandbox's nat rules (exit {status})"]
-    rules = [("nat", SKIP_DOCKER_DNAT)]
-    rules += [("filter", rule) for rule in reject_rules(resolver_ports(listing))]
-    problems: list[str] = []
-    for table, rule in rules:
-        problem = await _ensure(ns, table, rule)
-        if problem is not None:
-            problems.append(problem)
-    return problems
+    missing = missing_rules(saved)
+    if not missing:
+        return []
+    status, err = await run_command(
+        [*ns, "iptables-restore", "--noflush", "-w", "10"], stdin=restore_input(missing)
+    )
+    return [] if status == 0 else [f"resolver rules: {err or f'exit {status}'}"]
 
 
 async def seal(pid: int, bridge: str) -> list[str]:
@@ -109,7 +158,8 @@ async def seal(pid: int, bridge: str) -> list[str]:
         await asyncio.to_thread(isolate_port, pid, bridge)
     except (OSError, ValueError, LookupError) as exc:
         problems.append(f"port isolation: {exc}")
-    missing = [tool for tool in ("nsenter", "iptables") if shutil.which(tool) is None]
+    tools = ("nsenter", "iptables-save", "iptables-restore")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         problems.append(f"{' and '.join(missing)} not installed: Docker's resolver stays open")
     else:
@@ -121,13 +171,22 @@ class ResolverKeeper:
     """The keeper's second look (`deploy.supervise`, when a new port appears on the bridge):
     every sandbox on the network whose process is new (one started outside the gate, e.g. an
     operator's `docker restart`) gets its resolver closed too. One network listing per new port,
-    and one inspect per sandbox not seen before or whose process has gone."""
+    and one inspect per sandbox not seen before or whose process has gone. `sealed` is the gate's
+    record of what it sealed as it started them (`gate/sealing.py`, same process): those are not
+    looked at again while their process lives."""
 
-    def __init__(self, engine: Engine, config: Config, proc: Path = Path("/proc")) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        proc: Path = Path("/proc"),
+        sealed: dict[str, int] | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.proc = proc
         self._pids: dict[str, int] = {}  # container id -> the process whose namespace is closed
+        self._sealed = sealed if sealed is not None else {}
         self._said: set[str] = set()
 
     async def check(self) -> None:
@@ -141,8 +200,10 @@ class ResolverKeeper:
         members = network.get("Containers") if isinstance(network, dict) else None
         ids = [str(cid) for cid in (members or {}) if len(str(cid)) == 64]
         self._pids = {cid: pid for cid, pid in self._pids.items() if cid in ids}
+        for cid in [cid for cid in self._sealed if cid not in ids]:
+            del self._sealed[cid]  # gone from the network (the gate adds, this prunes)
         for cid in ids:
-            known = self._pids.get(cid)
+            known = self._pids.get(cid, self._sealed.get(cid))
             if known is not None and (known < 0 or (self.proc / str(known)).exists()):
                 continue
             try:

@@ -6,6 +6,7 @@ Talking to the engine is left to the `ContainerEngine` (sandbox/engine.py).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -242,18 +243,25 @@ def container_body(
 # "S<tab>path<tab>size<tab>mtime" lines, and the accounts, as "U<tab>passwd entry" lines.
 PREPARE_SCRIPT = (
     r"""
-new=$1 old=$2 daemons=$3 UTMP_SCRIPT=$4
+new=$1 old=$2 daemons=$3 UTMP_SCRIPT=$4 nameserver=$5
 rm -f /.dockerenv
+# Sinkhole mode: the engine writes its own resolver (127.0.0.11, a Docker tell).
+[ -n "$nameserver" ] && printf 'nameserver %s\n' "$nameserver" > /etc/resolv.conf
 # Debian's installer writes the host name to /etc/hosts; the engine's file lacks it.
 grep -q '^127\.0\.1\.1' /etc/hosts 2>/dev/null || printf '127.0.1.1\t%s\n' "$new" >> /etc/hosts
 set -- / /etc /var /var/log
 # The image's logs were generated under a build-time host name: make them this host's,
 # keeping each file's modification time.
+# One stat and one sed for all of them, then a touch each (a few processes, not four a file).
 if [ -n "$old" ] && [ "$old" != "$new" ]; then
-  for f in $(grep -rlsF -- " $old " /var/log); do
-    t=$(stat -c %Y "$f"); sed -i "s/ $old / $new /g" "$f"; touch -d "@$t" "$f"
-    set -- "$@" "$f" "$(dirname "$f")"
-  done
+  logs=$(grep -rlsF -- " $old " /var/log)
+  if [ -n "$logs" ]; then
+    times=$(stat -c '%Y %n' $logs)
+    sed -i "s/ $old / $new /g" $logs
+    while read -r t f; do touch -d "@$t" "$f"; set -- "$@" "$f" "${f%/*}"; done <<EOF_TIMES
+$times
+EOF_TIMES
+  fi
 fi
 """
     + PREPARE_REALISM
@@ -299,11 +307,13 @@ async def prepare(
     *,
     host_keys: Sequence[HostKeyFiles] = (),
     daemons: bool = False,
+    nameserver: str | None = None,
 ) -> Prepared:
     """Make a new sandbox look like a server that has always had its host name.
 
     `host_keys` replace the image's files in /etc/ssh (the front's, `sandbox.host_keys`);
-    `daemons` starts the image's cron and rsyslogd (`sandbox.daemons`).
+    `daemons` starts the image's cron and rsyslogd (`sandbox.daemons`); `nameserver` (an IPv4
+    address: the sinkhole's) replaces the engine's /etc/resolv.conf, in the same exec.
 
     Raises:
         SandboxError: the engine failed.
@@ -311,9 +321,11 @@ async def prepare(
     old = log_hostname if log_hostname and HOSTNAME_RE.fullmatch(log_hostname) else ""
     if not HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"bad host name {hostname!r}")
+    if nameserver is not None:
+        ipaddress.IPv4Address(nameserver)  # ValueError for anything else
     argv = ["/bin/sh", "-c", PREPARE_SCRIPT, "sh", hostname, old, "1" if daemons else "0"]
     _, out, _ = await engine.run(
-        container_id, [*argv, UTMP_SCRIPT], stdin=host_keys_payload(host_keys)
+        container_id, [*argv, UTMP_SCRIPT, nameserver or ""], stdin=host_keys_payload(host_keys)
     )
     return parse_prepared(out.decode("utf-8", "replace"))
 

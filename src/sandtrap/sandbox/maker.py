@@ -31,7 +31,7 @@ from sandtrap.sandbox.hardening import (
 )
 from sandtrap.sandbox.honeytokens import plant_honeytokens
 from sandtrap.sandbox.realism import HostKeyFiles
-from sandtrap.sandbox.sinknet import resolv_conf_argv
+from sandtrap.sandbox.sinknet import nameserver
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ class SandboxMaker:
                 self._log_hostnames.get(image),
                 host_keys=self._host_keys,
                 daemons=self._config.sandbox.daemons,
+                nameserver=nameserver(self._config.sandbox),
             )
-            if self._config.sandbox.network == "sinkhole":
-                await self._engine.run(container_id, resolv_conf_argv(self._config.sandbox))
             sandbox = ContainerSandbox(self._engine, container_id, hostname, image)
             sandbox.baseline.update(prepared.baseline)
             sandbox.users.update(prepared.homes)

@@ -94,10 +94,10 @@ def sandbox_host_config(config: SandboxConfig, sensor: str) -> dict[str, Any]:
     }
 
 
-def resolv_conf_argv(config: SandboxConfig) -> list[str]:
-    """Run in a new sandbox: the engine writes its own resolver (127.0.0.11, a Docker tell)."""
-    script = 'printf "nameserver %s\\n" "$1" > /etc/resolv.conf'
-    return ["/bin/sh", "-c", script, "sh", addresses(config).gateway]
+def nameserver(config: SandboxConfig) -> str | None:
+    """The sandboxes' resolver for /etc/resolv.conf (the sinkhole's gateway address), or None
+    when they have no network: the engine would write its own (127.0.0.11, a Docker tell)."""
+    return addresses(config).gateway if config.network == "sinkhole" else None
 
 
 def network_body(config: SandboxConfig, sensor: str) -> dict[str, Any]:

@@ -65,10 +65,19 @@ def enable_sntrup761() -> bool:
         secret_bytes = kem.SHARED_SECRET_SIZE
 
         def __init__(self, alg_name: bytes) -> None:
-            self._public, self._private = kem.keygen()
+            # The key pair is made when first needed: only a client uses it (get_public,
+            # decaps); a server only encapsulates to the client's key, and sntrup761's key
+            # generation costs tens of milliseconds of CPU, on the event loop, per handshake.
+            self._keys: tuple[bytes, bytes] | None = None
+
+        def _pair(self) -> tuple[bytes, bytes]:
+            if self._keys is None:
+                public, private = kem.keygen()
+                self._keys = bytes(public), bytes(private)
+            return self._keys
 
         def get_public(self) -> bytes:
-            return bytes(self._public)
+            return self._pair()[0]
 
         def encaps(self, peer_public: bytes) -> tuple[bytes, bytes]:
             if len(peer_public) != self.pubkey_bytes:
@@ -79,7 +88,7 @@ def enable_sntrup761() -> bool:
         def decaps(self, ciphertext: bytes) -> bytes:
             if len(ciphertext) != self.ciphertext_bytes:
                 raise ValueError("Invalid ciphertext")
-            return bytes(kem.decaps(self._private, ciphertext))
+            return bytes(kem.decaps(self._pair()[1], ciphertext))
 
     args = (_SNTRUP761, b"sntrup761", Curve25519DH)
     for name in SNTRUP761_NAMES:
