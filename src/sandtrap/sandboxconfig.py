@@ -70,8 +70,10 @@ class PoolConfig(_Model):
     grow_window_seconds: float = Field(default=120.0, gt=0, le=86400)
     max_sandboxes: int = Field(default=200, ge=1, le=5000)
     # A login waits for its sandbox (a slow login is realistic, a dropped one is lost data); the
-    # bound sits well above what a burst of max_sandboxes takes to create on a small host.
-    allocate_timeout_seconds: float = Field(default=90.0, gt=0, le=600)
+    # bound sits well above what a burst of max_sandboxes takes to create on a small host: with
+    # the sinkhole network (the engine's bridge endpoint per sandbox), 200 from 200 addresses
+    # took about 100 s on 2 cores, and 90 s left 75 of them without a shell (docs/performance.md).
+    allocate_timeout_seconds: float = Field(default=240.0, gt=0, le=600)
     health_interval_seconds: float = Field(default=30.0, gt=0)
     # Measured on 2 cores under load (docs/performance.md): 4 refill ~1.6x faster than 2.
     create_concurrency: int = Field(default=4, ge=1, le=64)
