@@ -198,6 +198,7 @@ def _ssh_benchmarks(
         if breakdown:
             figure.notes.append(breakdown)
         _emit(figure, figures, targets)
+        _emit(ssh_bench.connect_figure(targets, steps, ssh_bench.FORCED_KEX), figures, targets)
     if "interactive" in selected:
         _emit(pty_bench.interactive_figure(targets[:2], pty_steps), figures, targets)
     if "throughput" in selected:

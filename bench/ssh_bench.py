@@ -46,13 +46,22 @@ def _split(targets: Sequence[Peer]) -> tuple[Peer, list[Peer]]:
     return ours, [t for t in targets if t.name != SANDTRAP]
 
 
-def connect_figure(targets: Sequence[Peer], steps: SshPlan) -> Figure:
-    """`ssh host 'echo hi'` sequentially, targets interleaved; ms to the first output byte."""
+# The key exchange both sides can do fast: sntrup761 (OpenSSH 9.2's first choice, offered by
+# SandTrap and Debian's sshd, not by Cowrie) costs the client about 60 ms of key generation.
+FORCED_KEX = "curve25519-sha256"
+
+
+def connect_figure(targets: Sequence[Peer], steps: SshPlan, kex: str | None = None) -> Figure:
+    """`ssh host 'echo hi'` sequentially, targets interleaved; ms to the first output byte.
+    With `kex`, every client is made to use that key exchange (`-o KexAlgorithms=`)."""
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     failures: dict[str, int] = dict.fromkeys(samples, 0)
+    forced = ["-o", f"KexAlgorithms={kex}"] if kex else []
     for index in range(steps.connect_warmups + steps.connects):
         for target in targets:
             argv = ssh_argv(target.port, target.user, target.password, "echo hi")
+            at = argv.index("ssh") + 1
+            argv = [*argv[:at], *forced, *argv[at:]]
             try:
                 timing = timed_run(argv, timeout_seconds=60)
             except TimeoutError:
@@ -65,8 +74,9 @@ def connect_figure(targets: Sequence[Peer], steps: SshPlan) -> Figure:
     summaries = {name: Summary.of(values) for name, values in samples.items()}
     ours, peers = _split(targets)
     figure = Figure(
-        key="connect",
-        title="Connect-to-first-output: ssh host 'echo hi' (OpenSSH client via sshpass)",
+        key=f"connect-{kex}" if kex else "connect",
+        title="Connect-to-first-output: ssh host 'echo hi' (OpenSSH client via sshpass"
+        + (f", {kex} forced)" if kex else ", default key exchange)"),
         unit="ms",
         higher_is_better=False,
         rows=[
