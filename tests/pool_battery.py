@@ -22,6 +22,7 @@ from sandtrap.errors import PoolExhausted
 from sandtrap.events import Event, Peer, SandboxFailure
 from sandtrap.sandbox.base import Sandbox
 from sandtrap.sandbox.engine import ContainerEngine
+from sandtrap.sandbox.fake import FakeEngine
 from sandtrap.sandbox.hardening import POOL_PREFIX, sandbox_labels
 from sandtrap.sandbox.pool import Pool
 
@@ -198,6 +199,48 @@ async def test_release_stops_and_keeps_the_sandbox(backend: Backend) -> None:
         (diff,) = sink.of("sandbox.diff")
         assert "/.dockerenv" not in {c["path"] for c in diff.changes}
         assert pool.statistics().busy == 0
+
+
+async def test_a_release_while_a_login_waits_freezes_it_and_stops_it_in_its_turn(
+    backend: Backend,
+) -> None:
+    """While a login waits for a sandbox, a released one is paused at once (nothing in it runs)
+    and stopped, then recorded, once no login waits: its stop (the engine's network teardown)
+    does not compete with the create the login waits for."""
+    sink = Sink()
+    config = backend.config(
+        pool={"size": 1, "max_warm": 1, "max_sandboxes": 2,
+              "allocate_timeout_seconds": backend.patience}
+    )  # fmt: skip
+    async with backend.pool(config, sink) as pool:
+        await backend.warm(pool)
+        first = await pool.allocate(peer(1))
+        await pool.allocate(peer(2))
+        if isinstance(backend.engine, FakeEngine):
+            backend.engine.create_delay = 0.5  # as slow as a real create, to see the pause
+        third = asyncio.create_task(pool.allocate(peer(3)))  # waits: two in use, the cap
+        async with asyncio.timeout(backend.patience):
+            while pool.statistics().waiting == 0:
+                await asyncio.sleep(0.01)
+        releasing = asyncio.create_task(pool.release(first, peer(1)))
+        async with asyncio.timeout(backend.patience):
+            while (await backend.engine.inspect(first.id))["State"]["Status"] != "paused":
+                await asyncio.sleep(0.01)
+        assert not sink.of("sandbox.released")
+        served = await third
+        async with asyncio.timeout(backend.patience):
+            await releasing
+        assert served.id != first.id
+        assert (await backend.engine.inspect(first.id))["State"]["Running"] is False
+        (released,) = sink.of("sandbox.released")
+        assert (released.container_id, released.stopped) == (first.id, True)
+        (diff,) = sink.of("sandbox.diff")
+        assert diff.container_id == first.id
+        # In that order: the waiting login got its sandbox before the frozen one was stopped.
+        order = [
+            e.eventid for e in sink.events if e.eventid in ("sandbox.allocated", "sandbox.released")
+        ]
+        assert order[-2:] == ["sandbox.allocated", "sandbox.released"], order
 
 
 async def test_sticky_sources_share_and_get_their_sandbox_back(backend: Backend) -> None:

@@ -20,6 +20,7 @@ from tests.pool_battery import (  # noqa: F401 - the battery's tests, collected 
     peer,
     sh,
     test_a_burst_beyond_the_warm_pool_waits_and_every_login_is_served,
+    test_a_release_while_a_login_waits_freezes_it_and_stops_it_in_its_turn,
     test_concurrent_connections_of_one_source_share_one_sandbox,
     test_max_sandboxes_and_allocation_timeout,
     test_outage_members_are_rechecked_and_refill_resumes,

@@ -130,6 +130,7 @@ class Route:
 _CONTAINER_ACTIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "start"): frozenset(),
     ("POST", "stop"): frozenset({"t"}),
+    ("POST", "pause"): frozenset(),
     ("POST", "rename"): frozenset({"name"}),
     ("GET", "json"): frozenset({"size"}),
     ("GET", "changes"): frozenset(),

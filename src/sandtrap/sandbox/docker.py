@@ -192,6 +192,9 @@ class Engine:
             deadline=timeout_seconds + 30,
         )
 
+    async def pause(self, container_id: str) -> None:
+        await self.request("POST", f"containers/{container_id}/pause", operation="pause")
+
     async def remove(self, container_id: str) -> None:
         """Remove a container; one that is gone, or already being removed, is not an error."""
         try:

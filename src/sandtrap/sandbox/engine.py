@@ -44,6 +44,10 @@ class ContainerEngine(Protocol):
 
     async def stop(self, container_id: str, timeout_seconds: int = 2) -> None: ...
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of a running container (the cgroup freezer); `stop` still works."""
+        ...
+
     async def remove(self, container_id: str) -> None:
         """Remove a container, running or not; one already gone is not an error."""
         ...

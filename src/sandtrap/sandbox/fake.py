@@ -40,6 +40,7 @@ class FakeContainer:
     labels: dict[str, str]
     created: datetime
     status: str = "created"  # created | running | exited
+    paused: bool = False  # frozen by pause(); stop() ends it all the same
     exit_code: int = 0
     oom_killed: bool = False
     finished_at: str = "0001-01-01T00:00:00Z"
@@ -55,8 +56,14 @@ class FakeContainer:
     def running(self) -> bool:
         return self.status == "running"
 
+    @property
+    def state(self) -> str:
+        """The engine's word for it: a paused container is still running, as Docker says."""
+        return "paused" if self.paused and self.running else self.status
+
     def end(self, exit_code: int, oom_killed: bool = False, end_execs: bool = True) -> None:
         self.status = "exited"
+        self.paused = False
         self.exit_code = exit_code
         self.oom_killed = oom_killed
         self.finished_at = rfc3339(datetime.now(UTC))
@@ -162,6 +169,13 @@ class FakeEngine:
         if container.running:
             container.end(_STOPPED)
 
+    async def pause(self, container_id: str) -> None:
+        await self._call("pause")
+        container = self.container(container_id)
+        if not container.running:
+            raise SandboxError(f"container {container_id[:12]} is not running")
+        container.paused = True
+
     async def remove(self, container_id: str) -> None:
         await self._call("remove")
         container = self.containers_by_id.pop(container_id, None)
@@ -183,8 +197,9 @@ class FakeEngine:
             "Name": f"/{container.name}",
             "Created": rfc3339(container.created),
             "State": {
-                "Status": container.status,
+                "Status": container.state,
                 "Running": container.running,
+                "Paused": container.paused and container.running,
                 "ExitCode": container.exit_code,
                 "OOMKilled": container.oom_killed,
                 "FinishedAt": container.finished_at,
@@ -207,7 +222,7 @@ class FakeEngine:
                 "Id": c.id,
                 "Names": [f"/{c.name}"],
                 "Image": c.image,
-                "State": c.status,
+                "State": c.state,
                 "Labels": dict(c.labels),
                 "Created": int(c.created.timestamp()),
             }

@@ -43,6 +43,11 @@ class ForensicsTurns:
         self._no_login_waits.set()
         self._yield_seconds = yield_seconds
 
+    @property
+    def waiting(self) -> bool:
+        """Whether logins now wait for a sandbox (a release then pauses and stops later)."""
+        return not self._no_login_waits.is_set()
+
     def logins_waiting(self, waiting: bool) -> None:
         """The pool says whether any login now waits for a sandbox."""
         if waiting:
@@ -68,8 +73,8 @@ async def reconcile(engine: ContainerEngine, sensor: str) -> None:
         if name.startswith(POOL_PREFIX):
             log.info("removing stale pool member %s", name)
             await engine.remove(cid)
-        elif name.startswith(SESSION_PREFIX) and item.get("State") == "running":
-            log.info("stopping session sandbox %s left running by an earlier run", name)
+        elif name.startswith(SESSION_PREFIX) and item.get("State") in ("running", "paused"):
+            log.info("stopping session sandbox %s left %s by an earlier run", name, item["State"])
             await engine.stop(cid)
 
 
@@ -82,11 +87,48 @@ async def stop_and_record(
     artifact_max_bytes: int,
     failed: Callable[[str, Exception], None],
     turn: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+    busy: Callable[[], bool] = lambda: False,
 ) -> None:
     """Stop the sandbox, emit `sandbox.released`, then (in its `turn`) its diff and artifacts.
 
+    While logins wait for sandboxes (`busy`), the sandbox is paused at once instead (the cgroup
+    freezer: nothing in it runs from then on) and stopped in its turn: a stop tears down the
+    container's network endpoint, which the engine does largely one at a time with the creates
+    those logins wait for. Cancelled meanwhile (shutdown), it is stopped before returning.
+
     Never raises for engine failures: `failed` reports them (the pool's own accounting).
     """
+    paused = False
+    if busy():
+        try:
+            await engine.pause(sandbox.id)
+            paused = True
+        except SandboxGone:
+            pass
+        except SandboxError as exc:
+            failed("pause", exc)
+    if not paused:
+        await _stop_and_say(engine, sandbox, peer, events, failed)
+        async with turn():
+            await _record(engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes, failed)
+        return
+    try:
+        async with turn():
+            await _stop_and_say(engine, sandbox, peer, events, failed)
+            await _record(engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes, failed)
+    except asyncio.CancelledError:
+        with contextlib.suppress(SandboxError):
+            await asyncio.shield(engine.stop(sandbox.id, timeout_seconds=1))
+        raise
+
+
+async def _stop_and_say(
+    engine: ContainerEngine,
+    sandbox: Sandbox,
+    peer: Peer,
+    events: EventSink,
+    failed: Callable[[str, Exception], None],
+) -> None:
     stopped = False
     try:
         await engine.stop(sandbox.id, timeout_seconds=1)
@@ -96,12 +138,20 @@ async def stop_and_record(
     except SandboxError as exc:
         failed("stop", exc)
     events.emit(SandboxReleased(peer=peer, container_id=sandbox.id, stopped=stopped))
+
+
+async def _record(
+    engine: ContainerEngine,
+    sandbox: Sandbox,
+    peer: Peer,
+    events: EventSink,
+    artifacts_dir: Path,
+    artifact_max_bytes: int,
+    failed: Callable[[str, Exception], None],
+) -> None:
     # Only the pool's own sandboxes carry the baseline that keeps our preparation out of the diff.
     if isinstance(sandbox, ContainerSandbox):
         try:
-            async with turn():
-                await capture_changes(
-                    engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes
-                )
+            await capture_changes(engine, sandbox, peer, events, artifacts_dir, artifact_max_bytes)
         except SandboxError as exc:
             failed("diff", exc)

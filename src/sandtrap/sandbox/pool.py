@@ -385,6 +385,7 @@ class Pool:
         release = self._state.begin_release(sandbox.id, peer)
         if not release.last:
             return  # another connection of the same source IP still uses it
+        self._wanted.set()  # no longer busy: room under max_sandboxes for a waiting login now
         watcher = self._watchers.pop(sandbox.id, None)
         if watcher is not None:
             watcher.cancel()
@@ -402,6 +403,7 @@ class Pool:
                     self._config.sandbox.artifact_max_bytes,
                     self._engine_failed,
                     self._forensics.turn,
+                    lambda: self._forensics.waiting,
                 )
         finally:
             self._state.end_release(release)

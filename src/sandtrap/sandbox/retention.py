@@ -78,8 +78,8 @@ async def list_kept(
     for item in items:
         container_id = str(item["Id"])
         name = (item.get("Names") or ["/"])[0].lstrip("/")
-        if not name.startswith(SESSION_PREFIX) or item.get("State") == "running":
-            continue
+        if not name.startswith(SESSION_PREFIX) or item.get("State") in ("running", "paused"):
+            continue  # paused: released while logins waited, stopped in its forensics turn
         seen.add(container_id)
         if container_id in known:
             kept.append(known[container_id])
