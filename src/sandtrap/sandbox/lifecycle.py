@@ -88,6 +88,8 @@ async def stop_and_record(
     Never raises for engine failures: `failed` reports them (the pool's own accounting).
     """
     stopped = False
+    if isinstance(sandbox, ContainerSandbox):
+        sandbox.close_agent()  # before the stop, so its end is not reported as the agent's
     try:
         await engine.stop(sandbox.id, timeout_seconds=1)
         stopped = True
