@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -240,6 +241,23 @@ static int become(const struct passwd *pw)
     return 0;
 }
 
+static gid_t tty_group(void)
+{
+    struct group *gr;
+    gid_t gid = 5;
+    FILE *f = fopen("/etc/group", "r");
+
+    if (!f)
+        return gid;
+    while ((gr = fgetgrent(f)))
+        if (!strcmp(gr->gr_name, "tty")) {
+            gid = gr->gr_gid;
+            break;
+        }
+    fclose(f);
+    return gid;
+}
+
 static struct passwd *lookup(const char *user)
 {
     static struct passwd found;
@@ -285,7 +303,7 @@ static _Noreturn void run_command(const struct request *r, const struct passwd *
             _exit(1);
     for (i = 3; i < 1024; i++)
         close(i);
-    if (become(pw)) {
+    if (getuid() != pw->pw_uid && become(pw)) {
         fprintf(stderr, "setuid %s: %s\n", pw->pw_name, strerror(errno));
         _exit(1);
     }
@@ -355,6 +373,9 @@ static void open_channel(uint32_t id, const struct request *r)
         }
         if (r->width && r->height)
             ioctl(master, TIOCSWINSZ, &ws);
+        /* The user's terminal, as OpenSSH's pty_setowner() leaves it. */
+        if (chown(slave, pw->pw_uid, tty_group()) || chmod(slave, 0620))
+            fprintf(stderr, "chown %s failed\n", slave);
         snprintf(line, sizeof line, "%s", slave + 5); /* "/dev/pts/N" -> "pts/N" */
     } else {
         if (pipe2(p_in, O_CLOEXEC) || pipe2(p_out, O_CLOEXEC) || pipe2(p_err, O_CLOEXEC)) {
