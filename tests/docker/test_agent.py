@@ -80,8 +80,8 @@ def test_a_pty_login_sits_below_sshd_as_on_debian(honeypot: RunningService) -> N
     child = pexpect.spawn("sshpass", argv, timeout=30, dimensions=(30, 100))
     try:
         child.expect(PROMPT)
-        child.sendline("echo SELF=$$; ps -e -o pid=,ppid=,args=; tty; echo END-TREE")
-        child.expect("END-TREE\r\n")
+        child.sendline("echo SELF=$$; ps -e -o pid=,ppid=,args=; tty; echo TREE-$((40+2))")
+        child.expect("TREE-42\r\n")
         out = child.before.decode("utf-8", "replace")
         child.sendline("exit 4")
         child.expect(pexpect.EOF)
@@ -89,7 +89,6 @@ def test_a_pty_login_sits_below_sshd_as_on_debian(honeypot: RunningService) -> N
         child.close()
     assert "SELF=" in out, out
     assert "SELF=" in out, out
-    print(repr(out))
     shell = int(re.search(r"SELF=(\d+)\r\n", out).group(1))  # type: ignore[union-attr]
     tree = _tree(out)
     line = re.search(r"/dev/(pts/\d+)", out).group(1)  # type: ignore[union-attr]
