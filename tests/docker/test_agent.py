@@ -120,17 +120,24 @@ def test_a_users_login_has_a_priv_parent(honeypot: RunningService) -> None:
     assert "\noracle\r\n" in out
 
 
-def test_an_exec_channel_keeps_status_stderr_and_stdin(honeypot: RunningService) -> None:
+@pytest.mark.parametrize("user", ["root", "oracle"])
+def test_an_exec_channel_keeps_status_stderr_and_stdin(honeypot: RunningService, user: str) -> None:
     done = honeypot.ssh(
         "echo SELF=$$; ps -e -o pid=,ppid=,args=; tty; cat; echo to-err >&2; exit 7",
         stdin=b"piped-input\n",
+        user=user,
+        password="123456" if user == "root" else "any",
+        timeout=30,
     )
     out = done.stdout.decode()
     assert done.returncode == 7, done.stderr
     assert done.stderr.endswith(b"to-err\n"), done.stderr
     assert "not a tty\npiped-input\n" in out
     shell = int(re.search(r"SELF=(\d+)", out).group(1))  # type: ignore[union-attr]
-    assert _ancestry(_tree(out), shell)[:2] == ["sshd: root@notty", LISTENER], out
+    parents = (
+        ["sshd: root@notty"] if user == "root" else ["sshd: oracle@notty", "sshd: oracle [priv]"]
+    )
+    assert _ancestry(_tree(out), shell)[: len(parents) + 1] == [*parents, LISTENER], out
 
 
 def test_piped_input_to_a_pty_runs_every_command(honeypot: RunningService) -> None:

@@ -399,6 +399,11 @@ static void open_channel(uint32_t id, const struct request *r)
         close(ctl_in);
         close(ctl_out);
         close_fd(&master);
+        /* Only the agent keeps the far ends: a copy here would hold the command's stdin open. */
+        close_fd(&p_in[1]);
+        close_fd(&p_out[0]);
+        close_fd(&p_err[0]);
+        close_fd(&report[0]);
         if (pw->pw_uid != 0) {
             snprintf(title, sizeof title, "sshd: %s [priv]", pw->pw_name);
             set_title(title);
@@ -406,7 +411,8 @@ static void open_channel(uint32_t id, const struct request *r)
             if (session < 0)
                 _exit(255);
             if (session > 0) {
-                close(report[1]);
+                for (int i = 0; i < 1024; i++)
+                    close(i);
                 wait_and_exit(session);
             }
             /* OpenSSH's unprivileged session child runs as the user. */

@@ -30,6 +30,7 @@ OPEN_SECONDS = 5.0
 CHANNEL_BUFFER = 1024 * 1024
 # Frames still tolerated for a channel the front closed (those in flight before the CLOSE).
 LATE_FRAMES = 64
+MAX_LATE_CHANNELS = 64
 MAX_CHANNELS = 32
 
 
@@ -221,6 +222,9 @@ class AgentLink:
         if self._channels.get(channel.channel) is channel:
             del self._channels[channel.channel]
             if tell_agent:
+                # The agent answers a CLOSE with silence: keep the newest few, bounded.
+                if len(self._late) >= MAX_LATE_CHANNELS:
+                    del self._late[next(iter(self._late))]
                 self._late[channel.channel] = LATE_FRAMES
 
     async def pull_for(self, channel: AgentChannel | None) -> None:
