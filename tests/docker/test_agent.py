@@ -21,6 +21,7 @@ from tests.docker.service import (
     SSH_OPTS,
     RunningService,
     remove_sensor_containers,
+    runsc_registered,
     service_config,
 )
 
@@ -30,8 +31,10 @@ LISTENER = "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"
 PROMPT = re.compile(rb"[#$] ")
 
 
-def _service(tmp: Path, image: str = IMAGE) -> RunningService:
-    config = service_config(tmp, pool={"size": 1}, sandbox={"agent": True, "image": image})
+def _service(tmp: Path, image: str = IMAGE, **sandbox: object) -> RunningService:
+    config = service_config(
+        tmp, pool={"size": 1}, sandbox={"agent": True, "image": image, **sandbox}
+    )
     running = RunningService(config).start()
     running.call(running.service.pool.wait_warm)
     return running
@@ -237,6 +240,24 @@ def test_a_hostile_agent_is_bounded_and_the_service_carries_on(
         assert again.returncode == 255 or b"again" in again.stdout, again
         assert len(running.events("auth.success")) == 2
         _wait_events(running, "session.closed", 2)
+    finally:
+        running.stop()
+        remove_sensor_containers(running.config.sensor)
+
+
+def test_under_gvisor_channels_are_the_agents_children_too(tmp_path: Path) -> None:
+    if not runsc_registered():
+        pytest.skip("runtime runsc is not registered (scripts/ensure-docker --runsc)")
+    running = _service(tmp_path, runtime="runsc", memory_mb=128)
+    try:
+        done = running.ssh("echo SELF=$$; ps -e -o pid=,ppid=,args=; cat; exit 5", stdin=b"in\n")
+        out = done.stdout.decode()
+        assert done.returncode == 5, (done.stdout, done.stderr)
+        shell = int(re.search(r"SELF=(\d+)", out).group(1))  # type: ignore[union-attr]
+        assert _ancestry(_tree(out), shell)[:2] == ["sshd: root@notty", LISTENER], out
+        assert out.endswith("in\n")
+        pty = running.ssh("ps -o args= -p $PPID; tty", extra=["-tt"])
+        assert re.match(rb"sshd: root@pts/\d+\r\n/dev/pts/\d+\r\n$", pty.stdout), pty
     finally:
         running.stop()
         remove_sensor_containers(running.config.sensor)

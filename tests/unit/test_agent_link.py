@@ -310,3 +310,24 @@ def test_parse_opened_and_frames() -> None:
         proto.open_frame(1, ["a\0b"], user="root", tty=False, env=None, workdir=None, size=None)
     with pytest.raises(ValueError, match="frame limit"):
         proto.frame(proto.DATA, 1, b"x" * proto.MAX_FRAME)
+
+
+async def test_a_stopped_sandbox_waits_for_the_watcher_not_an_agent_failure() -> None:
+    agent = ScriptedAgent()
+    failures: list[str] = []
+
+    async def stopped() -> bool:
+        return False
+
+    link = AgentLink(agent, "c" * 64, failures.append, stopped)
+    assert await link.handshake()
+    channel = await open_one(link)
+    agent.say(None)  # the sandbox died with everything in it
+    reader = asyncio.create_task(channel.read())
+    await asyncio.sleep(0.05)
+    assert not reader.done()  # as an exec's stream would, until the watcher says so
+    channel.abort()  # what ContainerSandbox.abort() does for the watcher (sandbox.died)
+    link.close()
+    assert await reader is None
+    assert await channel.wait() == 255
+    assert failures == []

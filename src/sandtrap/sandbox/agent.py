@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from sandtrap.errors import SandboxError
+from sandtrap.errors import SandboxError, SandboxGone
 from sandtrap.sandbox import agentproto as proto
 from sandtrap.sandbox.base import STDERR, STDOUT, Chunk
 from sandtrap.sandbox.engine import ContainerEngine, EngineStream
@@ -32,6 +32,11 @@ CHANNEL_BUFFER = 1024 * 1024
 LATE_FRAMES = 64
 MAX_LATE_CHANNELS = 64
 MAX_CHANNELS = 32
+# Asking the engine whether the sandbox still runs, when the agent's stream ends; and how long
+# channels then wait for the pool's watcher to report a dead sandbox.
+STATE_SECONDS = 5.0
+STATE_DELAYS = (0.0, 0.5, 1.0, 1.5)
+STOPPED_SECONDS = 10.0
 
 
 class AgentUnavailable(SandboxError):
@@ -137,10 +142,16 @@ class AgentLink:
     """
 
     def __init__(
-        self, stream: EngineStream, container_id: str, on_failure: Callable[[str], None]
+        self,
+        stream: EngineStream,
+        container_id: str,
+        on_failure: Callable[[str], None],
+        is_running: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._stream = stream
         self._container = container_id[:12]
+        self._is_running = is_running
+        self._closed = asyncio.Event()
         self._on_failure = on_failure
         self._parser = proto.FrameParser()
         self._channels: dict[int, AgentChannel] = {}
@@ -240,16 +251,20 @@ class AgentLink:
             chunk = await self._stream.read()
             try:
                 if chunk is None:
-                    raise EOFError
+                    raise EOFError("the agent's stream ended")
                 if chunk.stream != STDOUT:
-                    raise proto.AgentProtocolError("the agent wrote to stderr")
+                    # The runtime's own last words (runsc when the sandbox dies) or the agent's.
+                    raise EOFError("protocol violation: the agent wrote to stderr")
                 for item in self._parser.feed(chunk.data):
                     target = self._dispatch(item)
                     # Never wait for our own consumer: that is us.
                     if target is not None and target is not channel:
                         await target._wait_room()
-            except EOFError:
-                self._lose("the agent's stream ended")
+            except EOFError as end:
+                if await self._sandbox_running():
+                    self._lose(str(end))
+                else:
+                    await self._sandbox_stopped()
             except proto.AgentProtocolError as exc:
                 self._lose(f"protocol violation: {exc}")
 
@@ -293,11 +308,39 @@ class AgentLink:
             return None
         raise proto.AgentProtocolError(f"frame {item.kind:#x} on open channel {item.channel}")
 
-    def _lose(self, reason: str, *, report: bool = True) -> None:
+    async def _sandbox_running(self) -> bool:
+        """Whether the agent's stream ended in a sandbox that still runs (its own fault)."""
+        if self._is_running is None:
+            return True
+        # A dying sandbox (gVisor after an OOM) can end its processes a moment before the engine
+        # marks it stopped: look a few times before blaming the agent.
+        for delay in STATE_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(STATE_SECONDS):
+                    if not await self._is_running():
+                        return False
+            except TimeoutError:
+                pass
+        return True
+
+    async def _sandbox_stopped(self) -> None:
+        """The sandbox itself stopped: as with an exec, the pool's watcher reports it
+        (`sandbox.died`) and aborts the sandbox's channels; without one, they end so after a while.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOPPED_SECONDS):
+                await self._closed.wait()
+        self._lose("the sandbox stopped", report=False, aborted=True)
+
+    def _lose(self, reason: str, *, report: bool = True, aborted: bool = False) -> None:
         if self.lost is not None:
             return
         self.lost = reason
+        self._closed.set()
         for channel in list(self._channels.values()):
+            if aborted:
+                channel.abort()
             channel._end()
         self._channels.clear()
         self._stream.abort()
@@ -317,7 +360,17 @@ async def start_agent(
     stream = await engine.exec(
         container_id, list(AGENT_ARGV), user="root", tty=False, env=None, workdir="/"
     )
-    link = AgentLink(stream, container_id, on_failure)
+
+    async def is_running() -> bool:
+        try:
+            details = await engine.inspect(container_id)
+        except SandboxGone:
+            return False
+        except SandboxError:
+            return True  # unknown: the agent's fault until the engine says otherwise
+        return bool((details.get("State") or {}).get("Running", True))
+
+    link = AgentLink(stream, container_id, on_failure, is_running)
     try:
         ok = await link.handshake()
     except BaseException:

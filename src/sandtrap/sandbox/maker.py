@@ -98,7 +98,7 @@ class SandboxMaker:
             sandbox.users.update(prepared.homes)
             if self._config.analysis.honeytokens:
                 await plant_honeytokens(self._engine, self._events, sandbox)
-            if self._config.sandbox.agent and self._config.sandbox.runtime == "runc":
+            if self._config.sandbox.agent:
                 # Last: the honeytokens' and preparation's execs are not the agent's children.
                 sandbox.agent = await start_agent(
                     self._engine, container_id, self._agent_failed(container_id)
