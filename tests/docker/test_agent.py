@@ -6,6 +6,7 @@ mid-session (fallback to docker exec) and a hostile agent (bounded; the service 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from click.testing import CliRunner
 
+from sandtrap.cli import cli
 from tests.conftest import IMAGE
 from tests.docker.service import (
     SSH_OPTS,
@@ -261,3 +264,15 @@ def test_under_gvisor_channels_are_the_agents_children_too(tmp_path: Path) -> No
     finally:
         running.stop()
         remove_sensor_containers(running.config.sensor)
+
+
+def test_verify_realism_passes_the_sshd_rows_with_the_agent(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sandbox:\n  image: {IMAGE}\n  network: none\n  agent: true\n")
+    done = CliRunner().invoke(cli, ["verify-realism", "--json", "--config", str(config)])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = {row["check"]: row for row in map(json.loads, lines)}
+    assert done.exit_code == 0, [r for r in rows.values() if r["status"] == "FAIL"]
+    for check in ("sshd listener and session processes", "login shell's parent"):
+        assert rows[check]["status"] == "PASS", rows[check]
+    assert rows["sshd listener's parent"]["status"] == "WARN"  # PPID 0, docs/fingerprinting.md
