@@ -5,6 +5,7 @@ The thread runner is sandtrap.testing.ThreadedService, shared with the real-engi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def bench_config(
             "ssh": {"listen": ["127.0.0.1:0"]},
             "auth": {"credentials": [{"username": BENCH_USER, "password": BENCH_PASSWORD}]},
             "pool": pool,
-            "sandbox": {"image": image},
+            # SANDTRAP_BENCH_AGENT=1: channels by the in-sandbox agent (issue 15), not execs.
+            "sandbox": {"image": image, "agent": os.environ.get("SANDTRAP_BENCH_AGENT") == "1"},
             "storage": {"data_dir": str(data_dir)},
             "logging": {"level": "WARNING"},
         }

@@ -87,3 +87,29 @@ def test_host_dependent_tells_warn_rather_than_fail() -> None:
         SEEN.replace("@@hostkey\nSHA256:abc", "@@hostkey\nSHA256:x"), host_keys="image"
     )
     assert status["host key fingerprint"] == "WARN"
+
+
+AGENT_TREE = """
+@@loginshellppid
+31
+@@loginshellparent
+sshd: root@pts/0
+@@sshd
+sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups
+sshd: root@pts/0
+@@listenerppid
+0
+"""
+
+
+def test_the_agents_process_tree_passes_and_its_absence_fails_when_on() -> None:
+    status = _status(SEEN + AGENT_TREE, agent=True)
+    assert status["sshd listener and session processes"] == "PASS"
+    assert status["login shell's parent"] == "PASS"
+    assert status["sshd listener's parent"] == "WARN"  # the pool's exec: PPID 0, a known tell
+    bare = _status(SEEN + "@@loginshellppid\n0\n", agent=True)
+    assert bare["sshd listener and session processes"] == "FAIL"
+    assert bare["login shell's parent"] == "FAIL"
+    off = _status(SEEN + "@@loginshellppid\n0\n")
+    assert off["sshd listener and session processes"] == "WARN"
+    assert off["login shell's parent"] == "WARN"

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 
 from sandtrap.errors import EngineError
+from sandtrap.sandbox.agent import AgentLink, AgentUnavailable
 from sandtrap.sandbox.engine import ContainerEngine, EngineStream
 from sandtrap.sandbox.hardening import is_valid_username
 from sandtrap.sandbox.realism import login_record_argv
@@ -47,6 +48,9 @@ class ContainerSandbox:
         self.baseline: dict[str, tuple[int, int] | None] = {}
         # Open execs, so a sandbox found dead can end them (gVisor leaves them hanging).
         self._streams: weakref.WeakSet[EngineStream] = weakref.WeakSet()
+        # The in-sandbox agent (`sandbox.agent`), when the maker started one: channels are its
+        # children; None or lost, they are docker execs.
+        self.agent: AgentLink | None = None
 
     @property
     def id(self) -> str:
@@ -106,6 +110,16 @@ class ContainerSandbox:
         workdir: str | None = None,
         size: tuple[int, int] | None = None,
     ) -> EngineStream:
+        if self.agent is not None and self.agent.is_alive:
+            try:
+                channel = await self.agent.open(
+                    argv, user=user, tty=tty, env=env, workdir=workdir, size=size
+                )
+            except AgentUnavailable:
+                pass  # logged by the link when it is the agent's fault; docker exec instead
+            else:
+                self._streams.add(channel)
+                return channel
         stream = await self._engine.exec(
             self._id, argv, user=user, tty=tty, env=env, workdir=workdir, size=size
         )
@@ -116,3 +130,9 @@ class ContainerSandbox:
         """End every open exec: their readers see end of stream, so their sessions close."""
         for stream in list(self._streams):
             stream.abort()
+        self.close_agent()
+
+    def close_agent(self) -> None:
+        """Drop the agent's stream (the sandbox is being stopped or removed); idempotent."""
+        if self.agent is not None:
+            self.agent.close()

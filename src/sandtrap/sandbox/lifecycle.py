@@ -130,6 +130,8 @@ async def _stop_and_say(
     failed: Callable[[str, Exception], None],
 ) -> None:
     stopped = False
+    if isinstance(sandbox, ContainerSandbox):
+        sandbox.close_agent()  # before the stop, so its end is not reported as the agent's
     try:
         await engine.stop(sandbox.id, timeout_seconds=1)
         stopped = True

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sandtrap.config import Config, WeightedImage
 from sandtrap.errors import SandboxError
-from sandtrap.events import EventSink
+from sandtrap.events import EventSink, SandboxFailure
+from sandtrap.sandbox.agent import start_agent
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
@@ -96,12 +97,27 @@ class SandboxMaker:
             sandbox.users.update(prepared.homes)
             if self._config.analysis.honeytokens:
                 await plant_honeytokens(self._engine, self._events, sandbox)
+            if self._config.sandbox.agent:
+                # Last: the honeytokens' and preparation's execs are not the agent's children.
+                sandbox.agent = await start_agent(
+                    self._engine, container_id, self._agent_failed(container_id)
+                )
         except BaseException:
             if container_id is not None:
                 with contextlib.suppress(SandboxError):
                     await asyncio.shield(self._engine.remove(container_id))
             raise
         return sandbox
+
+    def _agent_failed(self, container_id: str) -> Callable[[str], None]:
+        def failed(reason: str) -> None:
+            self._events.emit(
+                SandboxFailure(
+                    peer=None, operation="agent", error=reason, container_id=container_id
+                )
+            )
+
+        return failed
 
     async def _lxcfs_serving(self) -> bool:
         """Whether new sandboxes get LXCFS's /proc files; says so at start and on each change."""

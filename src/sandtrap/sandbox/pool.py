@@ -134,6 +134,7 @@ class Pool:
     async def shutdown(self) -> None:
         """Remove idle members, stop busy sandboxes (kept). Safe to call once run() is cancelled."""
         for sandbox in self._state.take_all_idle():
+            sandbox.close_agent()
             with contextlib.suppress(SandboxError):
                 await self._engine.remove(sandbox.id)
         for busy in self._state.busy_entries():
@@ -211,6 +212,7 @@ class Pool:
                     self._state.engine_answered()
                 elif self._state.drop_idle(sandbox):
                     log.warning("replacing unhealthy pool member %s", sandbox.id[:12])
+                    sandbox.close_agent()
                     with contextlib.suppress(SandboxError):
                         await self._engine.remove(sandbox.id)
                     self._wanted.set()
@@ -221,6 +223,7 @@ class Pool:
         surplus = self._state.surplus_idle()
         for sandbox in surplus:
             if self._state.drop_idle(sandbox):
+                sandbox.close_agent()
                 with contextlib.suppress(SandboxError):
                     await self._engine.remove(sandbox.id)
         if surplus:
@@ -319,6 +322,7 @@ class Pool:
         except BaseException:
             # Cancelled mid-allocation: nobody will release it, so it must not outlive us.
             self._state.drop_busy(sandbox.id)
+            sandbox.close_agent()
             with contextlib.suppress(SandboxError):
                 await asyncio.shield(self._engine.remove(sandbox.id))
             self._wanted.set()
@@ -374,6 +378,7 @@ class Pool:
             return True
         log.warning("pool member %s did not survive an engine outage", sandbox.id[:12])
         self._state.forget(sandbox)
+        sandbox.close_agent()
         with contextlib.suppress(SandboxError):
             await self._engine.remove(sandbox.id)
         self._wanted.set()

@@ -28,7 +28,9 @@ sec hostname; hostname
 sec capeff; awk '/^CapEff/ {print $2}' /proc/self/status
 sec seccomp; awk '/^Seccomp:/ {print $2}' /proc/self/status
 sec loginshellppid; ps -o ppid= -p $$ | tr -d ' '
+sec loginshellparent; ps -o args= -p "$(ps -o ppid= -p $$ | tr -d ' ')" 2>/dev/null
 sec sshd; ps -eo args= | grep -E '^sshd: ' | grep -v grep
+sec listenerppid; ps -eo ppid=,args= | awk '$2 == "sshd:" && /\[listener\]/ {print $1}'
 sec daemons; ps -eo ppid=,args= | awk '$1 == 1 {$1=""; print substr($0, 2)}'
 sec who; who
 sec last; last -n 1 -i 2>/dev/null | head -n 1
@@ -86,6 +88,7 @@ def judge(
     memory_mb: int,
     lxcfs: bool,
     host_keys: str,
+    agent: bool = False,
 ) -> list[Row]:
     """One row per check: PASS hidden, FAIL a tell SandTrap hides showed, INFO/WARN a known tell.
 
@@ -144,16 +147,28 @@ def judge(
                      "INFO"))  # fmt: skip
     rows.append(_row("seccomp filter", "amicontained", "0 (none)", one("seccomp"),
                      "INFO" if one("seccomp") == "2" else "PASS"))  # fmt: skip
+    # With `sandbox.agent` on, sshd's look is ours to keep: missing is a FAIL; off, a known tell.
+    missing = "FAIL" if agent else "WARN"
     sshd = get("sshd")
+    has_sshd = any("[listener]" in line for line in sshd) and any("@" in line for line in sshd)
     rows.append(
-        _row("sshd listener and session processes", "ps, pstree", "sshd: ... [listener]",
-             _text(sshd), "PASS" if sshd else "WARN")
+        _row("sshd listener and session processes", "ps, pstree",
+             "sshd: ... [listener], sshd: USER@pts/N", _text(sshd),
+             "PASS" if has_sshd else missing)
     )  # fmt: skip
     ppid = one("loginshellppid")
+    parent = one("loginshellparent")
     rows.append(
-        _row("login shell's parent", "ps -ef", "an sshd process", f"PPID {ppid or '?'}",
-             "WARN" if ppid in ("0", "") else "PASS")
+        _row("login shell's parent", "ps -ef", "an sshd process", f"PPID {ppid or '?'}: {parent}",
+             "PASS" if parent.startswith("sshd: ") and ppid not in ("0", "") else missing)
     )  # fmt: skip
+    if has_sshd:
+        # The agent is the pool's exec: its parent is the engine, not PID 1 (fingerprinting.md).
+        listener = one("listenerppid")
+        rows.append(
+            _row("sshd listener's parent", "ps -ef, pstree", "PPID 1", f"PPID {listener or '?'}",
+                 "PASS" if listener == "1" else "WARN")
+        )  # fmt: skip
     daemons = get("daemons")
     has_cron = any(d.startswith("/usr/sbin/cron") for d in daemons)
     has_syslog = any(d.startswith("/usr/sbin/rsyslogd") for d in daemons)

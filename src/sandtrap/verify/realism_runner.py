@@ -102,6 +102,7 @@ async def _with_service(vconfig: Config, password: str, report: Callable[[str], 
         memory_mb=vconfig.sandbox.memory_mb,
         lxcfs=lxcfs,
         host_keys=vconfig.sandbox.host_keys,
+        agent=vconfig.sandbox.agent,
     )
 
 
