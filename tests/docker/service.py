@@ -21,7 +21,9 @@ from sandtrap.testing import OPENSSH_CLIENT_OPTIONS, ThreadedService
 from tests.conftest import IMAGE
 
 SSH_OPTS = OPENSSH_CLIENT_OPTIONS
-AGENT_BY_DEFAULT = os.environ.get("SANDTRAP_TEST_AGENT") == "1"
+# The in-sandbox agent (issue 15) is on by default; SANDTRAP_TEST_AGENT=0 runs every service
+# test with a docker exec per channel instead.
+AGENT_BY_DEFAULT = os.environ.get("SANDTRAP_TEST_AGENT", "1") == "1"
 
 
 def service_config(data_dir: Path, **sections: Any) -> Config:
@@ -37,7 +39,6 @@ def service_config(data_dir: Path, **sections: Any) -> Config:
         "pool": {"size": 2, "max_sandboxes": 6, "allocate_timeout_seconds": 20},
         # `none` unless a test asks for the sinkhole (tests/docker/test_sinkhole.py): the
         # other tests are about other things, and a sinkhole per service costs a container.
-        # SANDTRAP_TEST_AGENT=1 runs every service test with the in-sandbox agent (issue 15).
         "sandbox": {"image": IMAGE, "network": "none", "agent": AGENT_BY_DEFAULT},
         "storage": {"data_dir": str(data_dir)},
     }

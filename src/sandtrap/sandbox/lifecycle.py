@@ -98,6 +98,8 @@ async def stop_and_record(
 
     Never raises for engine failures: `failed` reports them (the pool's own accounting).
     """
+    if isinstance(sandbox, ContainerSandbox):
+        sandbox.close_agent()  # before the pause or stop, so its end is not taken for the agent's
     paused = False
     if busy():
         try:
@@ -130,8 +132,6 @@ async def _stop_and_say(
     failed: Callable[[str, Exception], None],
 ) -> None:
     stopped = False
-    if isinstance(sandbox, ContainerSandbox):
-        sandbox.close_agent()  # before the stop, so its end is not reported as the agent's
     try:
         await engine.stop(sandbox.id, timeout_seconds=1)
         stopped = True
