@@ -21,6 +21,7 @@ from sandtrap.config import Config, parse_config
 from sandtrap.errors import PoolExhausted
 from sandtrap.events import Event, Peer, SandboxFailure
 from sandtrap.sandbox.base import Sandbox
+from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.fake import FakeEngine
 from sandtrap.sandbox.hardening import POOL_PREFIX, sandbox_labels
@@ -309,6 +310,11 @@ async def test_restart_reconciles_and_retention_prunes(backend: Backend) -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # A crashed process's connections to the engine die with it: its agents' streams too.
+    held = [*pool._state.idle_members(), *(b.sandbox for b in pool._state.busy_entries())]
+    for sandbox in held:
+        if isinstance(sandbox, ContainerSandbox):
+            sandbox.close_agent()
     assert await backend.pool_members()
 
     sink2 = Sink()

@@ -344,7 +344,9 @@ class AgentLink:
             channel._end()
         self._channels.clear()
         self._stream.abort()
-        if report:
+        # Before its HELLO there is no agent to blame: an image without one runs the real sshd,
+        # which refuses the option on stderr and exits (start_agent then logs it at INFO).
+        if report and self._greeted:
             log.warning("sandbox %s: agent link ended: %r", self._container, reason)
             self._on_failure(reason)
 

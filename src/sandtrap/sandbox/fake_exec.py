@@ -146,6 +146,10 @@ class FakeExecStream:
             status = await self._shell()  # the login wrapper of Persona.login_shell
         elif argv[-2:-1] == ("-c",):
             status = await self._command(argv[-1])
+        elif argv[0] == "/usr/sbin/sshd":
+            # The fake image has no agent (sandbox.agent): its sshd refuses the pool's option.
+            await self._out(f"{argv[0]}: unknown option -- {' '.join(argv[1:])[:40]}\n", STDERR)
+            status = 255
         elif argv[0].endswith("sftp-server"):
             while await self._read_stdin() is not None:
                 pass
