@@ -37,6 +37,9 @@ MAX_CHANNELS = 32
 STATE_SECONDS = 5.0
 STATE_DELAYS = (0.0, 0.5, 1.0, 1.5)
 STOPPED_SECONDS = 10.0
+# One write of frames to the agent's stdin, when the front cannot wait on it forever (CLOSE from a
+# shielded close): an agent that stops reading (SIGSTOP, replaced) would keep that close pending.
+SEND_SECONDS = 5.0
 
 
 class AgentUnavailable(SandboxError):
@@ -131,7 +134,7 @@ class AgentChannel:
         self._link.forget(self, tell_agent=not ended)
         if not ended:
             with contextlib.suppress(SandboxError, OSError):
-                await self._link.send(proto.frame(proto.CLOSE, self.channel))
+                await self._link.send_bounded(proto.frame(proto.CLOSE, self.channel))
 
 
 class AgentLink:
@@ -229,6 +232,15 @@ class AgentLink:
             for data in frames:
                 await self._stream.write(data)
 
+    async def send_bounded(self, *frames: bytes) -> None:
+        """`send`, but an agent that does not take the frames in SEND_SECONDS loses the link
+        (its stream is aborted, so the blocked write and anyone queued on the lock return)."""
+        try:
+            async with asyncio.timeout(SEND_SECONDS):
+                await self.send(*frames)
+        except TimeoutError:
+            self._lose("the agent stopped reading its input")
+
     def forget(self, channel: AgentChannel, *, tell_agent: bool) -> None:
         if self._channels.get(channel.channel) is channel:
             del self._channels[channel.channel]
@@ -298,9 +310,13 @@ class AgentLink:
                 raise proto.AgentProtocolError(f"frame {item.kind:#x} before OPENED")
             return None
         if item.kind in (proto.A_STDOUT, proto.A_STDERR):
-            if item.payload:
-                kind = STDERR if item.kind == proto.A_STDERR else STDOUT
-                channel._put(Chunk(kind, item.payload))
+            # The agent sends output only when it read some (agent.c pump_out). An empty frame
+            # reaches no consumer, so nothing pushes back on it: a flood of them would keep the
+            # reader (and the event loop every session shares) parsing as fast as root writes.
+            if not item.payload:
+                raise proto.AgentProtocolError(f"empty output frame on channel {item.channel}")
+            kind = STDERR if item.kind == proto.A_STDERR else STDOUT
+            channel._put(Chunk(kind, item.payload))
             return channel
         if item.kind == proto.A_EXIT:
             channel.status = proto.parse_exit(item.payload)
