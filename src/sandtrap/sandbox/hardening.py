@@ -37,6 +37,8 @@ LABEL_HOSTNAME = "sandtrap.hostname"
 LABEL_SENSOR = "sandtrap.sensor"
 # Set by our target Dockerfiles: the host name written into the image's generated logs.
 LABEL_LOG_HOSTNAME = "sandtrap.log-hostname"
+# An image with the in-sandbox agent (containers/targets/common/agent.c) says so: "1".
+LABEL_AGENT = "sandtrap.agent"
 ROLE_SANDBOX = "sandbox"
 
 # Docker labels cannot change after creation, so a warm container's session binding lives in its

@@ -22,6 +22,7 @@ from sandtrap.sandbox.agent import start_agent
 from sandtrap.sandbox.container import ContainerSandbox
 from sandtrap.sandbox.engine import ContainerEngine
 from sandtrap.sandbox.hardening import (
+    LABEL_AGENT,
     LABEL_LOG_HOSTNAME,
     HostnamePicker,
     blkio_device_for,
@@ -54,17 +55,20 @@ class SandboxMaker:
         self._hostnames = HostnamePicker(config.sandbox)
         self._blkio: str | None = None
         self._log_hostnames: dict[str, str | None] = {}
+        self._has_agent: dict[str, bool] = {}  # image -> it carries the agent (its label)
         self._lxcfs: bool | None = None  # last seen: LXCFS serving sandbox.lxcfs_dir
 
     async def learn_engine(self, images: Sequence[WeightedImage]) -> None:
         """What creation needs from the engine once: the disk device to throttle, each image's
-        host name in its fake logs, and whether LXCFS serves."""
+        host name in its fake logs and whether it carries the agent, and whether LXCFS serves."""
         info = await self._engine.info()
         self._blkio = blkio_device_for(Path(str(info.get("DockerRootDir", "/var/lib/docker"))))
         for item in images:
             self._log_hostnames[item.image] = await self._engine.image_label(
                 item.image, LABEL_LOG_HOSTNAME
             )
+            agent = await self._engine.image_label(item.image, LABEL_AGENT)
+            self._has_agent[item.image] = agent == "1"
         await self._lxcfs_serving()
 
     async def make(self, image: str) -> ContainerSandbox:
@@ -97,7 +101,7 @@ class SandboxMaker:
             sandbox.users.update(prepared.homes)
             if self._config.analysis.honeytokens:
                 await plant_honeytokens(self._engine, self._events, sandbox)
-            if self._config.sandbox.agent:
+            if self._config.sandbox.agent and self._has_agent.get(image, False):
                 # Last: the honeytokens' and preparation's execs are not the agent's children.
                 sandbox.agent = await start_agent(
                     self._engine, container_id, self._agent_failed(container_id)
