@@ -52,8 +52,8 @@ def bench_config(
             "ssh": {"listen": ["127.0.0.1:0"]},
             "auth": {"credentials": [{"username": BENCH_USER, "password": BENCH_PASSWORD}]},
             "pool": pool,
-            # SANDTRAP_BENCH_AGENT=0: a docker exec per channel, not the in-sandbox agent.
-            "sandbox": {"image": image, "agent": os.environ.get("SANDTRAP_BENCH_AGENT") != "0"},
+            # SANDTRAP_BENCH_AGENT=1: channels by the in-sandbox agent (issue 15), not execs.
+            "sandbox": {"image": image, "agent": os.environ.get("SANDTRAP_BENCH_AGENT") == "1"},
             "storage": {"data_dir": str(data_dir)},
             "logging": {"level": "WARNING"},
         }

@@ -21,9 +21,9 @@ from sandtrap.testing import OPENSSH_CLIENT_OPTIONS, ThreadedService
 from tests.conftest import IMAGE
 
 SSH_OPTS = OPENSSH_CLIENT_OPTIONS
-# The in-sandbox agent (issue 15) is on by default; SANDTRAP_TEST_AGENT=0 runs every service
-# test with a docker exec per channel instead.
-AGENT_BY_DEFAULT = os.environ.get("SANDTRAP_TEST_AGENT", "1") == "1"
+# SANDTRAP_TEST_AGENT=1 runs every service test with the in-sandbox agent (issue 15; off by
+# default, as shipped).
+AGENT_BY_DEFAULT = os.environ.get("SANDTRAP_TEST_AGENT") == "1"
 
 
 def service_config(data_dir: Path, **sections: Any) -> Config:
